@@ -1,0 +1,260 @@
+"""Load a host file: YAML with line numbers → validated, immutable ``HostFile``.
+
+Every error names the file, the line, the key, what is wrong and the fix
+(pre-commit/cfgv style). Several errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError, ConfigErrors
+from .schema import HostFile, Secret
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated host file plus what the CLI needs to report about it."""
+
+    path: Path
+    config: HostFile
+    lines: dict[KeyPath, int]
+    warnings: tuple[str, ...]
+
+
+def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) -> Any:
+    """Turn a composed YAML node into Python data, recording each key's line."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) \
+                else key_node.value
+            if not isinstance(key, str):
+                raise ConfigError("keys must be strings", file=file, line=key_node.start_mark.line + 1,
+                                  key=_dotted(path) or None, fix="quote the key")
+            if key in out:
+                raise ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1,
+                                  key=_dotted(path + (key,)), fix="remove one of the two entries")
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, path + (key,), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, path + (i,), lines, file) for i, v in enumerate(node.value)]
+    # Scalars: reuse the safe loader's tag resolution (ints, bools, null...).
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(path: KeyPath) -> type[BaseModel] | None:
+    """The pydantic model that describes the mapping at ``path`` (for did-you-mean)."""
+    model: Any = HostFile
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """First BaseModel inside Optional[...] / list[...] / unions."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_FIXES = {
+    "missing": "add the key",
+    "string_pattern_mismatch": "use a value of the expected form",
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "bool_parsing": "use true or false",
+    "bool_type": "use true or false",
+    "literal_error": "use one of the allowed values",
+    "greater_than_equal": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "greater_than": "use a larger value",
+}
+
+
+def _error_for(err: dict, file: str, lines: dict[KeyPath, int]) -> ConfigError:
+    loc: KeyPath = tuple(p for p in err["loc"] if not (isinstance(p, str) and (
+        p.startswith(("function-", "lax-", "json-")) or p in ("int", "str", "list[...]", "literal['all']",
+                                                              "literal['auto']", "literal['auto','all']"))))
+    # pydantic adds union-branch names to loc; drop anything not a real key of the data.
+    real: list[str | int] = []
+    for part in loc:
+        if (tuple(real) + (part,)) in lines or err["type"] in ("missing", "extra_forbidden"):
+            real.append(part)
+    loc = tuple(real)
+    line = lines.get(loc) or lines.get(loc[:-1]) or lines.get(()) or None
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        known = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else (
+            f"remove it; known keys here: {', '.join(known)}" if known else "remove it")
+        return ConfigError(f"unknown key {key!r}", file=file, line=line, key=_dotted(loc), fix=fix)
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "missing":
+        return ConfigError("required key is missing", file=file, line=lines.get(loc[:-1]) or line,
+                           key=_dotted(loc), fix=f"add '{loc[-1]}:' under '{_dotted(loc[:-1]) or 'the top level'}'")
+    if kind == "string_pattern_mismatch":
+        shown = err.get("input")
+        msg = f"{shown!r} is not of the expected form ({err['ctx']['pattern']})"
+    elif kind == "literal_error":
+        msg = f"{err.get('input')!r} is not allowed: expected {err['ctx']['expected']}"
+    fix = _FIXES.get(kind, "correct the value")
+    return ConfigError(msg, file=file, line=line, key=_dotted(loc) or None, fix=fix)
+
+
+def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int]) -> list[ConfigError]:
+    """Rules that span sections; each names the key to change."""
+    errors = []
+    if cfg.clients.claude_code and cfg.server.ctx_size and cfg.server.ctx_size < 32768:
+        errors.append(ConfigError(
+            f"context is {cfg.server.ctx_size} tokens but Claude Code is configured (clients.claude_code): "
+            "its system prompt alone is ~24K tokens, so it fails at once",
+            file=file, line=lines.get(("server", "ctx_size")), key="server.ctx_size",
+            fix="set server.ctx_size: 32768 or more (0 = the model's own), or clients.claude_code: false"))
+    if cfg.gateway.enabled and cfg.gateway.port == cfg.server.port:
+        errors.append(ConfigError("gateway.port and server.port are the same", file=file,
+                                  line=lines.get(("gateway", "port")), key="gateway.port",
+                                  fix="choose another port for one of them"))
+    if cfg.model is None and cfg.gateway.enabled:
+        pass  # a container without a model is a valid first step; services wait for it
+    return errors
+
+
+def _warnings(cfg: HostFile) -> list[str]:
+    out = []
+    if cfg.proxmox.insecure:
+        out.append("proxmox.insecure: true — TLS is NOT verified; anyone on the path can read the "
+                   "API token. Pin the certificate with proxmox.fingerprint instead.")
+    for where, secret in _secrets(cfg):
+        if secret.value is not None:
+            out.append(f"{where} is written inline in the host file; prefer env: or file:")
+    if cfg.ssh.trust_on_first_use:
+        out.append("ssh.trust_on_first_use: true — an unknown host key will be accepted and saved once")
+    return out
+
+
+def _secrets(cfg: HostFile) -> list[tuple[str, Secret]]:
+    found = [("proxmox.auth.token_secret", cfg.proxmox.auth.token_secret),
+             ("proxmox.auth.password", cfg.proxmox.auth.password),
+             ("server.api_key", cfg.server.api_key),
+             ("gateway.api_key", cfg.gateway.api_key)]
+    if cfg.model:
+        found.append(("model.token", cfg.model.token))
+        if cfg.model.draft:
+            found.append(("model.draft.token", cfg.model.draft.token))
+    return [(w, s) for w, s in found if s is not None]
+
+
+def _merge_union_errors(errors: list[ConfigError]) -> list[ConfigError]:
+    """One error per key: the branches of a union (``int | 'auto'``) become one message."""
+    by_key: dict[tuple, ConfigError] = {}
+    for err in errors:
+        k = (err.key, err.line)
+        if k in by_key:
+            prev = by_key[k]
+            if err.message not in prev.message:
+                by_key[k] = ConfigError(f"{prev.message}; or: {err.message}", file=err.file, line=err.line,
+                                        key=err.key, fix="use a value that satisfies one of these")
+        else:
+            by_key[k] = err
+    return list(by_key.values())
+
+
+def load_text(text: str, file: str = "<string>") -> Loaded:
+    """Parse and validate host-file text; raise ConfigError(s) naming file and line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"not valid YAML: {exc.problem}", file=file,
+                          line=mark.line + 1 if mark else None,
+                          fix="check indentation and quoting around this line") from None
+    if root is None:
+        raise ConfigError("the file is empty", file=file, fix="start from an example in inventories/")
+    lines: dict[KeyPath, int] = {}
+    data = _construct(root, (), lines, file)
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of sections", file=file, line=1,
+                          fix="start from an example in inventories/")
+    try:
+        cfg = HostFile.model_validate(data)
+    except ValidationError as exc:
+        unique = _merge_union_errors([_error_for(e, file, lines) for e in exc.errors()])
+        raise (unique[0] if len(unique) == 1 else ConfigErrors(unique)) from None
+    cross = _cross_checks(cfg, file, lines)
+    if cross:
+        raise cross[0] if len(cross) == 1 else ConfigErrors(cross)
+    return Loaded(path=Path(file), config=cfg, lines=lines, warnings=tuple(_warnings(cfg)))
+
+
+def load(path: str | os.PathLike[str]) -> Loaded:
+    """Load a host file from disk."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(p), fix="check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file: {exc}", file=str(p)) from None
+    return load_text(text, str(p))
+
+
+def read_secret(secret: Secret, where: str) -> str:
+    """Resolve a secret from its env var, file (must not be world-readable) or inline value."""
+    if secret.env is not None:
+        value = os.environ.get(secret.env)
+        if not value:
+            raise ConfigError(f"environment variable {secret.env} is not set", key=where,
+                              fix=f"export {secret.env}=... before running")
+        return value
+    if secret.file is not None:
+        p = Path(secret.file).expanduser()
+        try:
+            mode = p.stat().st_mode
+            value = p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {p}: {exc.strerror}", key=where,
+                              fix="create it with mode 0600") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) & (stat.S_IROTH | stat.S_IWOTH):
+            raise ConfigError(f"secret file {p} is readable by others", key=where,
+                              fix=f"chmod 600 {p}")
+        if not value:
+            raise ConfigError(f"secret file {p} is empty", key=where)
+        return value
+    assert secret.value is not None
+    return secret.value

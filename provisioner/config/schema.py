@@ -1,0 +1,344 @@
+"""The host file, declared once as data (pydantic models).
+
+One file describes one Proxmox host and the one container we manage on it.
+Validated config is immutable (``frozen``) and typed; nothing else in the
+program reads raw YAML. Every section has defaults that describe a sensible
+single-user setup, so a minimal file names only the endpoint, auth and SSH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A hostname as PVE accepts it (dns-name): labels of letters, digits and '-'.
+HOSTNAME_RE = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*$")
+# Names that end up in paths, unit names and shell words: keep them boring.
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FINGERPRINT_RE = re.compile(r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$")
+TOKEN_ID_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*$")
+USER_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+$")
+PCI_RE = re.compile(r"^([0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
+ABS_PATH_RE = re.compile(r"^/[^\0\n]*$")
+TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_+.-]*$")
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _abs_path(value: str | None, what: str = "path") -> str | None:
+    if value is None:
+        return value
+    if not ABS_PATH_RE.match(value) or "/../" in value + "/" or "\n" in value:
+        raise ValueError(f"must be an absolute {what} without '..' or newlines")
+    return value
+
+
+class Secret(Section):
+    """Where a secret comes from. Inline values need ``allow_inline: true`` and warn."""
+
+    env: Annotated[str, Field(pattern=ENV_NAME_RE.pattern)] | None = None
+    file: str | None = None
+    value: str | None = Field(default=None, repr=False)
+    allow_inline: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Secret":
+        sources = [s for s in (self.env, self.file, self.value) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of env, file or value")
+        if self.value is not None and not self.allow_inline:
+            raise ValueError("an inline secret needs 'allow_inline: true'; "
+                             "prefer 'env: NAME' or 'file: /path' so the secret stays out of the file")
+        return self
+
+
+class Auth(Section):
+    """API token (``user@realm!name`` + secret) or a password for ``root@pam``."""
+
+    token_id: Annotated[str, Field(pattern=TOKEN_ID_RE.pattern)] | None = None
+    token_secret: Secret | None = None
+    user: Annotated[str, Field(pattern=USER_RE.pattern)] | None = None
+    password: Secret | None = None
+
+    @model_validator(mode="after")
+    def _one_method(self) -> "Auth":
+        token = self.token_id is not None or self.token_secret is not None
+        password = self.user is not None or self.password is not None
+        if token and password:
+            raise ValueError("use either token_id/token_secret or user/password, not both")
+        if token and (self.token_id is None or self.token_secret is None):
+            raise ValueError("token auth needs both token_id and token_secret")
+        if password and (self.user is None or self.password is None):
+            raise ValueError("password auth needs both user and password")
+        if not token and not password:
+            raise ValueError("give token_id + token_secret, or user + password")
+        return self
+
+    @property
+    def kind(self) -> Literal["token", "password"]:
+        return "token" if self.token_id else "password"
+
+
+class Proxmox(Section):
+    endpoint: Annotated[str, Field(pattern=r"^https://[^/\s]+(:\d+)?/?$")]
+    node: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)]
+    auth: Auth
+    ca_file: str | None = None
+    fingerprint: Annotated[str, Field(pattern=FINGERPRINT_RE.pattern)] | None = None
+    insecure: bool = False
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    task_timeout: Annotated[float, Field(gt=0, le=7200)] = 900.0
+
+    @model_validator(mode="after")
+    def _tls(self) -> "Proxmox":
+        if self.insecure and (self.ca_file or self.fingerprint):
+            raise ValueError("insecure: true cannot be combined with ca_file or fingerprint")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.endpoint).port or 8006
+
+
+class SSH(Section):
+    host: str | None = None  # default: the API endpoint's host
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: Literal["root"] = "root"
+    key_file: str | None = None
+    use_agent: bool = True
+    known_hosts: str = "~/.ssh/known_hosts"
+    trust_on_first_use: bool = False
+    timeout: Annotated[float, Field(gt=0, le=600)] = 20.0
+
+
+class Network(Section):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,14}$")] = "eth0"
+    bridge: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")] = "vmbr0"
+    ip: str = "dhcp"
+    gateway: str | None = None
+    vlan: Annotated[int, Field(ge=1, le=4094)] | None = None
+    firewall: bool = False
+    hwaddr: Annotated[str, Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")] | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if v in ("dhcp", "manual"):
+            return v
+        try:
+            ipaddress.IPv4Interface(v)
+        except ValueError:
+            raise ValueError("must be 'dhcp' or an IPv4 address with prefix, e.g. 192.168.1.50/24") from None
+        if "/" not in v:
+            raise ValueError("needs a prefix length, e.g. 192.168.1.50/24")
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _gw(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+
+class Mount(Section):
+    """A host directory bind-mounted into the container (root-only on PVE)."""
+
+    host: str
+    path: str
+    read_only: bool = False
+    backup: bool = False
+
+    @field_validator("host", "path")
+    @classmethod
+    def _paths(cls, v: str) -> str:
+        return _abs_path(v) or v
+
+
+class Features(Section):
+    nesting: bool = True
+    keyctl: bool = False
+    fuse: bool = False
+
+
+class Container(Section):
+    vmid: Annotated[int, Field(ge=100, le=999999999)] | Literal["auto"] = "auto"
+    hostname: Annotated[str, Field(pattern=HOSTNAME_RE.pattern, max_length=253)] = "llm"
+    template: str = "debian-12-standard"
+    template_storage: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] = "local"
+    storage: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] = "local-lvm"
+    disk_gb: Annotated[int, Field(ge=4, le=65536)] = 64
+    cores: Annotated[int, Field(ge=1, le=8192)] = 4
+    memory_mb: Annotated[int, Field(ge=256)] = 16384
+    swap_mb: Annotated[int, Field(ge=0)] = 512
+    unprivileged: bool = False
+    features: Features = Features()
+    onboot: bool = True
+    tags: list[Annotated[str, Field(pattern=TAG_RE.pattern)]] = []
+    network: Network = Network()
+    nameserver: str | None = None
+    searchdomain: str | None = None
+    mounts: list[Mount] = []
+    description: str = ""
+    adopt: bool = False
+    restart: Literal["never", "when-needed"] = "never"
+
+    @field_validator("nameserver")
+    @classmethod
+    def _ns(cls, v: str | None) -> str | None:
+        if v is not None:
+            for part in v.split():
+                ipaddress.ip_address(part)
+        return v
+
+
+GpuSelector = int | str
+
+
+class GPU(Section):
+    enabled: bool = True
+    select: Literal["all"] | list[GpuSelector] = "all"
+    boot_fix: bool = True
+    modeset: bool = False
+    caps: bool = False
+
+
+class Driver(Section):
+    manage_userspace: bool = True
+    repo_url: str = "https://developer.download.nvidia.com/compute/cuda/repos"
+    packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.+-]+$")]] = [
+        "nvidia-driver-cuda", "libcuda1", "libnvidia-ml1"]
+
+
+class Cuda(Section):
+    toolkit: Literal["auto"] | Annotated[str, Field(pattern=r"^\d{2}\.\d$")] = "auto"
+
+
+class LlamaSource(Section):
+    git: str | None = "https://github.com/ggml-org/llama.cpp"
+    ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,100}$")] | None = "b11312"
+    tarball: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "LlamaSource":
+        if self.tarball is not None:
+            object.__setattr__(self, "git", None)
+            object.__setattr__(self, "ref", None)
+        elif not self.git or not self.ref:
+            raise ValueError("give git + ref, or tarball")
+        return self
+
+
+class LlamaCpp(Section):
+    backend: Literal["auto", "cuda", "vulkan", "rocm", "cpu"] = "auto"
+    source: LlamaSource = LlamaSource()
+    rocm_targets: list[Annotated[str, Field(pattern=r"^gfx[0-9a-f]+$")]] = []
+    cmake_flags: list[Annotated[str, Field(pattern=r"^-D[A-Za-z0-9_]+=[A-Za-z0-9_.;,+-]*$")]] = []
+    keep_builds: Annotated[int, Field(ge=1, le=10)] = 2
+
+
+class ModelFile(Section):
+    """A GGUF file from Hugging Face (``repo`` + ``file``) or a local ``path`` to push."""
+
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")] | None = None
+    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*\.gguf$")] | None = None
+    revision: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,100}$")] = "main"
+    path: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    token: Secret | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> "ModelFile":
+        hub = self.repo is not None or self.file is not None
+        if hub and self.path:
+            raise ValueError("give repo + file (Hugging Face) or path (a local file), not both")
+        if hub and not (self.repo and self.file):
+            raise ValueError("a Hugging Face model needs both repo and file")
+        if not hub and not self.path:
+            raise ValueError("give repo + file, or path")
+        if self.file and ".." in self.file.split("/"):
+            raise ValueError("file must not contain '..'")
+        return self
+
+    @property
+    def filename(self) -> str:
+        return (self.file or self.path or "").rsplit("/", 1)[-1]
+
+
+class Model(ModelFile):
+    name: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] | None = None
+    location: Literal["host", "container"] = "host"
+    host_dir: str = "/var/lib/provision/models"
+    dir: str = "/srv/models"
+    draft: ModelFile | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.name or self.filename.removesuffix(".gguf")
+
+
+class Server(Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    ctx_size: Annotated[int, Field(ge=0)] = 32768
+    parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    flash_attn: Literal["on", "off", "auto"] = "auto"
+    cache_type_k: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
+    cache_type_v: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
+    ngl: Literal["auto", "all"] | Annotated[int, Field(ge=0)] = "auto"
+    fit: bool = True
+    metrics: bool = True
+    reasoning: Literal["on", "off", "auto"] = "auto"
+    reasoning_budget: int | None = None
+    api_key: Secret | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
+    override_kv: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+=(int|float|bool|str):[A-Za-z0-9_.-]+$")]] = []
+    extra_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:=,/+-]+$")]] = []
+    health_timeout: Annotated[float, Field(gt=0)] = 600.0
+
+
+class Gateway(Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 4000
+    mode: Literal["translate", "native"] = "translate"
+    api_key: Secret | None = None
+    model_aliases: dict[str, str] = {}
+
+
+class Clients(Section):
+    claude_code: bool = True
+    pi: bool = False
+    claude_code_router: bool = False
+    base_url: str | None = None  # how clients reach the gateway; default http://<ct-ip>:<port>
+    output_dir: str = "~/.config/provision/clients"
+
+
+class HostFile(Section):
+    """The whole host file."""
+
+    version: Literal[1] = 1
+    proxmox: Proxmox
+    ssh: SSH = SSH()
+    container: Container = Container()
+    gpu: GPU = GPU()
+    driver: Driver = Driver()
+    cuda: Cuda = Cuda()
+    llama_cpp: LlamaCpp = LlamaCpp()
+    model: Model | None = None
+    server: Server = Server()
+    gateway: Gateway = Gateway()
+    clients: Clients = Clients()
