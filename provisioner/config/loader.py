@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
+from ..redact import register
 from .schema import HostFile, Secret
 
 KeyPath = tuple[str | int, ...]
@@ -241,7 +242,7 @@ def read_secret(secret: Secret, where: str) -> str:
         if not value:
             raise ConfigError(f"environment variable {secret.env} is not set", key=where,
                               fix=f"export {secret.env}=... before running")
-        return value
+        return register(value)
     if secret.file is not None:
         p = Path(secret.file).expanduser()
         try:
@@ -255,6 +256,6 @@ def read_secret(secret: Secret, where: str) -> str:
                               fix=f"chmod 600 {p}")
         if not value:
             raise ConfigError(f"secret file {p} is empty", key=where)
-        return value
+        return register(value)
     assert secret.value is not None
-    return secret.value
+    return register(secret.value)
