@@ -84,7 +84,7 @@ def _prepare_for_containers(root: Path) -> None:
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     link = wants / unit.name
-    if not link.exists():
+    if not link.is_symlink():
         link.symlink_to(f"/etc/systemd/system/{unit.name}")
     # Not mountable in an unprivileged CT; PVE's templates leave it failing, we mask it.
     for unit_name in ("sys-kernel-debug.mount", "sys-kernel-tracing.mount"):
