@@ -1,0 +1,218 @@
+"""The `provision` command line: a thin layer over the engine.
+
+One error handler maps error classes to exit codes: 0 ok, 1 failure,
+2 bad input (and `plan --exit-code`: 2 when changes are pending). A bug
+prints one line and leaves the traceback in a log file, not on screen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import ConfigError, ProvisionError
+from ..redact import redact, redact_obj
+from .output import Output
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn a Proxmox VE host with an NVIDIA GPU into a private LLM service for coding agents.")
+
+ERROR_LOG = Path.home() / ".cache" / "provision" / "last-error.log"
+
+
+@app.callback()
+def _global(ctx: typer.Context,
+            json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+            verbose: bool = typer.Option(False, "--verbose", "-v", help="Show notes, task logs and command output."),
+            version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+    ctx.obj = Output(json_mode=json_out, verbose=verbose)
+
+
+def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Run a command body and turn its outcome into an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        out: Output = typer.get_current_context().obj or Output()
+        try:
+            code = fn(*args, **kwargs) or 0
+        except typer.Exit:
+            raise
+        except ConfigError as exc:
+            out.error(exc, kind="config")
+            raise typer.Exit(2) from None
+        except ProvisionError as exc:
+            out.error(exc, kind=type(exc).__name__)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            out.fail_line("interrupted; every step is safe to re-run")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # a bug: keep the traceback out of the user's face
+            ERROR_LOG.parent.mkdir(parents=True, exist_ok=True)
+            ERROR_LOG.write_text(redact(traceback.format_exc()))
+            out.fail_line(f"internal error: {redact(str(exc)) or type(exc).__name__} "
+                          f"(traceback in {ERROR_LOG}; please report it)")
+            raise typer.Exit(1) from None
+        raise typer.Exit(code)
+
+    return wrapper
+
+
+def _load(out: Output, file: Path):
+    from ..config import load
+
+    loaded = load(file)
+    for w in loaded.warnings:
+        out.warn(w)
+    return loaded
+
+
+@app.command()
+@guarded
+def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
+       plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
+       restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys.")) -> int:
+    """Create or converge the container and everything in it."""
+    from ..engine import run
+
+    out: Output = typer.get_current_context().obj
+    loaded = _load(out, file)
+    conn = run.connect(loaded.config)
+    try:
+        if plan_only or (not yes and sys.stdin.isatty() and not out.json_mode):
+            report = run.plan(loaded, conn, allow_restart=restart)
+            out.plan(report, loaded)
+            if plan_only or not report.planned:
+                return 0
+            if not typer.confirm("Apply these changes?", default=False):
+                out.line("nothing changed")
+                return 1
+        with out.progress() as progress:
+            report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
+                            on_change=progress.done)
+        out.applied(report, loaded)
+    finally:
+        conn.close()
+    return 0
+
+
+@app.command("plan")
+@guarded
+def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
+             exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
+             restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart.")) -> int:
+    """Show what `up` would change."""
+    from ..engine import run
+
+    out: Output = typer.get_current_context().obj
+    loaded = _load(out, file)
+    conn = run.connect(loaded.config)
+    try:
+        report = run.plan(loaded, conn, allow_restart=restart)
+    finally:
+        conn.close()
+    out.plan(report, loaded)
+    return 2 if exit_code and report.planned else 0
+
+
+@app.command()
+@guarded
+def status(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
+    """Show the container, its state and what is pending."""
+    from ..engine import run
+    from ..engine.steps import all_steps
+
+    out: Output = typer.get_current_context().obj
+    loaded = _load(out, file)
+    conn = run.connect(loaded.config)
+    try:
+        ctx = run.gather_facts(loaded.config, conn, all_steps(loaded.config))
+    finally:
+        conn.close()
+    out.status(ctx)
+    return 0
+
+
+@app.command()
+@guarded
+def down(file: Path = typer.Argument(..., help="The host file (YAML)."),
+         purge: bool = typer.Option(False, "--purge", help="Also remove it from backup/replication/HA jobs."),
+         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> int:
+    """Stop and destroy the container we created (never one we did not)."""
+    from ..engine import run
+    from ..operations.lifecycle import destroy
+
+    out: Output = typer.get_current_context().obj
+    loaded = _load(out, file)
+    conn = run.connect(loaded.config)
+    try:
+        destroy(loaded.config, conn, purge=purge, confirm=None if yes or not sys.stdin.isatty()
+                else (lambda q: typer.confirm(q, default=False)), out=out)
+    finally:
+        conn.close()
+    return 0
+
+
+@app.command()
+@guarded
+def schema() -> int:
+    """Print the JSON Schema of the host file."""
+    from ..config.schema import HostFile
+
+    typer.echo(json.dumps(HostFile.model_json_schema(), indent=2))
+    return 0
+
+
+@app.command()
+@guarded
+def check(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
+    """Validate a host file without contacting anything."""
+    out: Output = typer.get_current_context().obj
+    loaded = _load(out, file)
+    out.line(f"{file}: ok (container {loaded.config.container.hostname} on node {loaded.config.proxmox.node})")
+    if out.json_mode:
+        typer.echo(json.dumps(redact_obj({"file": str(file), "ok": True,
+                                          "warnings": list(loaded.warnings)})))
+    return 0
+
+
+def _mount_subapps() -> None:
+    """Sub-commands that live in their own modules."""
+    import importlib
+
+    for module, name in (("provisioner.cli.sim", "sim"),):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(mod.app, name=name)
+    for module in ("provisioner.cli.extra",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_mount_subapps()
+
+
+def run(argv: Optional[list[str]] = None) -> None:
+    app(args=argv, prog_name="provision")
+
+
+if __name__ == "__main__":
+    run()

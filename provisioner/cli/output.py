@@ -1,0 +1,149 @@
+"""Everything the CLI shows: human output on a rich console, or JSON on stdout.
+
+Progress and messages go to stderr, so `--json` output on stdout stays clean.
+Every string passes through redaction before it is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from rich.console import Console
+
+from ..errors import ProvisionError
+from ..redact import redact, redact_obj
+
+if TYPE_CHECKING:
+    from ..config import Loaded
+    from ..engine.context import PlanContext
+    from ..engine.plan import Change
+    from ..engine.run import Report
+
+
+class Progress:
+    """A spinner with the current step; each finished change is printed once."""
+
+    def __init__(self, out: "Output") -> None:
+        self._out = out
+        self._status: Any = None
+        self._t0 = time.monotonic()
+
+    def status(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(f"[bold]{redact(message)}")
+        elif self._out.verbose:
+            self._out.err.print(f"… {redact(message)}")
+
+    def done(self, change: "Change", seconds: float) -> None:
+        if not self._out.json_mode:
+            self._out.err.print(f"[green]✓[/] {redact(change.step)}: {redact(change.summary)} "
+                                f"[dim]({seconds:.1f}s)[/]")
+
+
+class Output:
+    def __init__(self, json_mode: bool = False, verbose: bool = False) -> None:
+        self.json_mode = json_mode
+        self.verbose = verbose
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def line(self, text: str) -> None:
+        if not self.json_mode:
+            self.err.print(redact(text), markup=False)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {redact(text)}")
+
+    def fail_line(self, text: str) -> None:
+        self.err.print(f"[red]error:[/] {redact(text)}")
+
+    def log_line(self, text: str) -> None:
+        if self.verbose and not self.json_mode:
+            self.err.print(f"[dim]  | {redact(text)}[/]", markup=True)
+
+    def error(self, exc: ProvisionError, kind: str) -> None:
+        if self.json_mode:
+            data = {"ok": False, "error": kind, "message": redact(str(exc))}
+            fix = getattr(exc, "fix", None)
+            if fix:
+                data["fix"] = redact(fix)
+            print(json.dumps(data))
+        self.err.print(f"[red]error:[/] {redact(str(exc))}", markup=True, highlight=False)
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Progress]:
+        p = Progress(self)
+        if self.json_mode or self.verbose or not self.err.is_terminal:
+            yield p
+            return
+        with self.err.status("starting") as st:
+            p._status = st
+            yield p
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def _notes(self, notes: list[str]) -> None:
+        for n in notes:
+            self.err.print(f"[cyan]note:[/] {redact(n)}")
+
+    def plan(self, report: "Report", loaded: "Loaded") -> None:
+        if self.json_mode:
+            print(json.dumps(redact_obj({"ok": True, "changes": len(report.planned), **report.as_dict()})))
+            return
+        if not report.planned:
+            self.err.print(f"[green]{loaded.path}: no changes[/] — the host is converged")
+        else:
+            self.err.print(f"[bold]{loaded.path}: {len(report.planned)} change(s) planned[/]")
+            for change in report.planned:
+                self.err.print(change.render(), markup=False)
+        self._notes(report.notes)
+
+    def applied(self, report: "Report", loaded: "Loaded") -> None:
+        if self.json_mode:
+            print(json.dumps(redact_obj({"ok": True, "changes": len(report.applied), **report.as_dict()})))
+            return
+        if not report.applied:
+            self.err.print(f"[green]{loaded.path}: nothing changed[/] ({report.seconds:.1f}s, "
+                           f"{report.api_calls} API calls, {report.ssh_round_trips} SSH round trips)")
+        else:
+            self.err.print(f"[bold green]{loaded.path}: {len(report.applied)} change(s) applied[/] "
+                           f"in {report.seconds:.1f}s")
+        self._notes(report.notes)
+
+    def status(self, ctx: "PlanContext") -> None:
+        ct = ctx.pve.ct
+        data: dict[str, Any] = {"node": ctx.cfg.proxmox.node, "pve": ctx.pve.release,
+                                "container": None, "root_path": ctx.root_path}
+        if ct is not None:
+            data["container"] = {"vmid": ct.vmid, "status": ct.status, "ours": ct.ours,
+                                 "hostname": ct.config.get("hostname"),
+                                 "pending": sorted(set(ct.pending) | set(ct.pending_delete))}
+        for name, value in sorted(ctx.facts.items()):
+            data.setdefault("facts", {})[name] = _plain(value)
+        if self.json_mode:
+            print(json.dumps(redact_obj(data), default=str))
+            return
+        self.err.print(f"node {data['node']} (PVE {data['pve']}), root-only keys via {ctx.root_path}")
+        if ct is None:
+            self.err.print("container: not created yet")
+        else:
+            c = data["container"]
+            self.err.print(f"container {c['vmid']} ({c['hostname']}): {c['status']}"
+                           + ("" if c["ours"] else " [yellow](not created by provision)[/]"))
+            if c["pending"]:
+                self.err.print(f"  pending until restart: {', '.join(c['pending'])}")
+        for name, value in data.get("facts", {}).items():
+            self.err.print(f"  {name}: {redact(json.dumps(value, default=str))[:200]}", markup=False)
+
+
+def _plain(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

@@ -1,0 +1,181 @@
+"""The runner: connect → gather facts → plan → apply → report.
+
+``plan`` and ``up`` run the same step code. ``up`` applies one step at a time and
+re-gathers facts only after a change that asked for it (the container was
+created or started), so a converged host costs one facts round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..config import Loaded, read_secret
+from ..config.schema import HostFile
+from ..connectors.pve import PVE, Credentials, Endpoint
+from ..connectors.ssh import SSH, SSHTarget
+from ..errors import ProvisionError
+from ..facts.base import Fact, gather
+from ..facts.pve import gather_pve
+from .context import ApplyContext, PlanContext
+from .plan import Change, Step
+from .steps import all_steps
+
+
+@dataclass
+class Connections:
+    pve: PVE
+    ssh: SSH
+
+    def close(self) -> None:
+        self.ssh.close()
+
+
+def root_path(cfg: HostFile) -> str:
+    """How root-only keys get set: the API as root@pam, else `pct set` over SSH as root."""
+    auth = cfg.proxmox.auth
+    if auth.kind == "password" and auth.user == "root@pam":
+        return "api"
+    return "ssh"
+
+
+def pve_validator(version_getter: Callable[[], str | None]):
+    """Validate every request against the official schema of the server's version."""
+    from ..pveschema import UnknownEndpoint, validate
+
+    def check(method: str, path: str, params: dict[str, Any]) -> dict[str, str]:
+        version = version_getter()
+        if version is None or path in ("/version",):
+            return {}
+        try:
+            return validate(version, method, path, params)
+        except UnknownEndpoint:
+            return {}
+
+    return check
+
+
+def connect(cfg: HostFile) -> Connections:
+    p = cfg.proxmox
+    auth = p.auth
+    if auth.kind == "token":
+        assert auth.token_secret is not None
+        creds = Credentials(token_id=auth.token_id,
+                            token_secret=read_secret(auth.token_secret, "proxmox.auth.token_secret"))
+    else:
+        assert auth.password is not None
+        creds = Credentials(user=auth.user, password=read_secret(auth.password, "proxmox.auth.password"))
+    state: dict[str, str | None] = {"version": None}
+    pve = PVE(Endpoint(host=p.host, port=p.port, node=p.node, ca_file=p.ca_file, fingerprint=p.fingerprint,
+                       insecure=p.insecure, timeout=p.timeout), creds,
+              validator=pve_validator(lambda: state["version"]))
+    pve._version_state = state  # type: ignore[attr-defined]  # filled by gather_facts
+    s = cfg.ssh
+    ssh = SSH(SSHTarget(host=s.host or p.host, port=s.port, user=s.user, key_file=s.key_file,
+                        use_agent=s.use_agent, known_hosts=s.known_hosts,
+                        trust_on_first_use=s.trust_on_first_use, timeout=s.timeout))
+    return Connections(pve=pve, ssh=ssh)
+
+
+def step_facts(steps: list[Step]) -> list[Fact[Any]]:
+    seen: dict[str, Fact[Any]] = {}
+    for step in steps:
+        for fact in getattr(step, "facts", ()):
+            seen.setdefault(fact.name, fact)
+    return list(seen.values())
+
+
+def gather_facts(cfg: HostFile, conn: Connections, steps: list[Step], *, allow_restart: bool = False,
+                 vmid_hint: int | None = None) -> PlanContext:
+    vmid = cfg.container.vmid if isinstance(cfg.container.vmid, int) else vmid_hint
+    pfacts = gather_pve(conn.pve, vmid=vmid, hostname=cfg.container.hostname)
+    state = getattr(conn.pve, "_version_state", None)
+    if state is not None:
+        state["version"] = pfacts.version if pfacts.version in ("8.4", "9.1") else _nearest(pfacts.version)
+    running = bool(pfacts.ct and pfacts.ct.running)
+    facts = gather(conn.ssh, step_facts(steps), vmid=pfacts.ct.vmid if pfacts.ct else None, ct_running=running)
+    return PlanContext(cfg=cfg, pve=pfacts, facts=facts, root_path=root_path(cfg), allow_restart=allow_restart)
+
+
+def _nearest(version: str) -> str:
+    """Schema to validate against for versions we have no schema of."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        return "9.1"
+    return "8.4" if major <= 8 else "9.1"
+
+
+@dataclass
+class Report:
+    applied: list[Change] = field(default_factory=list)
+    planned: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    api_calls: int = 0
+    ssh_round_trips: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": [c.as_dict() for c in self.applied], "planned": [c.as_dict() for c in self.planned],
+                "notes": self.notes, "seconds": round(self.seconds, 3), "api_calls": self.api_calls,
+                "ssh_round_trips": self.ssh_round_trips,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False) -> Report:
+    """Every change `up` would make now, without making any."""
+    t0 = time.monotonic()
+    cfg = loaded.config
+    steps = all_steps(cfg)
+    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
+    report = Report()
+    for step in steps:
+        report.planned += step.plan(ctx)
+    report.notes = list(dict.fromkeys(ctx.notes))
+    report.seconds = time.monotonic() - t0
+    report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips
+    return report
+
+
+def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
+       status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None,
+       on_change: Callable[[Change, float], None] = lambda c, s: None) -> Report:
+    """Converge: plan each step with fresh-enough facts and apply its changes."""
+    t0 = time.monotonic()
+    cfg = loaded.config
+    steps = all_steps(cfg)
+    report = Report()
+    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
+    state: dict[str, Any] = {}
+    for step in steps:
+        status(f"{step.name}: planning")
+        step_t0 = time.monotonic()
+        changes = step.plan(ctx)
+        for change in changes:
+            actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
+            status(f"{change.step}: {change.summary}")
+            c0 = time.monotonic()
+            try:
+                change.apply(actx)
+            except ProvisionError as exc:
+                exc.step = exc.step or change.step
+                raise
+            report.applied.append(change)
+            on_change(change, time.monotonic() - c0)
+            if change.refresh:
+                vmid_hint = state.get("vmid") or ctx.vmid
+                notes = ctx.notes
+                ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart, vmid_hint=vmid_hint)
+                ctx.notes = notes
+        if changes:
+            report.timings[step.name] = time.monotonic() - step_t0
+    report.notes = list(dict.fromkeys(ctx.notes))
+    report.seconds = time.monotonic() - t0
+    report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips
+    return report
