@@ -156,6 +156,23 @@ class LxcBackend:
         if snap.exists():
             _remove_tree(snap)
 
+    def hotplug(self, vmid: int, key: str, value: str) -> None:
+        """Hot-plug ``key`` into the running CT (the rules' hotplug callback).
+
+        devN: the node appears in the CT with the host's current major:minor
+        (``lxc-device add``). netN: accepted; the simulator applies it at the next
+        start (a deviation). mpN: not simulated.
+        """
+        if key.startswith("dev"):
+            path = lxcconf.parse_prop(value, "path").get("path", "")
+            if not os.path.exists(path):
+                raise SimTaskError(f"Device {path} does not exist")
+            proc = self._lxc("device", vmid, "add", path, check=False)
+            if proc.returncode != 0:
+                raise SimTaskError(proc.stderr.strip() or "lxc-device add failed")
+        elif key.startswith("mp"):
+            raise SimTaskError("hot-plugging mount points is not simulated; stop the CT first")
+
     def provide_template(self, name: str, dest: Path, log: Log) -> None:
         """The API's aplinfo download: copy our debootstrapped template to ``dest``."""
         rootfs.provide_template(name, Path(dest), log)

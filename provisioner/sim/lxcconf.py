@@ -130,4 +130,9 @@ def render(vmid: int, conf: dict[str, str], *, rootfs: Path, dev_lines: list[str
     if nvidia_proc is not None:
         # The kernel has no NVIDIA driver: show the simulated host's /proc/driver instead.
         lines.append(f"lxc.mount.entry = {nvidia_proc} proc/driver none bind,optional 0 0")
+    # Raw lxc.* lines of the PVE config go last, as pve-container appends them.
+    for raw in conf.get("lxc", "").splitlines():
+        key, _, val = raw.partition(":")
+        if key.strip():
+            lines.append(f"{key.strip()} = {val.strip()}")
     return "\n".join(lines) + "\n"

@@ -111,6 +111,11 @@ class NvidiaHost:
     # -- files -------------------------------------------------------------
     def _write_files(self, st: NvidiaState) -> None:
         _write_in_place(self.host / "sys/module/nvidia/version", st.driver + "\n")
+        uvm = self.host / "sys/module/nvidia_uvm"
+        if st.uvm_loaded:
+            (uvm / "parameters").mkdir(parents=True, exist_ok=True)
+        else:
+            shutil.rmtree(uvm, ignore_errors=True)
         drv = self.host / "proc/driver/nvidia"
         _write_in_place(drv / "version",
                         f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {st.driver}  "
@@ -242,8 +247,9 @@ def _write_exec(path: Path, text: str) -> None:
 def _python_tool(module: str, sub: str, sim_root: Path) -> str:
     """A host tool script that runs ``python -m module sub --root SIM_ROOT args``."""
     repo = Path(__file__).resolve().parents[2]
+    sub = f"{sub} " if sub else ""
     return (f"#!/bin/sh\nPYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "
-            f"-m {module} {sub} --root {sim_root} \"$@\"\n")
+            f"-m {module} {sub}--root {sim_root} \"$@\"\n")
 
 
 def main(argv: list[str] | None = None) -> int:

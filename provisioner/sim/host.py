@@ -1,0 +1,202 @@
+"""The simulated Proxmox host: a private mount namespace with the fake kernel view, sshd,
+the API server and the apt repository.
+
+``python -m provisioner.sim.host run --root SIM_ROOT`` is started by ``manage.start``
+under ``unshare --mount --propagation private``. Inside that namespace only:
+
+| real path          | shows                                    |
+| ---                | ---                                      |
+| /etc/pve           | SIM_ROOT/etc/pve (container configs)     |
+| /var/lib/lxc       | SIM_ROOT/lxc (lxcpath; `pct mount` target)|
+| /proc/devices      | SIM_ROOT/host/proc/devices               |
+| /proc/driver       | SIM_ROOT/host/proc/driver                |
+| /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
+| /lib/modules       | SIM_ROOT/host/lib/modules                |
+| /usr/local/sbin    | SIM_ROOT/host/bin (pct, pveversion, nvidia-smi, nvidia-modprobe) |
+
+The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
+real host if missing. Device nodes live in the real /dev (see sim/nvidia.py).
+sshd runs every session through ``host/bin/.ssh-session`` (ForceCommand), which
+sleeps ``faults/ssh_delay_ms`` first: the SSH delay fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from provisioner.sim import aptrepo
+from provisioner.sim.nvidia import NvidiaHost, _python_tool, _write_exec
+
+BRIDGE_IP = "10.0.3.1"
+
+
+def ssh_dir(sim_root: Path) -> Path:
+    return sim_root / "ssh"
+
+
+def ensure_ssh_keys(sim_root: Path, port: int) -> None:
+    """Host key, client key, authorized_keys and known_hosts (once per SIM_ROOT)."""
+    d = ssh_dir(sim_root)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("ssh_host_ed25519_key", "id_ed25519"):
+        if not (d / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provision-sim {name}",
+                            "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
+    host_pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    for f in d.iterdir():
+        f.chmod(0o600 if not f.name.endswith(".pub") else 0o644)
+
+
+def write_sshd_config(sim_root: Path, port: int) -> Path:
+    d = ssh_dir(sim_root)
+    cfg = d / "sshd_config"
+    cfg.write_text(f"""# provision-sim host sshd
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/ssh_host_ed25519_key
+PidFile {sim_root}/run/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowUsers root
+MaxStartups 100:30:200
+MaxSessions 64
+ForceCommand {sim_root}/host/bin/.ssh-session
+Subsystem sftp /usr/lib/openssh/sftp-server
+""")
+    return cfg
+
+
+def write_host_tools(sim_root: Path, settings: dict) -> None:
+    bindir = sim_root / "host" / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    _write_exec(bindir / ".ssh-session", f"""#!/bin/sh
+# provision-sim: every SSH session runs through here (ForceCommand) so faults can delay it.
+ms=$(cat {sim_root}/faults/ssh_delay_ms 2>/dev/null || echo 0)
+[ "${{ms:-0}}" -gt 0 ] 2>/dev/null && sleep "$(awk "BEGIN {{ print $ms / 1000 }}")"
+[ -n "$SSH_ORIGINAL_COMMAND" ] || exec "${{SHELL:-/bin/sh}}" -l
+exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
+""")
+    _write_exec(bindir / "pct", _python_tool("provisioner.sim.pct", "", sim_root))
+    version = settings.get("version", "9.1")
+    manager = {"8.4": "8.4.1/2a5fa54a8503f96d", "9.1": "9.1.1/42db4a6cf33dac83"}.get(version, f"{version}.0/0")
+    _write_exec(bindir / "pveversion", f'#!/bin/sh\necho "pve-manager/{manager} (running kernel: $(uname -r))"\n')
+
+
+def _bind(src: Path, dst: str) -> None:
+    subprocess.run(["mount", "--bind", str(src), dst], check=True)
+
+
+def setup_namespace(sim_root: Path) -> None:
+    """Bind the fake host view over the real paths (call only inside the private namespace)."""
+    host = sim_root / "host"
+    for mp in ("/etc/pve", "/usr/lib/modules"):
+        Path(mp).mkdir(parents=True, exist_ok=True)
+    (sim_root / "etc/pve/lxc").mkdir(parents=True, exist_ok=True)
+    _bind(sim_root / "etc/pve", "/etc/pve")
+    _bind(sim_root / "lxc", "/var/lib/lxc")
+    _bind(host / "proc/devices", "/proc/devices")
+    _bind(host / "proc/driver", "/proc/driver")
+    _bind(host / "lib/modules", "/usr/lib/modules")
+    _bind(host / "bin", "/usr/local/sbin")
+    real = sim_root / "run" / "real-sys-module"
+    real.mkdir(parents=True, exist_ok=True)
+    _bind(Path("/sys/module"), str(real))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "sim-sys-module", "/sys/module"], check=True)
+    for entry in os.listdir(real):
+        os.symlink(real / entry, f"/sys/module/{entry}")
+    for mod in ("nvidia", "nvidia_uvm"):
+        if not os.path.lexists(f"/sys/module/{mod}"):
+            os.symlink(host / "sys/module" / mod, f"/sys/module/{mod}")
+
+
+class HostProcess:
+    """The long-running process that owns the namespace and the node's services."""
+
+    def __init__(self, sim_root: Path) -> None:
+        self.sim_root = sim_root
+        self.settings = json.loads((sim_root / "sim.json").read_text())
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        root = self.sim_root
+        os.environ["PROVISION_SIM_NS"] = str(root)
+        (root / "run").mkdir(exist_ok=True)
+        (root / "faults").mkdir(exist_ok=True)
+        NvidiaHost(root).refresh()
+        write_host_tools(root, self.settings)
+        setup_namespace(root)
+        apt_port = int(self.settings["apt_port"])
+        aptrepo.build(root / "apt-repo", f"http://{BRIDGE_IP}:{apt_port}")
+        self.apt = aptrepo.serve(root / "apt-repo", BRIDGE_IP, apt_port)
+        Path("/run/sshd").mkdir(exist_ok=True)
+        cfg = write_sshd_config(root, int(self.settings["ssh_port"]))
+        log = open(root / "log" / "sshd.log", "ab")
+        self.children["sshd"] = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
+                                                 stdout=log, stderr=log)
+        if os.environ.get("PROVISION_SIM_NO_API") != "1":
+            log = open(root / "log" / "api.log", "ab")
+            self.children["api"] = subprocess.Popen(
+                [sys.executable, "-m", "provisioner.sim.api", "--root", str(root)],
+                stdout=log, stderr=log)
+        (root / "run" / "host.ready").write_text(json.dumps(
+            {name: p.pid for name, p in self.children.items()}))
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def wait(self) -> int:
+        """Run until SIGTERM or until a service dies; then stop everything."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        rc = 0
+        while not self.stopping:
+            for name, proc in self.children.items():
+                if proc.poll() is not None:
+                    print(f"provision-sim: {name} exited with {proc.returncode}", file=sys.stderr)
+                    self.stopping, rc = True, 1
+            time.sleep(0.3)
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.children.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.apt.shutdown()
+        (self.sim_root / "run" / "host.ready").unlink(missing_ok=True)
+        return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="provision-sim-host")
+    ap.add_argument("cmd", choices=["run"])
+    ap.add_argument("--root", required=True, type=Path)
+    args = ap.parse_args(argv)
+    proc = HostProcess(args.root.resolve())
+    try:
+        proc.start()
+    except Exception:
+        for child in proc.children.values():
+            child.kill()
+        raise
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
