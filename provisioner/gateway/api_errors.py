@@ -1,0 +1,46 @@
+"""Errors as the Anthropic Messages API reports them.
+
+Every failure a client can see is an :class:`ApiError`: an HTTP status, one of
+Anthropic's error types and a message. The upstream's own failures are turned
+into these in exactly one place, :mod:`provisioner.gateway.upstream`.
+"""
+
+from __future__ import annotations
+
+from provisioner.errors import ProvisionError
+from provisioner.gateway.jsonfast import dumps
+
+
+class ApiError(ProvisionError):
+    """An error the gateway answers with ``{"type":"error","error":{...}}``."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+    def body(self, request_id: str | None = None) -> dict:
+        """The JSON error body Anthropic's clients expect."""
+        body: dict = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+        if request_id:
+            body["request_id"] = request_id
+        return body
+
+    def sse_frame(self) -> bytes:
+        """The same error as a mid-stream ``event: error`` frame."""
+        return b"event: error\ndata: " + dumps(self.body()) + b"\n\n"
+
+
+def invalid_request(message: str) -> ApiError:
+    """400 invalid_request_error."""
+    return ApiError(400, "invalid_request_error", message)
+
+
+def not_found(message: str) -> ApiError:
+    """404 not_found_error."""
+    return ApiError(404, "not_found_error", message)
+
+
+def overloaded(message: str = "the model server is busy; retry shortly") -> ApiError:
+    """529 overloaded_error: Claude Code and the SDK retry it."""
+    return ApiError(529, "overloaded_error", message)

@@ -1,0 +1,146 @@
+"""Streaming through the gateway with the official anthropic SDK as the client."""
+
+from __future__ import annotations
+
+import json
+
+from gw_scripted_upstream import chunk, text_script, tool_delta, usage_chunk
+
+TOOLS = [{"name": "get_weather", "description": "Weather for a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+         {"name": "get_time", "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}}}]
+
+
+def events_of(stream) -> list:
+    return [event for event in stream]
+
+
+def test_text_stream_accumulates_and_echoes_model(gw):
+    gw.script(text_script(["Hel", "lo", " there"], prompt=42, cached=30))
+    with gw.client().messages.stream(model="claude-local-test", max_tokens=64,
+                                     messages=[{"role": "user", "content": "hi"}]) as stream:
+        message = stream.get_final_message()
+    assert message.model == "claude-local-test"
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == "Hello there"
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens,
+            message.usage.output_tokens) == (12, 30, 3)
+    sent = gw.last_request()
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["model"] == "smollm2"
+
+
+def test_tool_arguments_in_one_byte_fragments(gw):
+    args = json.dumps({"city": "Zürich", "days": [1, 2]})
+    steps = [chunk(role="assistant", content=""),
+             chunk(tool_calls=[tool_delta(0, id="call_1", name="get_weather", args="")])]
+    steps += [chunk(tool_calls=[tool_delta(0, args=ch)]) for ch in args]
+    steps += [chunk(finish="tool_calls"), usage_chunk(20, 15), ("done",)]
+    gw.script(steps)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, tools=TOOLS,
+                                     messages=[{"role": "user", "content": "weather?"}]) as stream:
+        events = events_of(stream)
+        message = stream.get_final_message()
+    deltas = [e for e in events if e.type == "input_json"]
+    assert len(deltas) == len(args)  # forwarded live, one fragment per upstream chunk
+    assert message.content[0].type == "tool_use"
+    assert (message.content[0].id, message.content[0].name) == ("call_1", "get_weather")
+    assert message.content[0].input == {"city": "Zürich", "days": [1, 2]}
+    assert message.stop_reason == "tool_use"
+
+
+def test_interleaved_parallel_tool_calls(gw):
+    a, b = json.dumps({"city": "Bern"}), json.dumps({"tz": "UTC"})
+    steps = [chunk(tool_calls=[tool_delta(0, id="call_a", name="get_weather", args=""),
+                               tool_delta(1, id="call_b", name="get_time", args="")])]
+    for i in range(max(len(a), len(b))):
+        calls = []
+        if i < len(a):
+            calls.append(tool_delta(0, args=a[i]))
+        if i < len(b):
+            calls.append(tool_delta(1, args=b[i]))
+        steps.append(chunk(tool_calls=calls))
+    steps += [chunk(finish="tool_calls"), usage_chunk(5, 9), ("done",)]
+    gw.script(steps)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, tools=TOOLS,
+                                     messages=[{"role": "user", "content": "both"}]) as stream:
+        events = events_of(stream)
+        message = stream.get_final_message()
+    assert [(c.type, c.id, c.input) for c in message.content] == [
+        ("tool_use", "call_a", {"city": "Bern"}), ("tool_use", "call_b", {"tz": "UTC"})]
+    open_blocks = 0
+    for e in events:  # one block open at a time, indexes in start order
+        if e.type == "content_block_start":
+            assert open_blocks == 0
+            open_blocks += 1
+        elif e.type == "content_block_stop":
+            open_blocks -= 1
+    assert [e.index for e in events if e.type == "content_block_start"] == [0, 1]
+
+
+def test_sequential_parallel_calls_both_stream_live(gw):
+    steps = [chunk(tool_calls=[tool_delta(0, id="c1", name="get_weather", args='{"city":')]),
+             chunk(tool_calls=[tool_delta(0, args='"Oslo"}')]),
+             chunk(tool_calls=[tool_delta(1, id="c2", name="get_time", args='{"tz":')]),
+             chunk(tool_calls=[tool_delta(1, args='"CET"}')]),
+             chunk(finish="tool_calls"), usage_chunk(5, 9), ("done",)]
+    gw.script(steps)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, tools=TOOLS,
+                                     messages=[{"role": "user", "content": "both"}]) as stream:
+        events = events_of(stream)
+        message = stream.get_final_message()
+    assert [c.input for c in message.content] == [{"city": "Oslo"}, {"tz": "CET"}]
+    kinds = [e.type for e in events if e.type in ("content_block_start", "input_json", "content_block_stop")]
+    assert kinds == ["content_block_start", "input_json", "input_json", "content_block_stop",
+                     "content_block_start", "input_json", "input_json", "content_block_stop"]
+
+
+def test_usage_after_finish_reason_and_reasoning_before_text(gw):
+    steps = [chunk(role="assistant", reasoning="Let me "), chunk(reasoning="think."),
+             chunk(content="Answer"), chunk(content="."), chunk(finish="stop"),
+             ("sleep", 0.05), usage_chunk(100, 7, cached=64), ("done",)]
+    gw.script(steps)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64,
+                                     thinking={"type": "enabled", "budget_tokens": 1024},
+                                     messages=[{"role": "user", "content": "q"}]) as stream:
+        events = events_of(stream)
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Let me think."
+    assert message.content[0].signature  # signature_delta came before the block closed
+    sig = [i for i, e in enumerate(events) if e.type == "signature"]
+    stop0 = [i for i, e in enumerate(events) if e.type == "content_block_stop" and e.index == 0]
+    assert sig and sig[0] < stop0[0]
+    assert message.content[1].text == "Answer."
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (36, 64, 7)
+    assert gw.last_request()["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+def test_tool_call_with_finish_reason_stop_is_tool_use(gw):
+    steps = [chunk(content="Checking."),
+             chunk(tool_calls=[tool_delta(0, id="c9", name="get_time", args='{"tz":"UTC"}')]),
+             chunk(finish="stop"), usage_chunk(5, 5), ("done",)]
+    gw.script(steps)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, tools=TOOLS,
+                                     messages=[{"role": "user", "content": "t"}]) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    assert message.stop_reason == "tool_use"
+
+
+def test_stop_sequence_is_matched_and_reported(gw):
+    gw.script(text_script(["one two ", "ST", "OP three", " four"]))
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, stop_sequences=["STOP"],
+                                     messages=[{"role": "user", "content": "count"}]) as stream:
+        message = stream.get_final_message()
+    assert message.content[0].text == "one two "
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
+    assert "stop" not in gw.last_request()
+
+
+def test_length_finish_is_max_tokens(gw):
+    gw.script(text_script(["a", "b"], finish="length"))
+    with gw.client().messages.stream(model="claude-x", max_tokens=2,
+                                     messages=[{"role": "user", "content": "x"}]) as stream:
+        assert stream.get_final_message().stop_reason == "max_tokens"
