@@ -8,6 +8,7 @@ created or started), so a converged host costs one facts round trip.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -67,7 +68,7 @@ def connect(cfg: HostFile) -> Connections:
         assert auth.password is not None
         creds = Credentials(user=auth.user, password=read_secret(auth.password, "proxmox.auth.password"))
     state: dict[str, str | None] = {"version": None}
-    pve = PVE(Endpoint(host=p.host, port=p.port, node=p.node, ca_file=p.ca_file, fingerprint=p.fingerprint,
+    pve = PVE(Endpoint(host=p.host, port=p.port, node=p.node, ca_file=str(Path(p.ca_file).expanduser()) if p.ca_file else None, fingerprint=p.fingerprint,
                        insecure=p.insecure, timeout=p.timeout), creds,
               validator=pve_validator(lambda: state["version"]))
     pve._version_state = state  # type: ignore[attr-defined]  # filled by gather_facts
