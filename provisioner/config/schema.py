@@ -25,7 +25,7 @@ TOKEN_ID_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._
 USER_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+$")
 PCI_RE = re.compile(r"^([0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
 ABS_PATH_RE = re.compile(r"^/[^\0\n]*$")
-TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_+.-]*$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+.-]*$")
 
 
 class Section(BaseModel):

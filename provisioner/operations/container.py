@@ -19,8 +19,9 @@ from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ProxmoxError, RefusedError, RemoteError
 from ..facts.pve import MARKER_LINE, MARKER_TAG, has_marker
-from ..pveschema import parse_boolean, split_property_string
-from ..pveschema.propstring import resolve_format
+from ..pveschema import parse_boolean
+from ..pveschema.propstring import split_property_string
+from ..pveschema.propstring import resolve_format  # noqa: E402
 
 STEP = "container"
 
