@@ -1,0 +1,365 @@
+"""Container endpoints of the simulated API (``/nodes/{node}/lxc/...``).
+
+Config edits go through ``rules`` (PVE's PUT semantics); everything that takes
+time runs as a task through the backend (``backend_base.Backend``), under the
+per-vmid config lock, with PVE's task types (vzcreate, vzstart, vzstop, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from . import ctcreate
+from .api import ApiError, Request, route
+from .backend_base import SimTaskError
+from .pveconf import PveConf, Section
+from .rules import Update, apply_pending, pending_view, update_config
+from .tasks import TaskLog
+
+
+def load(req: Request, vmid: int | None = None) -> PveConf:
+    vmid = req.vmid() if vmid is None else vmid
+    try:
+        return req.api.store.load(vmid)
+    except FileNotFoundError:
+        raise ApiError(f"Configuration file 'nodes/{req.api.node}/lxc/{vmid}.conf' does not exist") from None
+
+
+def is_running(api: Any, vmid: int) -> bool:
+    try:
+        return api.backend.status(vmid) == "running"
+    except Exception:  # noqa: BLE001 - a CT the backend does not know is not running
+        return False
+
+
+def _size_bytes(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT])?", text or "")
+    if not m:
+        return 0
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def ct_summary(api: Any, vmid: int) -> dict[str, Any] | None:
+    """One CT as ``GET /nodes/{node}/lxc`` and ``/cluster/resources`` list it."""
+    try:
+        conf = api.store.load(vmid).values
+    except (FileNotFoundError, ValueError):
+        return None
+    running = is_running(api, vmid)
+    size = re.search(r"size=([^,]+)", conf.get("rootfs", ""))
+    out: dict[str, Any] = {
+        "vmid": vmid, "name": conf.get("hostname", f"CT{vmid}"), "type": "lxc",
+        "status": "running" if running else "stopped", "template": 1 if conf.get("template") == "1" else 0,
+        "maxmem": int(conf.get("memory", 512)) * 1024 * 1024,
+        "maxswap": int(conf.get("swap", 512)) * 1024 * 1024,
+        "maxdisk": _size_bytes(size.group(1)) if size else 0,
+        "cpus": int(conf.get("cores", 0)) or 1, "uptime": 0, "cpu": 0, "mem": 0, "disk": 0,
+        "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
+    }
+    if conf.get("tags"):
+        out["tags"] = conf["tags"]
+    if conf.get("lock"):
+        out["lock"] = conf["lock"]
+    return out
+
+
+@route("/nodes/{node}/lxc", "GET")
+def lxc_list(req: Request) -> list[dict[str, Any]]:
+    return [s for v in req.api.store.vmids() if (s := ct_summary(req.api, v))]
+
+
+@route("/nodes/{node}/lxc", "POST")
+def lxc_create(req: Request) -> str:
+    return ctcreate.create(req)
+
+
+@route("/nodes/{node}/lxc/{vmid}", "GET")
+def lxc_index(req: Request) -> list[dict[str, str]]:
+    load(req)
+    return [{"subdir": s} for s in ("config", "pending", "status", "snapshot", "firewall", "rrd",
+                                    "rrddata", "vncproxy", "termproxy", "migrate", "feature")]
+
+
+@route("/nodes/{node}/lxc/{vmid}", "DELETE")
+def lxc_destroy(req: Request) -> str:
+    vmid = req.vmid()
+    conf = load(req).values
+    force = str(req.params.get("force", "0")) == "1"
+    running_msg = f"unable to destroy CT {vmid} - container is running"
+    if conf.get("lock"):
+        raise ApiError(f"CT is locked ({conf['lock']})")
+    if conf.get("protection") == "1":
+        raise ApiError(f"can't remove CT {vmid} - protection mode enabled")
+    if not force and is_running(req.api, vmid):
+        raise ApiError(running_msg)
+    api = req.api
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            current = api.store.load(vmid)
+            if is_running(api, vmid):
+                if not force:
+                    raise SimTaskError(running_msg)
+                api.backend.stop(vmid, log)
+            api.backend.destroy(vmid, current.main.as_dict(), log)
+            api.store.remove(vmid)
+
+    return api.tasks.start("vzdestroy", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/config", "GET")
+def config_get(req: Request) -> dict[str, Any]:
+    if req.params.get("snapshot") and str(req.params.get("current", "0")) == "1":
+        msg = "cannot use 'snapshot' parameter with 'current'"
+        raise ApiError("Parameter verification failed.", status=400,
+                       errors={"snapshot": msg, "current": msg})
+    pve = load(req)
+    if req.params.get("snapshot"):
+        snap = pve.snapshots.get(str(req.params["snapshot"]))
+        if snap is None:
+            raise ApiError(f"snapshot '{req.params['snapshot']}' does not exist")
+        section = snap
+    elif str(req.params.get("current", "0")) == "1":
+        section = pve.main
+    else:
+        merged = dict(pve.values)
+        merged.update({k: v for k, v in pve.pending.values.items() if k != "delete"})
+        for key in pve.pending_delete():
+            merged.pop(key, None)
+        section = Section(merged, pve.main.lxc)
+    out: dict[str, Any] = {k: _typed(k, v) for k, v in section.values.items()}
+    if section.lxc:
+        out["lxc"] = [[k, v] for k, v in section.lxc]
+    out["digest"] = pve.digest
+    return out
+
+
+_INT_KEYS = {"cores", "memory", "swap", "cpuunits", "tty", "unprivileged", "onboot", "protection",
+             "template", "console", "debug", "snaptime"}
+
+
+def _typed(key: str, value: str) -> Any:
+    """PVE returns integer/boolean config values as JSON numbers."""
+    if key in _INT_KEYS and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if key == "cpulimit" and re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value) if "." in value else int(value)
+    return value
+
+
+@route("/nodes/{node}/lxc/{vmid}/config", "PUT")
+def config_put(req: Request) -> None:
+    vmid = req.vmid()
+    load(req)
+    reserved = {"node", "vmid", "digest", "delete", "revert"}
+    params = {k: str(v) if not isinstance(v, bool) else ("1" if v else "0")
+              for k, v in req.params.items() if k not in reserved}
+    from provisioner.pveschema import split_list
+    update = Update(params=params, delete=split_list(str(req.params.get("delete", ""))),
+                    revert=split_list(str(req.params.get("revert", ""))),
+                    digest=req.params.get("digest"))
+    hotplug = getattr(req.api.backend, "hotplug", None)
+    update_config(req.api.store, vmid, update, user=req.user, running=is_running(req.api, vmid),
+                  version=req.api.version, node=req.api.node, hotplug=(
+                      (lambda key, value: hotplug(vmid, key, value)) if hotplug else None))
+    return None
+
+
+@route("/nodes/{node}/lxc/{vmid}/pending", "GET")
+def pending_get(req: Request) -> list[dict[str, Any]]:
+    return pending_view(load(req))
+
+
+@route("/nodes/{node}/lxc/{vmid}/status", "GET")
+def status_index(req: Request) -> list[dict[str, str]]:
+    load(req)
+    return [{"subcmd": s} for s in ("current", "start", "stop", "shutdown", "reboot",
+                                    "suspend", "resume")]
+
+
+@route("/nodes/{node}/lxc/{vmid}/status/current", "GET")
+def status_current(req: Request) -> dict[str, Any]:
+    load(req)
+    summary = ct_summary(req.api, req.vmid()) or {}
+    return {**summary, "ha": {"managed": 0}}
+
+
+def _start_work(api: Any, vmid: int, log: TaskLog) -> None:
+    conf = api.store.load(vmid).values
+    if conf.get("lock"):
+        raise SimTaskError(f"CT is locked ({conf['lock']})")
+    values = apply_pending(api.store, vmid, api.version)
+    api.backend.start(vmid, values, log)
+
+
+@route("/nodes/{node}/lxc/{vmid}/status/start", "POST")
+def start(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    conf = load(req).values
+    if is_running(api, vmid):
+        raise ApiError(f"CT {vmid} already running")
+    if conf.get("template") == "1":
+        raise ApiError("you can't start a CT if it's a template")
+    return api.tasks.start("vzstart", str(vmid), req.user, lambda log: _start_work(api, vmid, log))
+
+
+@route("/nodes/{node}/lxc/{vmid}/status/stop", "POST")
+def stop(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    load(req)
+    if not is_running(api, vmid):
+        raise ApiError(f"CT {vmid} not running")
+    return api.tasks.start("vzstop", str(vmid), req.user, lambda log: api.backend.stop(vmid, log))
+
+
+@route("/nodes/{node}/lxc/{vmid}/status/shutdown", "POST")
+def shutdown(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    load(req)
+    if not is_running(api, vmid):
+        raise ApiError(f"CT {vmid} not running")
+    timeout = int(req.params.get("timeout", 60))
+    force = str(req.params.get("forceStop", "0")) == "1"
+
+    def work(log: TaskLog) -> None:
+        try:
+            api.backend.shutdown(vmid, timeout, log)
+        except SimTaskError:
+            if not force:
+                raise
+            api.backend.stop(vmid, log)
+
+    return api.tasks.start("vzshutdown", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/status/reboot", "POST")
+def reboot(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    load(req)
+    if not is_running(api, vmid):
+        raise ApiError(f"VM {vmid} not running")
+    timeout = int(req.params.get("timeout", 60))
+
+    def work(log: TaskLog) -> None:
+        api.backend.shutdown(vmid, timeout, log)
+        _start_work(api, vmid, log)
+
+    return api.tasks.start("vzreboot", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot", "GET")
+def snapshot_list(req: Request) -> list[dict[str, Any]]:
+    pve = load(req)
+    out: list[dict[str, Any]] = []
+    for name, snap in pve.snapshots.items():
+        item: dict[str, Any] = {"name": name, "description": snap.values.get("description", "")}
+        if snap.values.get("snaptime"):
+            item["snaptime"] = int(snap.values["snaptime"])
+        if snap.values.get("parent"):
+            item["parent"] = snap.values["parent"]
+        out.append(item)
+    current: dict[str, Any] = {"name": "current", "description": "You are here!",
+                               "running": 1 if is_running(req.api, req.vmid()) else 0}
+    if pve.values.get("parent"):
+        current["parent"] = pve.values["parent"]
+    out.append(current)
+    return out
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot", "POST")
+def snapshot_create(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = str(req.params["snapname"])
+    if name in ("current", "vzdump"):
+        raise ApiError(f"unable to use snapshot name '{name}' (reserved name)")
+    pve = load(req)
+    if name in pve.snapshots:
+        raise ApiError(f"snapshot name '{name}' already used")
+    description = str(req.params.get("description", ""))
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            if cur.values.get("lock"):
+                raise SimTaskError(f"CT is locked ({cur.values['lock']})")
+            if name in cur.snapshots:
+                raise SimTaskError(f"snapshot name '{name}' already used")
+            snap = Section({k: v for k, v in cur.values.items() if k not in ("lock", "description")},
+                           list(cur.main.lxc))
+            snap.values["snaptime"] = str(int(time.time()))
+            if description:
+                snap.values["description"] = description
+            api.backend.snapshot(vmid, name, log)
+            cur.snapshots[name] = snap
+            cur.values["parent"] = name
+            api.store.save(vmid, cur)
+
+    return api.tasks.start("vzsnapshot", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "GET")
+def snapshot_index(req: Request) -> list[dict[str, str]]:
+    _snap_or_die(req)
+    return [{"cmd": "rollback"}, {"cmd": "config"}]
+
+
+def _snap_or_die(req: Request) -> str:
+    name = str(req.params["snapname"])
+    if name not in load(req).snapshots:
+        raise ApiError(f"snapshot '{name}' does not exist")
+    return name
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "DELETE")
+def snapshot_delete(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = _snap_or_die(req)
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            snap = cur.snapshots.get(name)
+            if snap is None:
+                raise SimTaskError(f"snapshot '{name}' does not exist")
+            api.backend.delete_snapshot(vmid, name, log)
+            parent = snap.values.get("parent")
+            for section in [cur.main, *cur.snapshots.values()]:
+                if section.values.get("parent") == name:
+                    if parent:
+                        section.values["parent"] = parent
+                    else:
+                        section.values.pop("parent")
+            del cur.snapshots[name]
+            api.store.save(vmid, cur)
+
+    return api.tasks.start("vzdelsnapshot", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback", "POST")
+def snapshot_rollback(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = _snap_or_die(req)
+    start_after = str(req.params.get("start", "0")) == "1"
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            snap = cur.snapshots.get(name)
+            if snap is None:
+                raise SimTaskError(f"snapshot '{name}' does not exist")
+            if is_running(api, vmid):
+                api.backend.stop(vmid, log)
+            api.backend.rollback(vmid, name, log)
+            values = {k: v for k, v in snap.values.items() if k not in ("snaptime", "description")}
+            if cur.values.get("description"):
+                values["description"] = cur.values["description"]
+            values["parent"] = name
+            cur.main = Section(values, list(snap.lxc))
+            cur.pending = Section()
+            api.store.save(vmid, cur)
+        if start_after:
+            _start_work(api, vmid, log)
+
+    return api.tasks.start("vzrollback", str(vmid), req.user, work)

@@ -1,0 +1,196 @@
+"""Node- and cluster-level endpoints of the simulated API: version, login, tasks, templates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import aplinfo, storage
+from .api import REPOID, ApiError, Request, route
+from .auth import AuthFailure
+from .rules import param_error
+from .tasks import TaskLog, parse_upid
+
+
+@route("/version", "GET")
+def version(req: Request) -> dict[str, Any]:
+    return {"version": req.api.full_version(), "release": req.api.version,
+            "repoid": REPOID[req.api.version]}
+
+
+@route("/access/ticket", "GET")
+def ticket_index(req: Request) -> None:
+    return None
+
+
+@route("/access/ticket", "POST")
+def ticket(req: Request) -> dict[str, Any]:
+    auth = req.api.auth
+    try:
+        user = auth.check_password(str(req.params["username"]), str(req.params["password"]),
+                                   req.params.get("realm"))
+    except AuthFailure:
+        raise ApiError("authentication failure", status=401) from None
+    return {"username": user, "ticket": auth.make_ticket(user),
+            "CSRFPreventionToken": auth.make_csrf(user), "clustername": None,
+            "cap": {"vms": {"VM.Allocate": 1, "VM.Config.Disk": 1, "VM.PowerMgmt": 1},
+                    "nodes": {"Sys.Modify": 1}, "storage": {"Datastore.AllocateTemplate": 1}}}
+
+
+@route("/nodes", "GET")
+def nodes(req: Request) -> list[dict[str, Any]]:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return [{"node": req.api.node, "status": "online", "type": "node", "id": f"node/{req.api.node}",
+             "level": "", "maxcpu": os.cpu_count() or 1, "cpu": 0.01, "maxmem": mem,
+             "mem": mem // 4, "uptime": 3600, "ssl_fingerprint": req.api.fingerprint}]
+
+
+@route("/cluster/nextid", "GET")
+def nextid(req: Request) -> int:
+    used = set(req.api.store.vmids())
+    if "vmid" in req.params:
+        vmid = int(req.params["vmid"])
+        if vmid in used:
+            raise param_error({"vmid": f"VM {vmid} already exists"})
+        return vmid
+    for vmid in range(100, 1_000_000):
+        if vmid not in used:
+            return vmid
+    raise ApiError("unable to get any free VMID in range [100, 999999999]")
+
+
+@route("/cluster/resources", "GET")
+def resources(req: Request) -> list[dict[str, Any]]:
+    from .api_lxc import ct_summary
+    kind = req.params.get("type")
+    out: list[dict[str, Any]] = []
+    if kind in (None, "vm"):
+        for vmid in req.api.store.vmids():
+            entry = ct_summary(req.api, vmid)
+            if entry:
+                out.append({**entry, "id": f"lxc/{vmid}", "node": req.api.node})
+    if kind in (None, "node"):
+        out.extend(nodes(req))
+    if kind in (None, "storage"):
+        for sid, cfg in storage.STORAGES.items():
+            out.append({"id": f"storage/{req.api.node}/{sid}", "type": "storage", "storage": sid,
+                        "node": req.api.node, "status": "available", "plugintype": cfg["type"],
+                        "content": cfg["content"], "shared": 0})
+    return out
+
+
+def _task_or_404(req: Request) -> dict[str, Any]:
+    upid = str(req.params["upid"])
+    try:
+        parse_upid(upid)
+    except ValueError as exc:
+        raise ApiError(str(exc)) from None
+    status = req.api.tasks.status(upid)
+    if status is None:
+        raise ApiError(f"no such task: {upid}", status=404)
+    return status
+
+
+@route("/nodes/{node}/tasks", "GET")
+def tasks(req: Request) -> list[dict[str, Any]]:
+    out = []
+    for t in req.api.tasks.list():
+        item = {k: t[k] for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id", "user")}
+        if t.get("status") == "stopped":
+            item.update(endtime=t.get("endtime"), status=t.get("exitstatus"))
+        out.append(item)
+    return out
+
+
+@route("/nodes/{node}/tasks/{upid}", "GET")
+def task_index(req: Request) -> list[dict[str, str]]:
+    _task_or_404(req)
+    return [{"name": "log"}, {"name": "status"}]
+
+
+@route("/nodes/{node}/tasks/{upid}", "DELETE")
+def task_stop(req: Request) -> None:
+    _task_or_404(req)
+    return None
+
+
+@route("/nodes/{node}/tasks/{upid}/status", "GET")
+def task_status(req: Request) -> dict[str, Any]:
+    status = dict(_task_or_404(req))
+    user, _, token = str(status["user"]).partition("!")
+    status["user"] = user
+    if token:
+        status["tokenid"] = token
+    status.pop("endtime", None)
+    if status["status"] != "stopped":
+        status.pop("exitstatus", None)
+    return status
+
+
+@route("/nodes/{node}/tasks/{upid}/log", "GET")
+def task_log(req: Request) -> list[dict[str, Any]]:
+    _task_or_404(req)
+    lines = req.api.tasks.log(str(req.params["upid"]))
+    start = int(req.params.get("start", 0))
+    limit = int(req.params.get("limit", 50))
+    if limit == 0:
+        limit = len(lines)
+    req.result_attrs["total"] = len(lines)
+    return [{"n": i + 1, "t": lines[i]} for i in range(start, min(len(lines), start + limit))]
+
+
+@route("/nodes/{node}/aplinfo", "GET")
+def aplinfo_index(req: Request) -> list[dict[str, str]]:
+    return aplinfo.index()
+
+
+@route("/nodes/{node}/aplinfo", "POST")
+def aplinfo_download(req: Request) -> str:
+    name = str(req.params["template"])
+    entry = aplinfo.find(name)
+    if entry is None:
+        raise param_error({"template": "no such template"})
+    sid = str(req.params["storage"])
+    cfg = storage.check_storage(sid)
+    if "vztmpl" not in cfg["content"]:
+        raise ApiError(f"storage '{sid}' does not support templates")
+    dest = storage.template_dir(req.api.sim_root, sid) / name
+    backend = req.api.backend
+
+    def work(log: TaskLog) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {entry['location']} to {dest}")
+        tmp = dest.with_name(dest.name + ".tmp_dwnl")
+        provide = getattr(backend, "provide_template", None)
+        if provide is None:
+            raise RuntimeError("download failed: the simulated node has no template source")
+        provide(name, tmp, log)
+        os.replace(tmp, dest)
+        log(f"download of '{entry['location']}' to '{dest}' finished")
+
+    return req.api.tasks.start("download", name, req.user, work)
+
+
+@route("/nodes/{node}/storage", "GET")
+def storage_index(req: Request) -> list[dict[str, Any]]:
+    usage = shutil.disk_usage(req.api.sim_root)
+    return [{"storage": sid, "type": cfg["type"], "content": cfg["content"], "active": 1,
+             "enabled": 1, "shared": 0, "total": usage.total, "used": usage.used,
+             "avail": usage.free} for sid, cfg in storage.STORAGES.items()]
+
+
+@route("/nodes/{node}/storage/{storage}/content", "GET")
+def storage_content(req: Request) -> list[dict[str, Any]]:
+    sid = str(req.params["storage"])
+    storage.check_storage(sid)
+    content = req.params.get("content")
+    out: list[dict[str, Any]] = []
+    if content in (None, "vztmpl"):
+        out.extend(storage.template_content(req.api.sim_root, sid))
+    if content in (None, "rootdir", "images") and sid == "local-lvm":
+        for vmid in req.api.store.vmids():
+            out.append({"volid": f"{sid}:vm-{vmid}-disk-0", "content": "rootdir", "format": "raw",
+                        "vmid": vmid, "size": 0, "ctime": int(Path(req.api.store.path(vmid)).stat().st_mtime)})
+    return out

@@ -1,0 +1,131 @@
+"""``POST /nodes/{node}/lxc``: create a container like pve-container's create_vm.
+
+Synchronous part (errors are HTTP errors): the vmid must be free, root-only keys
+checked, config values checked like a PUT on a stopped CT. Then a ``vzcreate``
+task: the backend materialises the rootfs from the template, root's password
+and SSH keys are written into it, the config loses its ``lock: create``. A failed
+task removes the config again. ``unprivileged`` defaults to 1 on PVE 9, 0 on PVE 8.
+"""
+
+from __future__ import annotations
+
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .api import ApiError, Request
+from .backend_base import SimTaskError
+from .pveconf import PveConf, Section
+from .rules import RuleError, apply_pending_stopped, check_modify_perm, _prepare_value
+from .tasks import TaskLog
+
+_NOT_CONFIG = {"node", "vmid", "ostemplate", "password", "ssh-public-keys", "storage", "force",
+               "restore", "unique", "pool", "ignore-unpack-errors", "bwlimit", "start",
+               "ha-managed", "unprivileged"}
+
+
+def _flag(params: dict[str, Any], key: str) -> bool | None:
+    if key not in params:
+        return None
+    return str(params[key]) in ("1", "True", "true")
+
+
+def _os_type(template: Path) -> str:
+    name = template.name.split("-")[0].lower()
+    return name if name in ("debian", "ubuntu", "alpine", "centos", "fedora", "archlinux") else "unmanaged"
+
+
+def _set_credentials(root: Path, password: str | None, keys: str | None, log: TaskLog) -> None:
+    """Write root's password hash and authorized_keys into the new rootfs (never logged)."""
+    if keys:
+        ssh = root / "root" / ".ssh"
+        ssh.mkdir(parents=True, exist_ok=True)
+        ssh.chmod(0o700)
+        (ssh / "authorized_keys").write_text(keys.strip() + "\n")
+        (ssh / "authorized_keys").chmod(0o600)
+        log("setting ssh public keys for root")
+    if password:
+        shadow = root / "etc" / "shadow"
+        if shadow.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt as _crypt
+                hashed = _crypt.crypt(password, _crypt.mksalt(_crypt.METHOD_SHA512))
+            lines = shadow.read_text().splitlines()
+            lines = [f"root:{hashed}:" + ":".join(ln.split(":")[2:]) if ln.startswith("root:") else ln
+                     for ln in lines]
+            shadow.write_text("\n".join(lines) + "\n")
+            log("setting root password")
+
+
+def create(req: Request) -> str:
+    api, params = req.api, req.params
+    vmid = req.vmid()
+    if api.store.exists(vmid):
+        raise ApiError(f"CT {vmid} already exists on node '{api.node}'")
+    unprivileged = _flag(params, "unprivileged")
+    if unprivileged is None:
+        unprivileged = api.version != "8.4"
+    config = {k: (("1" if v else "0") if isinstance(v, bool) else str(v))
+              for k, v in params.items() if k not in _NOT_CONFIG}
+    check_modify_perm(req.user, {}, config, [], unprivileged, api.version)
+    default_storage = str(params.get("storage", "local"))
+    rootfs = config.pop("rootfs", f"{default_storage}:4")
+    if re.fullmatch(r"\d+(\.\d+)?", rootfs):
+        rootfs = f"{default_storage}:{rootfs}"
+    volume, _, rest = rootfs.partition(",")
+    m = re.fullmatch(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)", volume, re.I)
+    if m:
+        sid = m.group(1)
+        cfg = storage.check_storage(sid)
+        if "rootdir" not in cfg["content"]:
+            raise ApiError("Parameter verification failed.", status=400,
+                           errors={"storage": f"storage '{sid}' does not support container directories"})
+        size = m.group(2)
+        rootfs = f"{sid}:vm-{vmid}-disk-0,size={size}G" + (f",{rest}" if rest else "")
+    conf = PveConf()
+    for key, value in sorted(config.items()):
+        conf.pending.values[key] = _prepare_value(vmid, {}, key, value, api.version)
+    apply_pending_stopped(conf, api.version)
+    conf.values.update(rootfs=rootfs, arch=conf.values.get("arch", "amd64"), lock="create")
+    conf.values.setdefault("hostname", f"CT{vmid}")
+    if unprivileged:
+        conf.values["unprivileged"] = "1"
+    ostemplate = str(params["ostemplate"])
+    password = params.get("password")
+    keys = params.get("ssh-public-keys")
+    start_after = _flag(params, "start") or False
+    with api.store.lock(vmid):
+        if api.store.exists(vmid):
+            raise ApiError(f"unable to create CT {vmid} - CT {vmid} already exists on node '{api.node}'")
+        api.store.save(vmid, conf)
+
+    def work(log: TaskLog) -> None:
+        try:
+            template = storage.template_path(api.sim_root, ostemplate)
+            log(f"extracting archive '{template}'")
+            with api.store.lock(vmid):
+                current = api.store.load(vmid)
+                current.values["ostype"] = current.values.get("ostype") or _os_type(template)
+                values = {k: v for k, v in current.values.items() if k != "lock"}
+                api.backend.create(vmid, values, template, log)
+                if password or keys:
+                    root = api.backend.mount(vmid, values)
+                    try:
+                        _set_credentials(Path(root), password, keys, log)
+                    finally:
+                        api.backend.unmount(vmid)
+                current.values.pop("lock", None)
+                api.store.save(vmid, current)
+        except (RuleError, SimTaskError, OSError, RuntimeError) as exc:
+            api.store.remove(vmid)
+            message = exc.message if isinstance(exc, RuleError) else str(exc)
+            raise SimTaskError(f"unable to create CT {vmid} - {message}") from exc
+        if start_after:
+            from .api_lxc import _start_work
+            _start_work(api, vmid, log)
+
+    return api.tasks.start("vzcreate", str(vmid), req.user, work)

@@ -1,0 +1,339 @@
+"""PUT-config semantics of a PVE container, shared by the simulated API and ``pct set``.
+
+Mirrors pve-container's ``update_vm`` / ``update_pct_config``: digest check,
+``delete``/``revert`` lists, root-only keys (``check_ct_modify_config_perm``),
+values written to ``[pve:pending]`` first, then applied at once on a stopped CT,
+or hot-plugged where PVE can on a running one (the rest stays pending until
+the next start, which folds it in with ``apply_pending``). Messages are PVE's.
+
+Per version: PVE 9 (pve-container 6) hot-plugs a *new* ``devN`` into a running
+CT; PVE 8 (pve-container 5) keeps it pending.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Callable
+
+from provisioner.pveschema import config_format, format_property_string, split_list
+from provisioner.pveschema.propstring import PropertyStringError, split_property_string
+
+from .pveconf import ConfStore, PveConf
+
+ROOT = "root@pam"
+#: applied at once even on a running CT (LXC_FASTPLUG_OPTIONS)
+FASTPLUG = {"description", "onboot", "startup", "protection", "hostname", "hookscript",
+            "cores", "tags", "lock"}
+REQUIRED = {"memory", "rootfs", "ostype"}
+DIGEST_MISMATCH = "detected modified configuration - file changed by other user? Try again."
+
+#: hot-plug callback: (key, value) -> None, raising with the reason on failure
+Hotplug = Callable[[str, str], None]
+
+
+class RuleError(Exception):
+    """A refusal with PVE's HTTP status and text; ``errors`` for parameter errors (400)."""
+
+    def __init__(self, message: str, *, status: int = 500, errors: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.errors = errors or {}
+
+
+def param_error(errors: dict[str, str]) -> RuleError:
+    return RuleError("Parameter verification failed.", status=400, errors=errors)
+
+
+def perm_error(what: str) -> RuleError:
+    return RuleError(f"Permission check failed ({what})", status=403)
+
+
+def is_root(user: str) -> bool:
+    """PVE compares the auth id literally: ``root@pam!token`` is not root."""
+    return user == ROOT
+
+
+def mountpoint_type(volume: str) -> str:
+    if volume.startswith("/"):
+        return "device" if volume.startswith("/dev/") else "bind"
+    return "volume"
+
+
+def _parse(key: str, value: str, version: str) -> dict[str, str]:
+    prop = config_format(version, key)
+    if prop is None or not isinstance(prop.get("format"), dict):
+        return {}
+    try:
+        return split_property_string(prop["format"], value)
+    except PropertyStringError:
+        return {}
+
+
+def check_modify_perm(user: str, conf: dict[str, str], new: dict[str, str], delete: list[str],
+                      unprivileged: bool, version: str) -> None:
+    """Root-only keys (pve-container ``check_ct_modify_config_perm``); tokens are never root."""
+    if is_root(user):
+        return
+
+    def check(opt: str, deleting: bool) -> None:
+        if opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
+            if deleting:
+                return
+            kind = mountpoint_type(_parse(opt, new[opt], version).get("volume", ""))
+            if kind != "volume":
+                raise perm_error(f"mount point type {kind} is only allowed for root@pam")
+        elif re.fullmatch(r"dev\d+", opt):
+            raise perm_error("configuring device passthrough is only allowed for root@pam")
+        elif opt == "features":
+            if not unprivileged:
+                raise perm_error("changing feature flags for privileged container is only "
+                                 "allowed for root@pam")
+            if deleting:
+                changed = set(_parse("features", conf.get("features", ""), version))
+            else:
+                old = _parse("features", conf.get("features", ""), version) if conf.get("features") else {}
+                now = _parse("features", new[opt], version)
+                changed = {k for k in set(old) | set(now) if old.get(k, "") != now.get(k, "")}
+            if changed - {"nesting"}:
+                raise perm_error("changing feature flags (except nesting) is only allowed "
+                                 "for root@pam")
+        elif opt == "hookscript":
+            raise perm_error("changing the hookscript is only allowed for root@pam")
+
+    for opt in new:
+        check(opt, False)
+    for opt in delete:
+        check(opt, True)
+
+
+def normalise_tags(value: str) -> str:
+    """PVE's get_unique_tags with the default tag style: lower-case, sorted, unique, ';'."""
+    seen: list[str] = []
+    for tag in sorted(split_list(value), key=str.lower):
+        if tag.lower() not in seen:
+            seen.append(tag.lower())
+    return ";".join(seen)
+
+
+def check_device(path: str) -> None:
+    """PVE's get_device_mode_and_rdev, run on the host at PUT time."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RuleError(f"Device {path} does not exist") from None
+    except OSError:
+        raise RuleError(f"Error accessing device {path}") from None
+    if not (stat.S_ISBLK(mode) or stat.S_ISCHR(mode)):
+        raise RuleError(f"{path} is not a device")
+
+
+def _prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version: str) -> str:
+    """Per-key checks and normalisation of update_pct_config; returns the value stored."""
+    if opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
+        if conf.get("protection") == "1":
+            raise RuleError(f"can't update CT {vmid} drive '{opt}' - protection mode enabled")
+    elif opt == "nameserver":
+        return " ".join(split_list(value))
+    elif opt == "searchdomain":
+        return " ".join(split_list(value))
+    elif opt == "unprivileged":
+        raise RuleError(f"unable to modify read-only option: '{opt}'")
+    elif opt == "tags":
+        return normalise_tags(value)
+    elif re.fullmatch(r"dev\d+", opt):
+        path = _parse(opt, value, version).get("path")
+        if path is None:
+            raise RuleError(f"Path is not defined for passthrough device {opt}")
+        check_device(path)
+    return value
+
+
+def _cleanup_pending(pve: PveConf) -> None:
+    conf, pending = pve.values, pve.pending.values
+    for opt in [k for k in pending if k != "delete"]:
+        if opt in conf and conf[opt] == pending[opt]:
+            del pending[opt]
+    pve.set_pending_delete([k for k in pve.pending_delete() if k in conf])
+
+
+def _remove_pending_delete(pve: PveConf, opt: str) -> None:
+    pve.set_pending_delete([k for k in pve.pending_delete() if k != opt])
+
+
+def _add_unused(conf: dict[str, str], volid: str) -> None:
+    for i in range(256):
+        if conf.get(f"unused{i}") == volid:
+            return
+    free = next(i for i in range(256) if f"unused{i}" not in conf)
+    conf[f"unused{free}"] = volid
+
+
+def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None = None) -> dict[str, str]:
+    """vmconfig_apply_pending: fold pending deletes and values into the config."""
+    conf, pending = pve.values, pve.pending.values
+    for opt in sorted(pve.pending_delete()):
+        if selection is not None and opt not in selection:
+            continue
+        if re.fullmatch(r"mp\d+", opt) and opt in conf:
+            volume = _parse(opt, conf[opt], version).get("volume", "")
+            if mountpoint_type(volume) == "volume":
+                _add_unused(conf, volume)
+        conf.pop(opt, None)
+        _remove_pending_delete(pve, opt)
+    _cleanup_pending(pve)
+    for opt in sorted(k for k in pending if k != "delete"):
+        if selection is not None and opt not in selection:
+            continue
+        value = pending.pop(opt)
+        if re.fullmatch(r"net\d+", opt):
+            value = format_property_string(opt, _parse(opt, value, version), version=version)
+        conf[opt] = value
+    return {}
+
+
+def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
+                    hotplug: Hotplug | None) -> dict[str, str]:
+    """vmconfig_hotplug_pending: apply what PVE applies to a running CT; the rest stays."""
+    conf, pending = pve.values, pve.pending.values
+    errors: dict[str, str] = {}
+    for opt in sorted(k for k in pending if k != "delete"):
+        if (selection is None or opt in selection) and opt in FASTPLUG:
+            conf[opt] = pending.pop(opt)
+    for opt in sorted(pve.pending_delete()):
+        if selection is not None and opt not in selection:
+            continue
+        if opt in FASTPLUG or re.fullmatch(r"unused\d+|net\d+", opt) or opt in ("swap", "cpulimit", "cpuunits"):
+            conf.pop(opt, None)
+            _remove_pending_delete(pve, opt)
+    for opt in sorted(k for k in pending if k != "delete"):
+        if selection is not None and opt not in selection:
+            continue
+        value = pending[opt]
+        pluggable = (opt in ("cpulimit", "cpuunits", "memory", "swap")
+                     or re.fullmatch(r"net\d+", opt)
+                     or (re.fullmatch(r"mp\d+", opt) and opt not in conf)
+                     or (re.fullmatch(r"dev\d+", opt) and opt not in conf and version != "8.4"))
+        if not pluggable:
+            continue
+        try:
+            if re.fullmatch(r"net\d+", opt):
+                value = format_property_string(opt, _parse(opt, value, version), version=version)
+            if hotplug is not None and re.fullmatch(r"(dev|mp|net)\d+", opt):
+                hotplug(opt, value)
+        except Exception as exc:  # noqa: BLE001 - PVE reports any hot-plug failure per key
+            errors[opt] = f"unable to hotplug {opt}: {exc}"
+            continue
+        conf[opt] = value
+        del pending[opt]
+    return errors
+
+
+@dataclass
+class Update:
+    """One PUT config request, already schema-validated."""
+
+    params: dict[str, str]
+    delete: list[str] = field(default_factory=list)
+    revert: list[str] = field(default_factory=list)
+    digest: str | None = None
+
+
+def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, running: bool,
+                  version: str, node: str = "localhost", hotplug: Hotplug | None = None,
+                  warn: Callable[[str], None] | None = None) -> None:
+    """Apply a PUT config like PVE: raises ``RuleError`` (400/403/500) with PVE's text."""
+    if not update.params and not update.delete and not update.revert:
+        raise RuleError("no options specified")
+    with store.lock(vmid):
+        try:
+            pve = store.load(vmid)
+        except FileNotFoundError:
+            raise RuleError(f"Configuration file 'nodes/{node}/lxc/{vmid}.conf' does not exist") from None
+        conf = pve.values
+        if conf.get("lock"):
+            raise RuleError(f"CT is locked ({conf['lock']})")
+        if update.digest and update.digest != pve.digest:
+            raise RuleError(DIGEST_MISMATCH)
+        unprivileged = conf.get("unprivileged") == "1"
+        check_modify_perm(user, conf, {}, update.delete, unprivileged, version)
+        check_modify_perm(user, conf, {}, update.revert, unprivileged, version)
+        for opt in update.revert:
+            if config_format(version, opt) is None:
+                raise param_error({"revert": f"unknown option '{opt}'"})
+            if opt in update.params:
+                raise param_error({"revert": f"you can't use '-{opt}' and '-revert {opt}' at the same time"})
+        for opt in update.delete:
+            if config_format(version, opt) is None:
+                raise param_error({"delete": f"unknown option '{opt}'"})
+            if opt in update.params:
+                raise param_error({"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"})
+            if opt in update.revert:
+                raise param_error({"delete": f"you can't use '-delete {opt}' and '-revert {opt}' at the same time"})
+        check_modify_perm(user, conf, update.params, [], unprivileged, version)
+
+        for opt in update.revert:
+            pve.pending.values.pop(opt, None)
+            _remove_pending_delete(pve, opt)
+        modified: set[str] = set()
+        for opt in update.delete:
+            if opt not in conf and opt not in pve.pending.values:
+                if warn:
+                    warn(f"cannot delete '{opt}' - not set in current configuration!")
+                continue
+            modified.add(opt)
+            if opt in REQUIRED:
+                raise RuleError(f"unable to delete required option '{opt}'")
+            if re.fullmatch(r"(unused|mp)\d+", opt) and conf.get("protection") == "1":
+                raise RuleError(f"can't remove CT {vmid} drive '{opt}' - protection mode enabled")
+            if opt == "unprivileged":
+                raise RuleError(f"unable to delete read-only option: '{opt}'")
+            pve.set_pending_delete(sorted(set(pve.pending_delete()) | {opt}))
+        for opt in sorted(update.params):
+            modified.add(opt)
+            pve.pending.values[opt] = _prepare_value(vmid, conf, opt, update.params[opt], version)
+            _remove_pending_delete(pve, opt)
+        _cleanup_pending(pve)
+        if running:
+            errors = hotplug_pending(pve, version, modified, hotplug)
+        else:
+            errors = apply_pending_stopped(pve, version, modified)
+        store.save(vmid, pve)
+    if errors:
+        raise param_error(errors)
+
+
+def apply_pending(store: ConfStore, vmid: int, version: str) -> dict[str, str]:
+    """Fold ``[pve:pending]`` into the config before a start (PVE's vm_start does this).
+
+    Returns the config values the container starts with.
+    """
+    with store.lock(vmid):
+        pve = store.load(vmid)
+        if pve.pending.values:
+            apply_pending_stopped(pve, version)
+            store.save(vmid, pve)
+        return dict(pve.values)
+
+
+def pending_view(pve: PveConf) -> list[dict[str, object]]:
+    """``GET .../pending``: one entry per key with value / pending / delete (1, or 2 = forced)."""
+    keys = set(pve.values) | {k for k in pve.pending.values if k != "delete"} | set(pve.pending_delete())
+    raw_delete = pve.pending.values.get("delete", "")
+    forced = {k[1:] for k in re.split(r"[,;\s]+", raw_delete) if k.startswith("!")}
+    out: list[dict[str, object]] = []
+    for key in sorted(keys):
+        if key in ("digest",):
+            continue
+        item: dict[str, object] = {"key": key}
+        if key in pve.values:
+            item["value"] = pve.values[key]
+        if key in pve.pending.values:
+            item["pending"] = pve.pending.values[key]
+        if key in pve.pending_delete():
+            item["delete"] = 2 if key in forced else 1
+        out.append(item)
+    return out
