@@ -77,11 +77,25 @@ class LxcBackend:
                               log_file=ctdir / "lxc.log")
         (ctdir / "config").write_text(text)
         (ctdir / "lxc.log").unlink(missing_ok=True)
-        proc = self._lxc("start", vmid, check=False)
+        proc = self._start_outside_fake_view(vmid)
         if proc.returncode != 0:
             tail = _tail(ctdir / "lxc.log")
             raise SimTaskError(f"startup for container '{vmid}' failed" + (f": {tail}" if tail else ""))
         self._lxc("wait", vmid, "-s", "RUNNING", "-t", "30")
+
+    def _start_outside_fake_view(self, vmid: int) -> subprocess.CompletedProcess[str]:
+        """lxc-start, in a child mount namespace without the sim host's overmounts.
+
+        The kernel lets an unprivileged CT mount a fresh proc/sysfs only if the
+        existing ones are fully visible; the fake /proc/devices and /sys/module
+        of the sim namespace hide parts of them, so they are dropped first.
+        """
+        cmd = ["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid)]
+        if FAKE_VIEW_MOUNTS & _mountpoints():
+            drop = " ".join(sorted(FAKE_VIEW_MOUNTS))
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'for m in {drop}; do umount -l "$m" 2>/dev/null; done; exec "$@"', "sh", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
     def stop(self, vmid: int, log: Log) -> None:
         if self.status(vmid) == "running":
@@ -180,6 +194,15 @@ class LxcBackend:
     def running_vmids(self) -> list[int]:
         return [int(p.name) for p in self.lxcpath.iterdir()
                 if p.name.isdigit() and self.status(int(p.name)) == "running"]
+
+
+#: overmounts made by provisioner.sim.host that would stop unprivileged CTs mounting proc/sys
+FAKE_VIEW_MOUNTS = {"/proc/devices", "/proc/driver", "/sys/module"}
+
+
+def _mountpoints() -> set[str]:
+    with open("/proc/self/mounts") as fh:
+        return {line.split()[1] for line in fh}
 
 
 def _remove_tree(path: Path) -> None:
