@@ -82,9 +82,11 @@ def _load(out: Output, file: Path):
 def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
        plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
-       restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys.")) -> int:
+       restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys."),
+       wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
+    from ..engine.lock import HostLock
 
     out: Output = typer.get_current_context().obj
     loaded = _load(out, file)
@@ -98,7 +100,10 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
             if not typer.confirm("Apply these changes?", default=False):
                 out.line("nothing changed")
                 return 1
-        with out.progress() as progress:
+        cfg = loaded.config
+        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait,
+                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+        with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
                             on_change=progress.done)
         out.applied(report, loaded)
