@@ -35,7 +35,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: object, status: int = 200, request_id: str | None = None) -> web.Response:
-    headers = {"request-id": request_id} if request_id else None
+    headers = {"request-id": request_id} if request_id else {}
+    if status >= 400:  # the header Anthropic's SDKs obey before their own status rules
+        headers["x-should-retry"] = "true" if status >= 500 or status == 429 else "false"
     return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from provisioner.gateway.api_errors import ApiError
 from provisioner.gateway.jsonfast import dumps
 from provisioner.gateway.sse_channel import SseChannel
 from provisioner.gateway.state import record_of, state_of
@@ -24,8 +25,13 @@ async def _pump(translator: StreamTranslator, stream: UpstreamStream, channel: S
     collected: list[bytes] = []
     async for batch in stream.data_batches():
         out: list[bytes] = []
-        for data in batch:
-            translator.feed(data, out)
+        try:
+            for data in batch:
+                translator.feed(data, out)
+        except ApiError:
+            if out and channel is not None:
+                await channel.send(b"".join(out))  # what came before the error still counts
+            raise
         if out:
             if translator.first_token:
                 record.mark_first_token()

@@ -11,6 +11,7 @@ went away before the script finished. Steps:
 - ``("sleep", seconds)``
 - ``("done",)``               ``data: [DONE]``
 - ``("abort",)``              drop the connection mid-body
+- ``("delay_headers", s)``    (first step only) wait before sending any status
 It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word)
 and ``/health`` (status settable).
 """
@@ -120,7 +121,17 @@ class ScriptedUpstream:
     async def _scripted(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append((request.path, body))
-        script = self.scripts.popleft() if self.scripts else text_script(["Hello", " world"])
+        if self.scripts:
+            script = self.scripts.popleft()
+        elif body.get("stream"):
+            script = text_script(["Hello", " world"])
+        else:
+            script = [("json", {"id": "chatcmpl-0", "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello world"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})]
+        if script[0][0] == "delay_headers":  # like llama-server holding headers until prefill ends
+            await asyncio.sleep(script[0][1])
+            script = script[1:]
         if script[0][0] == "status":
             return web.json_response(script[0][2], status=script[0][1])
         if script[0][0] == "json":
