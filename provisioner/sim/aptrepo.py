@@ -112,8 +112,8 @@ def _driver_packages(out: Path, ver: str) -> None:
          description=f"CUDA Driver meta-package, branch {branch}")
     pinned = ("nvidia-driver-cuda libcuda1 libnvidia-ml1 nvidia-persistenced "
               "nvidia-kernel-open-dkms nvidia-open cuda-drivers")
-    _deb(out, f"nvidia-driver-pinning-{ver}", "1.0-1",
-         {f"/etc/apt/preferences.d/nvidia-driver-pinning-{ver}":
+    _deb(out, f"nvidia-driver-pinning-{ver}", "1.0-2",
+         {f"/etc/apt/preferences.d/nvidia-driver-pinning-{ver}.pref":
           (f"Package: {pinned}\nPin: version {v}*\nPin-Priority: 1000\n", 0o644)},
          arch="all", description=f"Pins the NVIDIA driver packages to {ver}")
 
