@@ -277,5 +277,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, not this __main__ copy: the route handlers
+    # register themselves in `provisioner.sim.api.ROUTES`, which __main__ would not see.
+    from provisioner.sim.api import main as _main
+
+    raise SystemExit(_main())
 
