@@ -82,7 +82,7 @@ class ScriptedUpstream:
 
     def __init__(self) -> None:
         self.scripts: deque[list[Step]] = deque()
-        self.requests: list[tuple[str, dict]] = []
+        self.requests: deque[tuple[str, dict]] = deque(maxlen=1000)  # bounded: load tests
         self.disconnects = 0
         self.completed = 0
         self.health_status = 200

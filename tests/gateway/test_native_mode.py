@@ -1,0 +1,70 @@
+"""Native mode: forward to the upstream's own /v1/messages, fixing its known gaps."""
+
+from __future__ import annotations
+
+import json
+
+from gw_scripted_upstream import text_script
+
+
+def sse(event: dict) -> tuple:
+    return ("raw", f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+
+
+NATIVE_STREAM = [
+    sse({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                              "model": "smollm2", "content": [], "stop_reason": None,
+                                              "stop_sequence": None,
+                                              "usage": {"input_tokens": 7, "output_tokens": 0}}}),
+    sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+    sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}}),
+    sse({"type": "content_block_stop", "index": 0}),
+    sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 2}}),
+    sse({"type": "message_stop"}),
+]
+
+
+def test_native_stream_rewrites_model_and_sanitises_body(make_gw):
+    gw = make_gw(mode="native")
+    gw.script(NATIVE_STREAM)
+    with gw.client().messages.stream(
+            model="claude-opus-x", max_tokens=64, thinking={"type": "adaptive"},
+            system=[{"type": "text", "text": "x-anthropic-billing-header: cc_version=2; cch=1f2e;"},
+                    {"type": "text", "text": "Sys.", "cache_control": {"type": "ephemeral"}}],
+            metadata={"user_id": "u1"},
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi",
+                                                    "cache_control": {"type": "ephemeral"}}]}]) as stream:
+        message = stream.get_final_message()
+    assert message.model == "claude-opus-x"
+    assert message.content[0].text == "Hi there" and message.stop_reason == "end_turn"
+    sent = gw.last_request("/v1/messages")
+    assert sent == {"model": "smollm2", "max_tokens": 64, "stream": True,
+                    "thinking": {"type": "enabled", "budget_tokens": 63},
+                    "system": [{"type": "text", "text": "Sys."}],
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+
+
+def test_native_named_tool_choice_falls_back_to_translate(make_gw):
+    gw = make_gw(mode="native")
+    gw.script(text_script(["ok"]))
+    tools = [{"name": "clock", "input_schema": {"type": "object"}}]
+    with gw.client().messages.stream(model="claude-x", max_tokens=8, tools=tools,
+                                     tool_choice={"type": "tool", "name": "clock"},
+                                     messages=[{"role": "user", "content": "t"}]) as stream:
+        stream.get_final_message()
+    assert [p for p, _ in gw.upstream.requests] == ["/v1/chat/completions"]
+    assert gw.last_request()["tool_choice"] == "required"
+
+
+def test_native_non_streaming(make_gw):
+    gw = make_gw(mode="native")
+    gw.script([("json", {"id": "msg_2", "type": "message", "role": "assistant", "model": "smollm2",
+                         "content": [{"type": "text", "text": "yo"}], "stop_reason": "end_turn",
+                         "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}})])
+    message = gw.client().messages.create(model="claude-x", max_tokens=8,
+                                          thinking={"type": "disabled"},
+                                          messages=[{"role": "user", "content": "t"}])
+    assert (message.model, message.content[0].text) == ("claude-x", "yo")
+    assert "thinking" not in gw.last_request("/v1/messages")
