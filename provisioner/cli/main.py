@@ -18,7 +18,7 @@ import typer
 from .. import __version__
 from ..errors import ConfigError, ProvisionError
 from ..redact import redact, redact_obj
-from .output import Output
+from .output import Output, current, set_current
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a Proxmox VE host with an NVIDIA GPU into a private LLM service for coding agents.")
@@ -34,7 +34,7 @@ def _global(ctx: typer.Context,
     if version:
         typer.echo(__version__)
         raise typer.Exit(0)
-    ctx.obj = Output(json_mode=json_out, verbose=verbose)
+    ctx.obj = set_current(Output(json_mode=json_out, verbose=verbose))
 
 
 def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
@@ -43,7 +43,7 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        out: Output = typer.get_current_context().obj or Output()
+        out: Output = current()
         try:
             code = fn(*args, **kwargs) or 0
         except typer.Exit:
@@ -88,7 +88,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
     from ..engine import run
     from ..engine.lock import HostLock
 
-    out: Output = typer.get_current_context().obj
+    out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -120,7 +120,7 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
     """Show what `up` would change."""
     from ..engine import run
 
-    out: Output = typer.get_current_context().obj
+    out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -138,7 +138,7 @@ def status(file: Path = typer.Argument(..., help="The host file (YAML).")) -> in
     from ..engine import run
     from ..engine.steps import all_steps
 
-    out: Output = typer.get_current_context().obj
+    out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -158,7 +158,7 @@ def down(file: Path = typer.Argument(..., help="The host file (YAML)."),
     from ..engine import run
     from ..operations.lifecycle import destroy
 
-    out: Output = typer.get_current_context().obj
+    out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -183,7 +183,7 @@ def schema() -> int:
 @guarded
 def check(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
     """Validate a host file without contacting anything."""
-    out: Output = typer.get_current_context().obj
+    out: Output = current()
     loaded = _load(out, file)
     out.line(f"{file}: ok (container {loaded.config.container.hostname} on node {loaded.config.proxmox.node})")
     if out.json_mode:

@@ -147,3 +147,18 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
+
+
+_current: Output | None = None
+
+
+def set_current(out: Output) -> Output:
+    """Remember the Output chosen by the global options (one per process)."""
+    global _current
+    _current = out
+    return out
+
+
+def current() -> Output:
+    """The Output for this invocation (commands call this instead of touching click's context)."""
+    return _current or set_current(Output())
