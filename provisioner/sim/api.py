@@ -107,7 +107,7 @@ class SimApi:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        from . import api_lxc, api_node  # noqa: F401 - registers the routes
+        from . import api_lxc, api_node, api_snapshot, api_status  # noqa: F401 - registers routes
 
     # -- settings read at request time (fault injection) --------------------------------
     def settings(self) -> dict[str, Any]:

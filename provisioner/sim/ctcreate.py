@@ -18,8 +18,8 @@ from typing import Any
 from . import storage
 from .api import ApiError, Request
 from .backend_base import SimTaskError
-from .pveconf import PveConf, Section
-from .rules import RuleError, apply_pending_stopped, check_modify_perm, _prepare_value
+from .pveconf import PveConf
+from .rules import RuleError, apply_pending_stopped, check_modify_perm, prepare_value
 from .tasks import TaskLog
 
 _NOT_CONFIG = {"node", "vmid", "ostemplate", "password", "ssh-public-keys", "storage", "force",
@@ -88,7 +88,7 @@ def create(req: Request) -> str:
         rootfs = f"{sid}:vm-{vmid}-disk-0,size={size}G" + (f",{rest}" if rest else "")
     conf = PveConf()
     for key, value in sorted(config.items()):
-        conf.pending.values[key] = _prepare_value(vmid, {}, key, value, api.version)
+        conf.pending.values[key] = prepare_value(vmid, {}, key, value, api.version)
     apply_pending_stopped(conf, api.version)
     conf.values.update(rootfs=rootfs, arch=conf.values.get("arch", "amd64"), lock="create")
     conf.values.setdefault("hostname", f"CT{vmid}")
@@ -125,7 +125,7 @@ def create(req: Request) -> str:
             message = exc.message if isinstance(exc, RuleError) else str(exc)
             raise SimTaskError(f"unable to create CT {vmid} - {message}") from exc
         if start_after:
-            from .api_lxc import _start_work
-            _start_work(api, vmid, log)
+            from .api_status import start_work
+            start_work(api, vmid, log)
 
     return api.tasks.start("vzcreate", str(vmid), req.user, work)

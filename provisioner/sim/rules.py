@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from provisioner.pveschema import config_format, format_property_string, split_list
-from provisioner.pveschema.propstring import PropertyStringError, split_property_string
 
+from .ctperms import check_modify_perm, mountpoint_type, parse_key
+from .pveerror import RuleError, param_error, perm_error  # noqa: F401 - re-exported
 from .pveconf import ConfStore, PveConf
 
-ROOT = "root@pam"
 #: applied at once even on a running CT (LXC_FASTPLUG_OPTIONS)
 FASTPLUG = {"description", "onboot", "startup", "protection", "hostname", "hookscript",
             "cores", "tags", "lock"}
@@ -32,82 +32,6 @@ DIGEST_MISMATCH = "detected modified configuration - file changed by other user?
 
 #: hot-plug callback: (key, value) -> None, raising with the reason on failure
 Hotplug = Callable[[str, str], None]
-
-
-class RuleError(Exception):
-    """A refusal with PVE's HTTP status and text; ``errors`` for parameter errors (400)."""
-
-    def __init__(self, message: str, *, status: int = 500, errors: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.errors = errors or {}
-
-
-def param_error(errors: dict[str, str]) -> RuleError:
-    return RuleError("Parameter verification failed.", status=400, errors=errors)
-
-
-def perm_error(what: str) -> RuleError:
-    return RuleError(f"Permission check failed ({what})", status=403)
-
-
-def is_root(user: str) -> bool:
-    """PVE compares the auth id literally: ``root@pam!token`` is not root."""
-    return user == ROOT
-
-
-def mountpoint_type(volume: str) -> str:
-    if volume.startswith("/"):
-        return "device" if volume.startswith("/dev/") else "bind"
-    return "volume"
-
-
-def _parse(key: str, value: str, version: str) -> dict[str, str]:
-    prop = config_format(version, key)
-    if prop is None or not isinstance(prop.get("format"), dict):
-        return {}
-    try:
-        return split_property_string(prop["format"], value)
-    except PropertyStringError:
-        return {}
-
-
-def check_modify_perm(user: str, conf: dict[str, str], new: dict[str, str], delete: list[str],
-                      unprivileged: bool, version: str) -> None:
-    """Root-only keys (pve-container ``check_ct_modify_config_perm``); tokens are never root."""
-    if is_root(user):
-        return
-
-    def check(opt: str, deleting: bool) -> None:
-        if opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
-            if deleting:
-                return
-            kind = mountpoint_type(_parse(opt, new[opt], version).get("volume", ""))
-            if kind != "volume":
-                raise perm_error(f"mount point type {kind} is only allowed for root@pam")
-        elif re.fullmatch(r"dev\d+", opt):
-            raise perm_error("configuring device passthrough is only allowed for root@pam")
-        elif opt == "features":
-            if not unprivileged:
-                raise perm_error("changing feature flags for privileged container is only "
-                                 "allowed for root@pam")
-            if deleting:
-                changed = set(_parse("features", conf.get("features", ""), version))
-            else:
-                old = _parse("features", conf.get("features", ""), version) if conf.get("features") else {}
-                now = _parse("features", new[opt], version)
-                changed = {k for k in set(old) | set(now) if old.get(k, "") != now.get(k, "")}
-            if changed - {"nesting"}:
-                raise perm_error("changing feature flags (except nesting) is only allowed "
-                                 "for root@pam")
-        elif opt == "hookscript":
-            raise perm_error("changing the hookscript is only allowed for root@pam")
-
-    for opt in new:
-        check(opt, False)
-    for opt in delete:
-        check(opt, True)
 
 
 def normalise_tags(value: str) -> str:
@@ -131,7 +55,7 @@ def check_device(path: str) -> None:
         raise RuleError(f"{path} is not a device")
 
 
-def _prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version: str) -> str:
+def prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version: str) -> str:
     """Per-key checks and normalisation of update_pct_config; returns the value stored."""
     if opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
         if conf.get("protection") == "1":
@@ -145,7 +69,7 @@ def _prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, versio
     elif opt == "tags":
         return normalise_tags(value)
     elif re.fullmatch(r"dev\d+", opt):
-        path = _parse(opt, value, version).get("path")
+        path = parse_key(opt, value, version).get("path")
         if path is None:
             raise RuleError(f"Path is not defined for passthrough device {opt}")
         check_device(path)
@@ -179,7 +103,7 @@ def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None
         if selection is not None and opt not in selection:
             continue
         if re.fullmatch(r"mp\d+", opt) and opt in conf:
-            volume = _parse(opt, conf[opt], version).get("volume", "")
+            volume = parse_key(opt, conf[opt], version).get("volume", "")
             if mountpoint_type(volume) == "volume":
                 _add_unused(conf, volume)
         conf.pop(opt, None)
@@ -190,7 +114,7 @@ def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None
             continue
         value = pending.pop(opt)
         if re.fullmatch(r"net\d+", opt):
-            value = format_property_string(opt, _parse(opt, value, version), version=version)
+            value = format_property_string(opt, parse_key(opt, value, version), version=version)
         conf[opt] = value
     return {}
 
@@ -221,7 +145,7 @@ def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
             continue
         try:
             if re.fullmatch(r"net\d+", opt):
-                value = format_property_string(opt, _parse(opt, value, version), version=version)
+                value = format_property_string(opt, parse_key(opt, value, version), version=version)
             if hotplug is not None and re.fullmatch(r"(dev|mp|net)\d+", opt):
                 hotplug(opt, value)
         except Exception as exc:  # noqa: BLE001 - PVE reports any hot-plug failure per key
@@ -294,7 +218,7 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
             pve.set_pending_delete(sorted(set(pve.pending_delete()) | {opt}))
         for opt in sorted(update.params):
             modified.add(opt)
-            pve.pending.values[opt] = _prepare_value(vmid, conf, opt, update.params[opt], version)
+            pve.pending.values[opt] = prepare_value(vmid, conf, opt, update.params[opt], version)
             _remove_pending_delete(pve, opt)
         _cleanup_pending(pve)
         if running:

@@ -1,0 +1,132 @@
+"""Snapshot endpoints of the simulated API: list, create, delete, rollback.
+
+Snapshots are ``[name]`` sections of the PVE config (with ``snaptime``, and the
+``parent`` chain PVE keeps); the backend copies or restores the rootfs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .api import ApiError, Request, route
+from .api_lxc import is_running, load
+from .api_status import start_work
+from .backend_base import SimTaskError
+from .pveconf import Section
+from .tasks import TaskLog
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot", "GET")
+def snapshot_list(req: Request) -> list[dict[str, Any]]:
+    pve = load(req)
+    out: list[dict[str, Any]] = []
+    for name, snap in pve.snapshots.items():
+        item: dict[str, Any] = {"name": name, "description": snap.values.get("description", "")}
+        if snap.values.get("snaptime"):
+            item["snaptime"] = int(snap.values["snaptime"])
+        if snap.values.get("parent"):
+            item["parent"] = snap.values["parent"]
+        out.append(item)
+    current: dict[str, Any] = {"name": "current", "description": "You are here!",
+                               "running": 1 if is_running(req.api, req.vmid()) else 0}
+    if pve.values.get("parent"):
+        current["parent"] = pve.values["parent"]
+    out.append(current)
+    return out
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot", "POST")
+def snapshot_create(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = str(req.params["snapname"])
+    if name in ("current", "vzdump"):
+        raise ApiError(f"unable to use snapshot name '{name}' (reserved name)")
+    pve = load(req)
+    if name in pve.snapshots:
+        raise ApiError(f"snapshot name '{name}' already used")
+    description = str(req.params.get("description", ""))
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            if cur.values.get("lock"):
+                raise SimTaskError(f"CT is locked ({cur.values['lock']})")
+            if name in cur.snapshots:
+                raise SimTaskError(f"snapshot name '{name}' already used")
+            snap = Section({k: v for k, v in cur.values.items() if k not in ("lock", "description")},
+                           list(cur.main.lxc))
+            snap.values["snaptime"] = str(int(time.time()))
+            if description:
+                snap.values["description"] = description
+            api.backend.snapshot(vmid, name, log)
+            cur.snapshots[name] = snap
+            cur.values["parent"] = name
+            api.store.save(vmid, cur)
+
+    return api.tasks.start("vzsnapshot", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "GET")
+def snapshot_index(req: Request) -> list[dict[str, str]]:
+    _snap_or_die(req)
+    return [{"cmd": "rollback"}, {"cmd": "config"}]
+
+
+def _snap_or_die(req: Request) -> str:
+    name = str(req.params["snapname"])
+    if name not in load(req).snapshots:
+        raise ApiError(f"snapshot '{name}' does not exist")
+    return name
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "DELETE")
+def snapshot_delete(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = _snap_or_die(req)
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            snap = cur.snapshots.get(name)
+            if snap is None:
+                raise SimTaskError(f"snapshot '{name}' does not exist")
+            api.backend.delete_snapshot(vmid, name, log)
+            parent = snap.values.get("parent")
+            for section in [cur.main, *cur.snapshots.values()]:
+                if section.values.get("parent") == name:
+                    if parent:
+                        section.values["parent"] = parent
+                    else:
+                        section.values.pop("parent")
+            del cur.snapshots[name]
+            api.store.save(vmid, cur)
+
+    return api.tasks.start("vzdelsnapshot", str(vmid), req.user, work)
+
+
+@route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback", "POST")
+def snapshot_rollback(req: Request) -> str:
+    vmid, api = req.vmid(), req.api
+    name = _snap_or_die(req)
+    start_after = str(req.params.get("start", "0")) == "1"
+
+    def work(log: TaskLog) -> None:
+        with api.store.lock(vmid):
+            cur = api.store.load(vmid)
+            snap = cur.snapshots.get(name)
+            if snap is None:
+                raise SimTaskError(f"snapshot '{name}' does not exist")
+            if is_running(api, vmid):
+                api.backend.stop(vmid, log)
+            api.backend.rollback(vmid, name, log)
+            values = {k: v for k, v in snap.values.items() if k not in ("snaptime", "description")}
+            if cur.values.get("description"):
+                values["description"] = cur.values["description"]
+            values["parent"] = name
+            cur.main = Section(values, list(snap.lxc))
+            cur.pending = Section()
+            api.store.save(vmid, cur)
+        if start_after:
+            start_work(api, vmid, log)
+
+    return api.tasks.start("vzrollback", str(vmid), req.user, work)
