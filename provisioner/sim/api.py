@@ -26,7 +26,7 @@ from aiohttp import web
 from provisioner import pveschema
 
 from . import tls
-from .auth import Authenticator, AuthFailure, Principal, read_settings
+from .auth import Authenticator, AuthFailure, Principal, read_settings, write_settings
 from .backend_base import Backend
 from .pveconf import ConfStore
 from .rules import RuleError
@@ -236,14 +236,11 @@ class SimApi:
         return f"https://{self.host}:{self.port}{API_BASE}"
 
     def record_in_sim_json(self) -> None:
-        """Write the API port and TLS fingerprint into sim.json (merged with what is there)."""
-        path = self.sim_root / "sim.json"
+        """Make sim.json name the port and fingerprint actually served (only if they differ)."""
         data = read_settings(self.sim_root)
-        data.update({"api_port": self.port, "fingerprint": self.fingerprint,
-                     "pve_version": self.version, "node": self.node})
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+        wanted = {"api_port": self.port, "fingerprint": self.fingerprint}
+        if data and any(data.get(k) != v for k, v in wanted.items()):
+            write_settings(self.sim_root, {**data, **wanted})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     args = parser.parse_args(argv)
     settings = read_settings(args.root)
-    version = args.version or settings.get("pve_version") or settings.get("version") or "9.1"
+    version = args.version or settings.get("version") or "9.1"
     node = args.node or settings.get("node") or "pve"
     port = args.port if args.port is not None else int(settings.get("api_port") or 8006)
     from .backend import LxcBackend

@@ -48,6 +48,16 @@ def read_settings(sim_root: Path) -> dict:
         return {}
 
 
+def write_settings(sim_root: Path, data: dict) -> None:
+    """Replace sim.json atomically, keeping it private (it holds the root password)."""
+    path = Path(sim_root) / "sim.json"
+    tmp = path.with_suffix(".api.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 def _tokens(settings: dict) -> dict[str, str]:
     raw = settings.get("tokens") or {}
     if isinstance(raw, dict):

@@ -20,7 +20,7 @@ from typing import Callable
 
 from provisioner.pveschema import config_format, format_property_string, split_list
 
-from .ctperms import check_modify_perm, mountpoint_type, parse_key
+from .ctperms import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
 from .pveerror import RuleError, param_error, perm_error  # noqa: F401 - re-exported
 from .pveconf import ConfStore, PveConf
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .auth import write_settings
 from .backend_base import SimTaskError
 
 
@@ -101,9 +102,7 @@ class TaskManager:
                     flag.unlink(missing_ok=True)
                 else:
                     data.pop("fail_next_task")
-                    tmp = source.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(data, indent=2))
-                    os.replace(tmp, source)
+                    write_settings(self.sim_root, data)
                 return str(fault.get("message") or "injected failure")
         return None
 

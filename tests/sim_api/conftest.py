@@ -89,7 +89,7 @@ def _make_sim(tmp_path: Path, version: str) -> Iterator[Sim]:
     root = tmp_path / "sim"
     root.mkdir()
     (root / "sim.json").write_text(json.dumps({
-        "pve_version": version, "node": "pve", "root_password": ROOT_PASSWORD,
+        "version": version, "node": "pve", "root_password": ROOT_PASSWORD,
         "tokens": {TOKEN_ID: TOKEN_SECRET}}))
     cache = root / "storage" / "local" / "template" / "cache"
     cache.mkdir(parents=True)

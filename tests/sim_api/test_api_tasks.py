@@ -198,3 +198,16 @@ def test_snapshots(sim: Sim) -> None:
     assert "parent" not in s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
     r = s.delete(f"{base}/nope")
     assert r.json()["message"] == "snapshot 'nope' does not exist\n"
+
+
+def test_consuming_a_fault_keeps_sim_json_private(sim: Sim) -> None:
+    path = sim.root / "sim.json"
+    path.chmod(0o600)
+    s = sim.token()
+    create(sim, s)
+    sim.settings(fail_next_task={"type": "vzstart", "message": "boom"})
+    path.chmod(0o600)
+    status = sim.wait_task(s, s.post(f"{sim.base}/nodes/pve/lxc/120/status/start").json()["data"])
+    assert status["exitstatus"] == "boom"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["root_password"]
