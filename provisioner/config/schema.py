@@ -231,9 +231,13 @@ class LlamaSource(Section):
     git: str | None = "https://github.com/ggml-org/llama.cpp"
     ref: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,100}$")] | None = "b11312"
     tarball: str | None = None
+    #: the llama.cpp tree inside the tarball, e.g. "llama_cpp_python-0.3.36/vendor/llama.cpp"
+    subdir: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "LlamaSource":
+        if self.subdir is not None and (self.tarball is None or ".." in self.subdir.split("/")):
+            raise ValueError("subdir needs a tarball and must not contain '..'")
         if self.tarball is not None:
             object.__setattr__(self, "git", None)
             object.__setattr__(self, "ref", None)

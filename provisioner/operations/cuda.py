@@ -1,0 +1,88 @@
+"""The CUDA toolkit in the container: the newest that fits the host driver and every GPU.
+
+The choice is ``cuda_matrix.choose_toolkit`` (REFERENCE §3 as data); only the three
+packages llama.cpp needs are installed (nvcc, cudart headers, cuBLAS), from the
+repository the driver step added. Older toolkits stay installed (harmless; the build
+names ``/usr/local/cuda-X.Y/bin/nvcc`` explicitly).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .. import cuda_matrix
+from ..engine.context import ApplyContext, PlanContext
+from ..engine.plan import Change
+from ..errors import ConfigError, RemoteError
+from ..facts.nvidia import DRIVER
+from ..facts.nvidia_ct import CUDA_CT, CudaPackages
+from .passthrough import selected_gpus
+
+STEP = "cuda"
+
+
+def resolve_backend(ctx: PlanContext) -> str:
+    """``llama_cpp.backend``, with ``auto`` = cuda when NVIDIA GPUs are selected, else cpu."""
+    backend = ctx.cfg.llama_cpp.backend
+    if backend == "auto":
+        return "cuda" if selected_gpus(ctx) else "cpu"
+    if backend == "cuda" and not selected_gpus(ctx):
+        raise ConfigError("llama_cpp.backend is cuda but no NVIDIA GPU is passed through (no driver loaded, "
+                          "no GPU found, or gpu.enabled: false)", key="llama_cpp.backend",
+                          fix="set llama_cpp.backend: auto or cpu, or fix the host driver")
+    return backend
+
+
+def compute_caps(ctx: PlanContext) -> list[str]:
+    gpus = selected_gpus(ctx)
+    missing = [g.name for g in gpus if not g.compute_cap]
+    if missing:
+        raise ConfigError(f"cannot tell the compute capability of {', '.join(missing)}", key="gpu.select",
+                          fix="upgrade the host driver (nvidia-smi reports compute_cap since ~510) "
+                              "or select other GPUs")
+    return sorted({g.compute_cap for g in gpus if g.compute_cap}, key=cuda_matrix.vtuple)
+
+
+def chosen_toolkit(ctx: PlanContext) -> str | None:
+    """The toolkit the build uses ("13.0"), None for non-CUDA backends."""
+    if resolve_backend(ctx) != "cuda":
+        return None
+    driver = ctx.fact(DRIVER.name).version
+    pkgs: CudaPackages | None = ctx.fact(CUDA_CT.name)
+    available = pkgs.available if pkgs and pkgs.available else None
+    return cuda_matrix.choose_toolkit(driver, compute_caps(ctx), ctx.cfg.cuda.toolkit, available)
+
+
+class CudaStep:
+    name = STEP
+    facts = [CUDA_CT]
+
+    def plan(self, ctx: PlanContext) -> list[Change]:
+        toolkit = chosen_toolkit(ctx)
+        if toolkit is None:
+            return []
+        packages = cuda_matrix.toolkit_packages(toolkit)
+        pkgs: CudaPackages | None = ctx.fact(CUDA_CT.name)
+        if pkgs is not None and pkgs.has_toolkit(packages):
+            return []
+        target = f"ct {ctx.vmid}" if ctx.vmid else "ct (new)"
+        diff = {p: (pkgs.installed.get(p) if pkgs else None, "install") for p in packages
+                if not (pkgs and p in pkgs.installed)}
+
+        def apply(actx: ApplyContext) -> None:
+            install_toolkit(actx, toolkit, packages)
+
+        return [Change(STEP, "install", target, f"CUDA toolkit {toolkit} ({', '.join(packages)})", apply,
+                       diff=diff)]
+
+
+def install_toolkit(actx: ApplyContext, toolkit: str, packages: list[str]) -> None:
+    actx.status(f"installing CUDA toolkit {toolkit}")
+    script = ("set -e\nexport DEBIAN_FRONTEND=noninteractive\napt-get update -q\n"
+              f"apt-get -y --no-install-recommends install {' '.join(shlex.quote(p) for p in packages)}\n"
+              f"/usr/local/cuda-{toolkit}/bin/nvcc --version | grep -q 'release {toolkit}'\n")
+    result = actx.ct().run(script, on_line=actx.log)
+    if not result.ok:
+        raise RemoteError(f"installing CUDA toolkit {toolkit} failed", command="apt-get install",
+                          exit_code=result.exit_code, output=result.stderr or result.stdout,
+                          vmid=actx.vmid, step=STEP)

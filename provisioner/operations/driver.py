@@ -1,0 +1,229 @@
+"""NVIDIA driver userspace in the container, at exactly the host's module version.
+
+Order of work (each its own change, each idempotent):
+
+1. ``repo``: NVIDIA's keyring (the ``cuda-keyring`` package, fetched with apt's own
+   downloader, so the container needs no curl) and a source for ``driver.repo_url``.
+2. ``pin``: ``/etc/apt/preferences.d/provision-nvidia`` (from templates/apt/) plus NVIDIA's
+   ``nvidia-driver-pinning-<ver>`` where the repository has it, in an apt transaction of
+   its own, *before* any driver package is touched.
+3. ``install``: release holds, ``apt-get -s`` first and refuse a plan with a dkms or
+   kernel-module package, install with ``--no-install-recommends --allow-downgrades``,
+   hold, then verify the library suffixes and ``nvidia-smi``.
+
+Converged means: keyring + source as rendered, pin file as rendered, every configured
+package installed at ``<ver>-*`` and held, the libraries carry ``<ver>``. Then: no change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+
+from ..engine.context import ApplyContext, PlanContext
+from ..engine.plan import Change
+from ..errors import ConfigError, RefusedError, RemoteError
+from ..facts.nvidia import DRIVER
+from ..facts.nvidia_ct import (DRIVER_CT, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
+                               DriverUserspace)
+from ..templating import render
+from .passthrough import selected_gpus
+
+STEP = "driver"
+KEYRING_DEB = "cuda-keyring_1.1-1_all.deb"
+#: every package of NVIDIA's driver family the pin covers (globs as apt_preferences allows)
+PIN_GLOBS = ["nvidia-*", "libnvidia-*", "libcuda1", "libnvcuvid1", "libnvoptix1", "libxnvctrl0",
+             "xserver-xorg-video-nvidia*"]
+#: packages that must never land in a container: kernel modules and what pulls them in
+FORBIDDEN = re.compile(r"^(dkms|.+-dkms|nvidia-open|nvidia-kernel-.+|cuda-drivers(-\d+)?|"
+                       r"linux-(image|headers)-.+|proxmox-(kernel|headers)-.+|.+-kmod(-.+)?)$")
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--force-confold"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def in_family(name: str) -> bool:
+    """A package of the driver family (pinned, moved with the host version)."""
+    if name.startswith("nvidia-driver-pinning-") or name == "cuda-keyring":
+        return False
+    return any(re.fullmatch(g.replace("*", ".*"), name) for g in PIN_GLOBS)
+
+
+def pin_text(version: str, packages: list[str]) -> str:
+    names = list(dict.fromkeys(PIN_GLOBS + [p for p in packages if not in_family(p)]))
+    return render("apt/provision-nvidia.pref.j2", version=version, packages=names)
+
+
+def source_text(repo_url: str, distro: str) -> str:
+    return render("apt/cuda.list.j2", repo_url=repo_url.rstrip("/"), distro=distro, keyring=KEYRING_PATH)
+
+
+def forbidden_packages(apt_simulation: str) -> list[str]:
+    """Packages an ``apt-get -s`` run would install (``Inst name ...``) that are kernel modules."""
+    names = [ln.split()[1] for ln in apt_simulation.splitlines() if ln.startswith("Inst ") and len(ln.split()) > 1]
+    return [n for n in names if FORBIDDEN.match(n)]
+
+
+def at_version(version: str, pkg_version: str) -> bool:
+    return pkg_version.split(":", 1)[-1].startswith(version + "-")
+
+
+def host_version(ctx: PlanContext) -> str | None:
+    """The loaded host module version when the container gets GPUs, else None."""
+    if not ctx.cfg.driver.manage_userspace or not selected_gpus(ctx):
+        return None
+    return ctx.fact(DRIVER.name).version
+
+
+class DriverStep:
+    name = STEP
+    facts = [DRIVER_CT]
+
+    def plan(self, ctx: PlanContext) -> list[Change]:
+        version = host_version(ctx)
+        if version is None:
+            if not ctx.cfg.driver.manage_userspace:
+                ctx.notes.append("driver.manage_userspace is false: the container's NVIDIA userspace is yours")
+            return []
+        ct: DriverUserspace | None = ctx.fact(DRIVER_CT.name)
+        target = f"ct {ctx.vmid}" if ctx.vmid else "ct (new)"
+        packages = list(ctx.cfg.driver.packages)
+        if ct is not None and ct.distro is None:
+            raise ConfigError(f"the container runs {ct.os_id or '?'} {ct.os_version or '?'}; NVIDIA's repository "
+                              "has Debian 12 and 13 only", key="container.template",
+                              fix="use a debian-12-standard or debian-13-standard template")
+        distro = ct.distro if ct else "debian12"
+        assert distro is not None
+        source = source_text(ctx.cfg.driver.repo_url, distro)
+        pin = pin_text(version, packages)
+        pinning = f"nvidia-driver-pinning-{version}"
+        changes: list[Change] = []
+        source_path = SOURCE_PATH_FMT.format(distro=distro)
+        if ct is None or not ct.keyring or ct.sources.get(source_path) != _sha(source) or \
+                set(ct.sources) - {source_path}:
+            changes.append(Change(STEP, "write", target, f"NVIDIA CUDA apt repository ({distro})",
+                                  lambda a: add_repository(a, distro, source, source_path),
+                                  diff={"source": (ct and ct.sources.get(source_path) and "differs",
+                                                   f"{ctx.cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/")}))
+        want_pinning = ct is not None and pinning in ct.pinning_available
+        stale_pinning = [p for p in (ct.pinning_packages if ct else []) if p != pinning]
+        if ct is None or ct.pin_sha256 != _sha(pin) or stale_pinning or \
+                (want_pinning and pinning not in ct.pinning_packages):
+            changes.append(Change(STEP, "write", target, f"pin NVIDIA driver packages to {version}",
+                                  lambda a: install_pin(a, pin, pinning, stale_pinning),
+                                  diff={PIN_PATH: (ct and ct.pin_sha256 and "other pin", f"version {version}-1*"),
+                                        **({p: ("installed", None) for p in stale_pinning})}))
+        wrong = self._wrong_packages(ct, version, packages)
+        if wrong:
+            changes.append(Change(STEP, "install", target,
+                                  f"NVIDIA driver userspace {version} ({', '.join(sorted(wrong))})",
+                                  lambda a: install_userspace(a, version, packages, ct), diff=wrong))
+        return changes
+
+    @staticmethod
+    def _wrong_packages(ct: DriverUserspace | None, version: str, packages: list[str]
+                        ) -> dict[str, tuple[object, object]]:
+        if ct is None:
+            return {p: (None, f"{version} (held)") for p in packages}
+        wrong: dict[str, tuple[object, object]] = {}
+        for name in packages:
+            p = ct.installed(name)
+            if p is None or not at_version(version, p.version) or not p.held:
+                wrong[name] = (p and f"{p.version}{' (held)' if p.held else ''}", f"{version} (held)")
+        for name, p in ct.packages.items():
+            if p.installed and in_family(name) and not at_version(version, p.version) and name not in wrong:
+                wrong[name] = (p.version, version)
+        if "libnvidia-ml1" in packages and ct.nvml_libs != [version]:
+            wrong.setdefault("libnvidia-ml.so", (",".join(ct.nvml_libs) or None, version))
+        if "libcuda1" in packages and ct.cuda_libs != [version]:
+            wrong.setdefault("libcuda.so", (",".join(ct.cuda_libs) or None, version))
+        return wrong
+
+
+# -- applying ----------------------------------------------------------------------------------------
+
+def _run(actx: ApplyContext, script: str, what: str, *, fix: str | None = None) -> str:
+    result = actx.ct().run("set -e\n" + script, on_line=actx.log)
+    if not result.ok:
+        raise RemoteError(f"{what} failed (exit {result.exit_code})", command=what, exit_code=result.exit_code,
+                          output=result.stderr or result.stdout, vmid=actx.vmid, step=STEP, fix=fix)
+    return result.stdout
+
+
+def add_repository(actx: ApplyContext, distro: str, source: str, source_path: str) -> None:
+    url = f"{actx.cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/{KEYRING_DEB}"
+    actx.status("adding NVIDIA's apt repository")
+    _run(actx, f"""
+if [ ! -s {KEYRING_PATH} ]; then
+  tmp=$(mktemp -d)
+  /usr/lib/apt/apt-helper download-file {shlex.quote(url)} "$tmp/{KEYRING_DEB}"
+  dpkg -i "$tmp/{KEYRING_DEB}"
+  rm -rf "$tmp"
+fi
+for s in /etc/apt/sources.list.d/cuda-*.list; do
+  [ -e "$s" ] && [ "$s" != {shlex.quote(source_path)} ] && rm -f "$s"
+done
+true
+""", "installing cuda-keyring", fix=f"check that the container reaches {url}")
+    actx.ct().put(source.encode(), source_path, mode="0644")
+
+
+def install_pin(actx: ApplyContext, pin: str, pinning: str, stale: list[str]) -> None:
+    """The pin alone, in its own apt transaction, before any driver package moves."""
+    actx.status("pinning the NVIDIA driver version")
+    actx.ct().put(pin.encode(), PIN_PATH, mode="0644")
+    remove = " ".join(shlex.quote(p + "-") for p in stale)
+    _run(actx, f"""
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+if apt-cache show {shlex.quote(pinning)} >/dev/null 2>&1; then
+  {APT} install {shlex.quote(pinning)} {remove}
+elif [ -n "{remove}" ]; then
+  {APT} remove {' '.join(shlex.quote(p) for p in stale)}
+fi
+""", "installing the driver pin")
+
+
+def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct: DriverUserspace | None) -> None:
+    """Move the userspace to ``version``: simulate, refuse kernel modules, install, hold, verify."""
+    family = sorted(n for n, p in (ct.packages if ct else {}).items() if p.installed and in_family(n))
+    names = list(dict.fromkeys(packages + family))
+    quoted = " ".join(shlex.quote(n) for n in names)
+    held = " ".join(shlex.quote(n) for n, p in (ct.packages if ct else {}).items() if p.held)
+    actx.status(f"installing NVIDIA driver userspace {version}")
+    if held:
+        _run(actx, f"apt-mark unhold {held} >/dev/null", "releasing holds")
+    sim = _run(actx, f"apt-get update -q >/dev/null\n"
+                     f"apt-get -s --no-install-recommends --allow-downgrades install {quoted}",
+               "simulating the driver install",
+               fix=f"check that the repository has version {version} of {', '.join(packages)}")
+    bad = forbidden_packages(sim)
+    if bad:
+        raise RefusedError(
+            f"the apt plan for the driver userspace would install {', '.join(bad)} in the container: kernel "
+            "modules belong on the host only", vmid=actx.vmid, step=STEP,
+            fix="keep driver.packages to userspace packages (nvidia-driver-cuda, libcuda1, libnvidia-ml1); "
+                "never nvidia-open, cuda-drivers* or *-dkms")
+    _run(actx, f"{APT} --no-install-recommends --allow-downgrades install {quoted}",
+         f"installing NVIDIA driver userspace {version}")
+    _run(actx, f"""
+dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' 'nvidia-*' 'libnvidia-*' 'libcuda1' 2>/dev/null |
+  awk '$3 ~ /^.i/ && $2 ~ /^{re.escape(version)}-/ {{print $1}}' | grep -v '^nvidia-driver-pinning-' |
+  xargs -r apt-mark hold >/dev/null
+""", "holding the driver packages")
+    verify(actx, version, packages)
+
+
+def verify(actx: ApplyContext, version: str, packages: list[str]) -> None:
+    checks = []
+    if "libnvidia-ml1" in packages:
+        checks.append(f"[ -e {LIB_DIR}/libnvidia-ml.so.{version} ] || {{ echo 'no libnvidia-ml.so.{version}'; exit 3; }}")
+    if "libcuda1" in packages:
+        checks.append(f"[ -e {LIB_DIR}/libcuda.so.{version} ] || {{ echo 'no libcuda.so.{version}'; exit 3; }}")
+    if "nvidia-driver-cuda" in packages:
+        checks.append("nvidia-smi -L")
+    _run(actx, "\n".join(checks) or "true", f"verifying the driver userspace {version}",
+         fix="compare `cat /sys/module/nvidia/version` on the host with the libraries in the container")

@@ -1,0 +1,133 @@
+"""llama.cpp's llama-server, built in the container for exactly this machine.
+
+The build is skipped when the serving build's stamp (source, backend, architectures,
+toolkit, flags) has the same hash as the one we would make now. Otherwise the
+source is fetched (git) or pushed (a local tarball, keyed by its sha256), the
+build runs in the container with its log streamed to ``ApplyContext.log`` and
+its progress to ``status``, and ``current`` flips only after ``--version`` (and
+for CUDA, ``ldd``) pass. A failed build leaves the previous one serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from functools import lru_cache
+from pathlib import Path
+
+from .. import cuda_matrix
+from ..engine.context import ApplyContext, PlanContext
+from ..engine.plan import Change
+from ..errors import ConfigError, RemoteError
+from ..facts.llama import LLAMA_CT, LlamaBuild
+from .cuda import chosen_toolkit, compute_caps, resolve_backend
+from .llama_build import CURRENT, BuildSpec, build_script, tarball_path
+
+STEP = "llama"
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+@lru_cache(maxsize=8)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tarball_sha256(path: str) -> str:
+    """sha256 of a local tarball (cached by size and mtime: plans run often)."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        raise ConfigError(f"the llama.cpp tarball {p} does not exist", key="llama_cpp.source.tarball",
+                          fix="download it (e.g. `pip download --no-deps --no-binary :all: "
+                              "llama-cpp-python==0.3.36 -d DIR`) or use git + ref") from None
+    return _sha256_file(str(p), st.st_size, st.st_mtime_ns)
+
+
+def build_spec(ctx: PlanContext) -> BuildSpec:
+    """The build this host file asks for on this machine."""
+    lc = ctx.cfg.llama_cpp
+    backend = resolve_backend(ctx)
+    if lc.source.tarball:
+        source: dict[str, str | None] = {"tarball_sha256": tarball_sha256(lc.source.tarball),
+                                         "subdir": lc.source.subdir}
+    else:
+        source = {"git": lc.source.git, "ref": lc.source.ref}
+    archs: tuple[str, ...] = ()
+    toolkit = None
+    if backend == "cuda":
+        toolkit = chosen_toolkit(ctx)
+        archs = tuple(cuda_matrix.architectures(compute_caps(ctx)))
+    return BuildSpec(backend=backend, source=source, architectures=archs, toolkit=toolkit,
+                     rocm_targets=tuple(lc.rocm_targets) if backend == "rocm" else (),
+                     flags=tuple(lc.cmake_flags))
+
+
+class LlamaStep:
+    name = STEP
+    facts = [LLAMA_CT]
+
+    def plan(self, ctx: PlanContext) -> list[Change]:
+        spec = build_spec(ctx)
+        have: LlamaBuild | None = ctx.fact(LLAMA_CT.name)
+        if have is not None and have.hash == spec.hash and have.binary:
+            ctx.notes.append(f"llama-server build {spec.hash} ({spec.backend}) is current: no rebuild")
+            return []
+        target = f"ct {ctx.vmid}" if ctx.vmid else "ct (new)"
+        before = have.stamp if have and have.stamp else None
+        diff: dict[str, tuple[object, object]] = {"build": (have.hash if have else None, spec.hash)}
+        for key in ("backend", "architectures", "toolkit", "source", "flags"):
+            new = spec.stamp()[key]
+            old = before.get(key) if before else None
+            if old != new:
+                diff[key] = (old, new)
+
+        def apply(actx: ApplyContext) -> None:
+            run_build(actx, spec)
+
+        what = spec.backend + (f" sm {','.join(spec.architectures)}, CUDA {spec.toolkit}"
+                               if spec.backend == "cuda" else "")
+        return [Change(STEP, "build", target, f"build llama-server ({what})", apply, diff=diff)]
+
+
+def push_tarball(actx: ApplyContext, spec: BuildSpec) -> None:
+    """Send the local tarball into the container once (keyed by its sha256)."""
+    assert actx.cfg.llama_cpp.source.tarball
+    dest = tarball_path(spec)
+    have = actx.ct().run(f"[ -s {shlex.quote(dest)} ] && sha256sum {shlex.quote(dest)}")
+    if have.ok and have.stdout.split()[:1] == [spec.source["tarball_sha256"]]:
+        return
+    local = os.path.expanduser(actx.cfg.llama_cpp.source.tarball)
+    actx.status(f"pushing {os.path.basename(local)} into CT {actx.vmid}")
+    actx.ct().put(Path(local).read_bytes(), dest, mode="0644")
+
+
+def run_build(actx: ApplyContext, spec: BuildSpec) -> None:
+    if spec.source.get("tarball_sha256"):
+        push_tarball(actx, spec)
+    actx.status(f"building llama-server {spec.hash}")
+    phase = {"name": "start"}
+
+    def on_line(line: str) -> None:
+        actx.log(line)
+        if line.startswith("@@progress "):
+            phase["name"] = line.split(" ", 1)[1]
+            actx.status(f"llama.cpp: {phase['name']}")
+        else:
+            m = _PERCENT.match(line)
+            if m:
+                actx.status(f"llama.cpp: building llama-server {m.group(1)}%")
+
+    script = build_script(spec, keep_builds=actx.cfg.llama_cpp.keep_builds)
+    result = actx.ct().run(script, on_line=on_line)
+    if not result.ok:
+        raise RemoteError(f"building llama-server failed during '{phase['name']}' (exit {result.exit_code}); "
+                          f"the previous build (if any) keeps serving from {CURRENT}",
+                          command="llama.cpp build script", exit_code=result.exit_code,
+                          output=result.stdout + result.stderr, vmid=actx.vmid, step=STEP)
