@@ -11,6 +11,8 @@ import re
 from typing import Any
 
 from . import ctcreate
+from provisioner.pveschema import config_format, split_list
+
 from .api import ApiError, Request, route
 from .backend_base import SimTaskError
 from .pveconf import PveConf, Section
@@ -128,22 +130,21 @@ def config_get(req: Request) -> dict[str, Any]:
         for key in pve.pending_delete():
             merged.pop(key, None)
         section = Section(merged, pve.main.lxc)
-    out: dict[str, Any] = {k: _typed(k, v) for k, v in section.values.items()}
+    out: dict[str, Any] = {k: _typed(req.api.version, k, v) for k, v in section.values.items()}
     if section.lxc:
         out["lxc"] = [[k, v] for k, v in section.lxc]
     out["digest"] = pve.digest
     return out
 
 
-_INT_KEYS = {"cores", "memory", "swap", "cpuunits", "tty", "unprivileged", "onboot", "protection",
-             "template", "console", "debug", "snaptime"}
-
-
-def _typed(key: str, value: str) -> Any:
-    """PVE returns integer/boolean config values as JSON numbers."""
-    if key in _INT_KEYS and re.fullmatch(r"-?\d+", value):
+def _typed(version: str, key: str, value: str) -> Any:
+    """PVE returns integer, boolean and number config values as JSON numbers (its parser
+    converts them on load); the schema says which keys those are."""
+    prop = config_format(version, key) or {}
+    typ = prop.get("type") if key not in ("snaptime",) else "integer"
+    if typ in ("integer", "boolean") and re.fullmatch(r"-?\d+", value):
         return int(value)
-    if key == "cpulimit" and re.fullmatch(r"\d+(\.\d+)?", value):
+    if typ == "number" and re.fullmatch(r"-?\d+(\.\d+)?", value):
         return float(value) if "." in value else int(value)
     return value
 
@@ -155,7 +156,6 @@ def config_put(req: Request) -> None:
     reserved = {"node", "vmid", "digest", "delete", "revert"}
     params = {k: str(v) if not isinstance(v, bool) else ("1" if v else "0")
               for k, v in req.params.items() if k not in reserved}
-    from provisioner.pveschema import split_list
     update = Update(params=params, delete=split_list(str(req.params.get("delete", ""))),
                     revert=split_list(str(req.params.get("revert", ""))),
                     digest=req.params.get("digest"))

@@ -19,7 +19,9 @@ from . import storage
 from .api import ApiError, Request
 from .backend_base import SimTaskError
 from .pveconf import PveConf
-from .rules import RuleError, apply_pending_stopped, check_modify_perm, prepare_value
+from .ctperms import mountpoint_type, parse_key
+from .rules import (RuleError, allocate_volume, apply_pending_stopped, check_modify_perm,
+                    prepare_value)
 from .tasks import TaskLog
 
 _NOT_CONFIG = {"node", "vmid", "ostemplate", "password", "ssh-public-keys", "storage", "force",
@@ -73,24 +75,25 @@ def create(req: Request) -> str:
               for k, v in params.items() if k not in _NOT_CONFIG}
     check_modify_perm(req.user, {}, config, [], unprivileged, api.version)
     default_storage = str(params.get("storage", "local"))
-    rootfs = config.pop("rootfs", f"{default_storage}:4")
-    if re.fullmatch(r"\d+(\.\d+)?", rootfs):
-        rootfs = f"{default_storage}:{rootfs}"
-    volume, _, rest = rootfs.partition(",")
-    m = re.fullmatch(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)", volume, re.I)
-    if m:
-        sid = m.group(1)
-        cfg = storage.check_storage(sid)
-        if "rootdir" not in cfg["content"]:
-            raise ApiError("Parameter verification failed.", status=400,
-                           errors={"storage": f"storage '{sid}' does not support container directories"})
-        size = m.group(2)
-        rootfs = f"{sid}:vm-{vmid}-disk-0,size={size}G" + (f",{rest}" if rest else "")
+    config.setdefault("rootfs", f"{default_storage}:4")
     conf = PveConf()
+    # volumes first, rootfs before mpN (PVE's create_disks order), so disk numbers match PVE
+    for key in sorted((k for k in config if k == "rootfs" or re.fullmatch(r"mp\d+", k)),
+                      key=lambda k: (k != "rootfs", k)):
+        value = config.pop(key)
+        if re.fullmatch(r"\d+(\.\d+)?", value):
+            value = f"{default_storage}:{value}"
+        volume = parse_key(key, value, api.version).get("volume", "")
+        if mountpoint_type(volume) == "volume":
+            sid = volume.split(":", 1)[0]
+            if "rootdir" not in storage.check_storage(sid)["content"]:
+                raise ApiError("Parameter verification failed.", status=400, errors={
+                    "storage": f"storage '{sid}' does not support container directories"})
+        conf.values[key] = allocate_volume(vmid, conf.values, key, value, api.version)
     for key, value in sorted(config.items()):
         conf.pending.values[key] = prepare_value(vmid, {}, key, value, api.version)
-    apply_pending_stopped(conf, api.version)
-    conf.values.update(rootfs=rootfs, arch=conf.values.get("arch", "amd64"), lock="create")
+    apply_pending_stopped(conf, api.version, vmid=vmid)
+    conf.values.update(arch=conf.values.get("arch", "amd64"), lock="create")
     conf.values.setdefault("hostname", f"CT{vmid}")
     if unprivileged:
         conf.values["unprivileged"] = "1"

@@ -22,6 +22,7 @@ from provisioner.pveschema import config_format, format_property_string, split_l
 
 from .ctperms import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
 from .pveerror import RuleError, param_error, perm_error  # noqa: F401 - re-exported
+from . import storage
 from .pveconf import ConfStore, PveConf
 
 #: applied at once even on a running CT (LXC_FASTPLUG_OPTIONS)
@@ -60,6 +61,9 @@ def prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version
     if opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
         if conf.get("protection") == "1":
             raise RuleError(f"can't update CT {vmid} drive '{opt}' - protection mode enabled")
+        volume = parse_key(opt, value, version).get("volume", "")
+        if mountpoint_type(volume) == "volume":
+            check_rootdir_storage(volume)
     elif opt == "nameserver":
         return " ".join(split_list(value))
     elif opt == "searchdomain":
@@ -88,6 +92,30 @@ def _remove_pending_delete(pve: PveConf, opt: str) -> None:
     pve.set_pending_delete([k for k in pve.pending_delete() if k != opt])
 
 
+NEW_DISK_RE = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)", re.I)
+
+
+def check_rootdir_storage(volume: str) -> None:
+    """update_pct_config's content check for a volume mount point."""
+    sid = volume.split(":", 1)[0]
+    if "rootdir" not in storage.check_storage(sid)["content"]:
+        raise RuleError(f"storage '{sid}' does not allow content type 'rootdir' (Container)")
+
+
+def allocate_volume(vmid: int, conf: dict[str, str], key: str, value: str, version: str) -> str:
+    """``STORAGE:SIZE`` means "allocate SIZE GiB": name the new volume like PVE does."""
+    parts = parse_key(key, value, version)
+    m = NEW_DISK_RE.fullmatch(parts.get("volume", ""))
+    if not m:
+        return value
+    in_use = " ".join(conf.values())
+    n = next(i for i in range(10_000) if f"vm-{vmid}-disk-{i}" not in in_use)
+    parts["volume"] = f"{m.group(1)}:vm-{vmid}-disk-{n}"
+    size = float(m.group(2))
+    parts["size"] = f"{int(size)}G" if size == int(size) else f"{int(size * 1024)}M"
+    return format_property_string(key, parts, skip=("mp",) if key == "rootfs" else (), version=version)
+
+
 def _add_unused(conf: dict[str, str], volid: str) -> None:
     for i in range(256):
         if conf.get(f"unused{i}") == volid:
@@ -96,7 +124,8 @@ def _add_unused(conf: dict[str, str], volid: str) -> None:
     conf[f"unused{free}"] = volid
 
 
-def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None = None) -> dict[str, str]:
+def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None = None, *,
+                          vmid: int = 0) -> dict[str, str]:
     """vmconfig_apply_pending: fold pending deletes and values into the config."""
     conf, pending = pve.values, pve.pending.values
     for opt in sorted(pve.pending_delete()):
@@ -115,12 +144,14 @@ def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None
         value = pending.pop(opt)
         if re.fullmatch(r"net\d+", opt):
             value = format_property_string(opt, parse_key(opt, value, version), version=version)
+        elif re.fullmatch(r"mp\d+|rootfs", opt):
+            value = allocate_volume(vmid, conf, opt, value, version)
         conf[opt] = value
     return {}
 
 
 def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
-                    hotplug: Hotplug | None) -> dict[str, str]:
+                    hotplug: Hotplug | None, *, vmid: int = 0) -> dict[str, str]:
     """vmconfig_hotplug_pending: apply what PVE applies to a running CT; the rest stays."""
     conf, pending = pve.values, pve.pending.values
     errors: dict[str, str] = {}
@@ -146,6 +177,8 @@ def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
         try:
             if re.fullmatch(r"net\d+", opt):
                 value = format_property_string(opt, parse_key(opt, value, version), version=version)
+            elif re.fullmatch(r"mp\d+", opt):
+                value = allocate_volume(vmid, conf, opt, value, version)
             if hotplug is not None and re.fullmatch(r"(dev|mp|net)\d+", opt):
                 hotplug(opt, value)
         except Exception as exc:  # noqa: BLE001 - PVE reports any hot-plug failure per key
@@ -222,9 +255,9 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
             _remove_pending_delete(pve, opt)
         _cleanup_pending(pve)
         if running:
-            errors = hotplug_pending(pve, version, modified, hotplug)
+            errors = hotplug_pending(pve, version, modified, hotplug, vmid=vmid)
         else:
-            errors = apply_pending_stopped(pve, version, modified)
+            errors = apply_pending_stopped(pve, version, modified, vmid=vmid)
         store.save(vmid, pve)
     if errors:
         raise param_error(errors)
@@ -238,7 +271,7 @@ def apply_pending(store: ConfStore, vmid: int, version: str) -> dict[str, str]:
     with store.lock(vmid):
         pve = store.load(vmid)
         if pve.pending.values:
-            apply_pending_stopped(pve, version)
+            apply_pending_stopped(pve, version, vmid=vmid)
             store.save(vmid, pve)
         return dict(pve.values)
 

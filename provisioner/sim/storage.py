@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .rules import RuleError
+from .pveerror import RuleError
 
 STORAGES: dict[str, dict[str, str]] = {
     "local": {"type": "dir", "content": "backup,iso,vztmpl"},

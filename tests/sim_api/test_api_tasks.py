@@ -211,3 +211,21 @@ def test_consuming_a_fault_keeps_sim_json_private(sim: Sim) -> None:
     assert status["exitstatus"] == "boom"
     assert path.stat().st_mode & 0o777 == 0o600
     assert json.loads(path.read_text())["root_password"]
+
+
+def test_new_volumes_are_named_like_pve(sim: Sim) -> None:
+    s = sim.ticket()
+    create(sim, s, rootfs="local-lvm:8", mp0="local-lvm:32,mp=/data", mp1="/srv/models,mp=/models,ro=1")
+    conf = s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
+    assert conf["rootfs"] == "local-lvm:vm-120-disk-0,size=8G"
+    assert conf["mp0"] == "local-lvm:vm-120-disk-1,mp=/data,size=32G"
+    assert conf["mp1"] == "/srv/models,mp=/models,ro=1"
+    assert s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"mp2": "local-lvm:0.5,mp=/x"}).status_code == 200
+    assert s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]["mp2"] == \
+        "local-lvm:vm-120-disk-2,mp=/x,size=512M"
+    r = s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"mp3": "local:4,mp=/y"})
+    assert r.json()["message"] == "storage 'local' does not allow content type 'rootdir' (Container)\n"
+    # deleting a volume mount point keeps the volume as unusedN
+    assert s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"delete": "mp0"}).status_code == 200
+    conf = s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
+    assert "mp0" not in conf and conf["unused0"] == "local-lvm:vm-120-disk-1"
