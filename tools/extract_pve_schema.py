@@ -32,6 +32,7 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/nodes/{node}/lxc/{vmid}/status/stop": ("POST",),
     "/nodes/{node}/lxc/{vmid}/status/shutdown": ("POST",),
     "/nodes/{node}/lxc/{vmid}/status/reboot": ("POST",),
+    "/nodes/{node}/lxc/{vmid}/feature": ("GET",),
     "/nodes/{node}/lxc/{vmid}/snapshot": ("GET", "POST"),
     "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}": ("GET", "DELETE"),
     "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback": ("POST",),

@@ -195,6 +195,10 @@ class Container(Section):
     description: str = ""
     adopt: bool = False
     restart: Literal["never", "when-needed"] = "never"
+    #: take a Proxmox snapshot `provision-YYYYmmdd-HHMMSS` before `up` changes an existing CT
+    snapshot: bool = True
+    #: how many `provision-*` snapshots to keep (older ones are deleted; others never are)
+    snapshots_keep: Annotated[int, Field(ge=1, le=100)] = 3
 
     @field_validator("nameserver")
     @classmethod

@@ -20,6 +20,7 @@ from ..errors import ProvisionError
 from ..facts.base import Fact, gather
 from ..facts.pve import gather_pve
 from .context import ApplyContext, PlanContext
+from . import snapshot
 from .plan import Change, Step
 from .steps import all_steps
 
@@ -160,6 +161,7 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
         changes = step.plan(ctx)
         for change in changes:
             actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
+            snapshot.before_first_change(actx, change)  # a safety net before the first change
             status(f"{change.step}: {change.summary}")
             c0 = time.monotonic()
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from .pveconf import ConfStore
 from .rules import RuleError
 from .tasks import TaskManager
 
+log = logging.getLogger("provisioner.sim.api")
+access_log = logging.getLogger("provisioner.sim.api.access")
 API_BASE = "/api2/json"
 FULL_VERSION = {"8.4": "8.4.2", "9.1": "9.1.3"}
 REPOID = {"8.4": "e8bd0b8a", "9.1": "d1e0f3c9"}
@@ -107,7 +110,7 @@ class SimApi:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        from . import api_lxc, api_node, api_snapshot, api_status  # noqa: F401 - registers routes
+        from . import api_feature, api_lxc, api_node, api_snapshot, api_status  # noqa: F401 - registers routes
 
     # -- settings read at request time (fault injection) --------------------------------
     def settings(self) -> dict[str, Any]:
@@ -179,6 +182,9 @@ class SimApi:
             data = await asyncio.get_running_loop().run_in_executor(None, handler, req)
         except RuleError as exc:
             return error_response(exc.status, exc.message, exc.errors)
+        except Exception as exc:  # noqa: BLE001 - PVE turns any die into a 500 with its text
+            log.exception("%s %s failed", method, path)
+            return error_response(500, str(exc) or type(exc).__name__)
         body: dict[str, Any] = {"data": data}
         body.update(req.result_attrs)
         return web.json_response(body)
@@ -186,7 +192,8 @@ class SimApi:
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Listen (inside a running event loop)."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        self._runner = web.AppRunner(self.make_app(), access_log=access_log,
+                                     access_log_format='%a "%r" %s %b %Tfs')
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port,
                            ssl_context=tls.server_context(self.cert, self.key))
@@ -266,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             await asyncio.sleep(3600)
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
