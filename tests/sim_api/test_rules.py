@@ -1,0 +1,87 @@
+"""The PUT-config rules used directly (as ``pct set`` does): root@pam over SSH, no HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.sim.pveconf import ConfStore, PveConf
+from provisioner.sim.rules import (ROOT, RuleError, Update, apply_pending, normalise_tags,
+                                   update_config)
+
+BASE = {"arch": "amd64", "hostname": "llm", "memory": "512", "ostype": "debian",
+        "rootfs": "local-lvm:vm-120-disk-0,size=8G", "unprivileged": "1"}
+
+
+def store_with(tmp_path: Path, values: dict[str, str]) -> ConfStore:
+    store = ConfStore(tmp_path)
+    conf = PveConf()
+    conf.values.update(values)
+    store.save(120, conf)
+    return store
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("b;A;a", "a;b"), ("Zeta,alpha beta", "alpha;beta;zeta"), ("", ""), ("gpu;GPU;llm", "gpu;llm"),
+])
+def test_normalise_tags(raw: str, expected: str) -> None:
+    assert normalise_tags(raw) == expected
+
+
+def test_root_over_ssh_may_set_devices(tmp_path: Path) -> None:
+    store = store_with(tmp_path, BASE)
+    update_config(store, 120, Update({"dev0": "/dev/null,gid=44"}), user=ROOT, running=False, version="9.1")
+    assert store.load(120).values["dev0"] == "/dev/null,gid=44"
+    with pytest.raises(RuleError) as exc:
+        update_config(store, 120, Update({"dev1": "/dev/null"}), user="root@pam!tok", running=False,
+                      version="9.1")
+    assert (exc.value.status, exc.value.message) == (
+        403, "Permission check failed (configuring device passthrough is only allowed for root@pam)")
+
+
+def test_hotplug_failure_is_a_parameter_error_and_the_rest_is_kept(tmp_path: Path) -> None:
+    store = store_with(tmp_path, BASE)
+
+    def refuse(key: str, value: str) -> None:
+        raise RuntimeError("not simulated")
+
+    with pytest.raises(RuleError) as exc:
+        update_config(store, 120, Update({"mp0": "/srv,mp=/srv", "cores": "2"}), user=ROOT,
+                      running=True, version="9.1", hotplug=refuse)
+    assert exc.value.status == 400
+    assert exc.value.errors == {"mp0": "unable to hotplug mp0: not simulated"}
+    conf = store.load(120)
+    assert conf.values["cores"] == "2"
+    assert conf.pending.values == {"mp0": "/srv,mp=/srv"}
+
+
+def test_apply_pending_at_start(tmp_path: Path) -> None:
+    store = store_with(tmp_path, {**BASE, "swap": "512"})
+    update_config(store, 120, Update({"dev0": "/dev/null", "features": "nesting=1"}, delete=["swap"]),
+                  user=ROOT, running=True, version="8.4")
+    pending = store.load(120).pending.values
+    assert pending == {"dev0": "/dev/null", "features": "nesting=1"}  # swap deletion hot-plugged
+    values = apply_pending(store, 120, "8.4")
+    assert values["dev0"] == "/dev/null" and values["features"] == "nesting=1" and "swap" not in values
+    assert "[pve:pending]" not in store.path(120).read_text()
+
+
+def test_delete_of_an_unset_key_warns(tmp_path: Path) -> None:
+    store = store_with(tmp_path, BASE)
+    warnings: list[str] = []
+    update_config(store, 120, Update({}, delete=["cores"]), user=ROOT, running=False, version="9.1",
+                  warn=warnings.append)
+    assert warnings == ["cannot delete 'cores' - not set in current configuration!"]
+
+
+def test_locked_ct_refuses_changes(tmp_path: Path) -> None:
+    store = store_with(tmp_path, {**BASE, "lock": "backup"})
+    with pytest.raises(RuleError, match=r"CT is locked \(backup\)"):
+        update_config(store, 120, Update({"cores": "2"}), user=ROOT, running=False, version="9.1")
+
+
+def test_protection_guards_mount_points(tmp_path: Path) -> None:
+    store = store_with(tmp_path, {**BASE, "protection": "1", "mp0": "/srv,mp=/srv"})
+    with pytest.raises(RuleError, match="can't remove CT 120 drive 'mp0' - protection mode enabled"):
+        update_config(store, 120, Update({}, delete=["mp0"]), user=ROOT, running=False, version="9.1")
