@@ -168,4 +168,9 @@ def config_put(req: Request) -> None:
 
 @route("/nodes/{node}/lxc/{vmid}/pending", "GET")
 def pending_get(req: Request) -> list[dict[str, Any]]:
-    return pending_view(load(req))
+    items = pending_view(load(req))
+    for item in items:
+        for field in ("value", "pending"):
+            if field in item:
+                item[field] = _typed(req.api.version, str(item["key"]), str(item[field]))
+    return items

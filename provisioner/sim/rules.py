@@ -277,20 +277,20 @@ def apply_pending(store: ConfStore, vmid: int, version: str) -> dict[str, str]:
 
 
 def pending_view(pve: PveConf) -> list[dict[str, object]]:
-    """``GET .../pending``: one entry per key with value / pending / delete (1, or 2 = forced)."""
-    keys = set(pve.values) | {k for k in pve.pending.values if k != "delete"} | set(pve.pending_delete())
-    raw_delete = pve.pending.values.get("delete", "")
-    forced = {k[1:] for k in re.split(r"[,;\s]+", raw_delete) if k.startswith("!")}
+    """``GET .../pending`` (PVE's config_with_pending_array): one entry per key with
+    ``value`` / ``pending`` / ``delete`` (1, or 2 when forced), ``digest`` included."""
+    forced = {k[1:] for k in re.split(r"[,;\s]+", pve.pending.values.get("delete", "")) if k.startswith("!")}
+    deleting = set(pve.pending_delete())
+    current = {**pve.values, "digest": pve.digest}
+    keys = set(current) | {k for k in pve.pending.values if k != "delete"} | deleting
     out: list[dict[str, object]] = []
     for key in sorted(keys):
-        if key in ("digest",):
-            continue
         item: dict[str, object] = {"key": key}
-        if key in pve.values:
-            item["value"] = pve.values[key]
+        if key in current:
+            item["value"] = current[key]
         if key in pve.pending.values:
             item["pending"] = pve.pending.values[key]
-        if key in pve.pending_delete():
+        if key in deleting:
             item["delete"] = 2 if key in forced else 1
         out.append(item)
     return out

@@ -138,7 +138,7 @@ def test_pending_on_running_ct_pve9(sim9: Sim) -> None:
     assert pending["dev0"] == {"key": "dev0", "value": HOST_DEV, "pending": f"{HOST_DEV},mode=0666"}
     assert pending["features"] == {"key": "features", "pending": "nesting=1"}
     assert pending["hostname"] == {"key": "hostname", "value": "llm2"}
-    assert pending["memory"] == {"key": "memory", "value": "4096"}
+    assert pending["memory"] == {"key": "memory", "value": 4096}  # typed like PVE
     assert pending["tags"] == {"key": "tags", "value": "a;b"}
     assert sim.backend.hotplugged == [(120, "dev1", f"{HOST_DEV},gid=44")]
     current = s.get(sim.base + CONFIG, params={"current": 1}).json()["data"]
@@ -155,7 +155,8 @@ def test_pending_on_running_ct_pve8(sim8: Sim) -> None:
     assert s.put(sim.base + CONFIG, data={"dev0": HOST_DEV, "cores": 2}).status_code == 200
     pending = {p["key"]: p for p in s.get(sim.base + "/nodes/pve/lxc/120/pending").json()["data"]}
     assert pending["dev0"] == {"key": "dev0", "pending": HOST_DEV}
-    assert pending["cores"] == {"key": "cores", "value": "2"}
+    assert pending["cores"] == {"key": "cores", "value": 2}
+    assert pending["digest"]["value"] == hashlib.sha1(conf_text(sim).encode()).hexdigest()
     assert sim.backend.hotplugged == []
     assert "[pve:pending]\ndev0: /dev/null\n" in conf_text(sim)
 
