@@ -8,15 +8,16 @@ what the real API rejects, with the same messages).
 """
 
 from .formats import FormatError, check_format, split_list
-from .propstring import (PropertyStringError, format_property_string, parse_boolean,
-                         parse_property_string)
+from .propstring import (PropertyStringError, format_property_string, normalise_property_string,
+                         parse_boolean, parse_property_string)
 from .schema import (INDEX_BOUNDS, VERSIONS, MethodSchema, UnknownEndpoint, config_format,
                      load, match_path, method_schema)
 from .validator import NOT_IN_SCHEMA, validate, validate_params
 
 __all__ = [
     "FormatError", "check_format", "split_list",
-    "PropertyStringError", "format_property_string", "parse_boolean", "parse_property_string",
+    "PropertyStringError", "format_property_string", "normalise_property_string", "parse_boolean",
+    "parse_property_string",
     "INDEX_BOUNDS", "VERSIONS", "MethodSchema", "UnknownEndpoint", "config_format", "load",
     "match_path", "method_schema",
     "NOT_IN_SCHEMA", "validate", "validate_params",

@@ -133,3 +133,11 @@ def format_property_string(fmt: Format | str, data: Mapping[str, Any], *,
     for key in sorted(data):
         add(key)
     return ",".join(parts)
+
+
+def normalise_property_string(key: str, value: str, *, version: str = "9.1",
+                              ignore: tuple[str, ...] = ()) -> str:
+    """Canonical form of a config value for diffing: parsed, booleans as 1/0, printed
+    like PVE. ``ignore`` drops keys PVE fills in itself (e.g. ``hwaddr``/``type`` of netN)."""
+    return format_property_string(key, parse_property_string(key, value, version=version),
+                                  skip=ignore, version=version)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass, field
 from typing import Callable
@@ -116,6 +117,19 @@ def allocate_volume(vmid: int, conf: dict[str, str], key: str, value: str, versi
     return format_property_string(key, parts, skip=("mp",) if key == "rootfs" else (), version=version)
 
 
+#: PVE's default MAC prefix for generated addresses (datacenter.cfg ``mac_prefix``)
+MAC_PREFIX = "BC:24:11"
+
+
+def print_network(key: str, value: str, version: str) -> str:
+    """parse_lxc_network + print: ``type=veth`` always, a random ``hwaddr`` if none given."""
+    net = parse_key(key, value, version)
+    net["type"] = "veth"
+    if not net.get("hwaddr"):
+        net["hwaddr"] = MAC_PREFIX + "".join(f":{b:02X}" for b in secrets.token_bytes(3))
+    return format_property_string(key, net, version=version)
+
+
 def _add_unused(conf: dict[str, str], volid: str) -> None:
     for i in range(256):
         if conf.get(f"unused{i}") == volid:
@@ -143,7 +157,7 @@ def apply_pending_stopped(pve: PveConf, version: str, selection: set[str] | None
             continue
         value = pending.pop(opt)
         if re.fullmatch(r"net\d+", opt):
-            value = format_property_string(opt, parse_key(opt, value, version), version=version)
+            value = print_network(opt, value, version)
         elif re.fullmatch(r"mp\d+|rootfs", opt):
             value = allocate_volume(vmid, conf, opt, value, version)
         conf[opt] = value
@@ -176,7 +190,7 @@ def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
             continue
         try:
             if re.fullmatch(r"net\d+", opt):
-                value = format_property_string(opt, parse_key(opt, value, version), version=version)
+                value = print_network(opt, value, version)
             elif re.fullmatch(r"mp\d+", opt):
                 value = allocate_volume(vmid, conf, opt, value, version)
             if hotplug is not None and re.fullmatch(r"(dev|mp|net)\d+", opt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -187,5 +188,7 @@ def test_stopped_ct_applies_at_once(sim: Sim) -> None:
                                           "net0": "bridge=vmbr0,name=eth0,ip=dhcp"}).status_code == 200
     text = conf_text(sim)
     assert "[pve:pending]" not in text
-    assert "net0: name=eth0,bridge=vmbr0,ip=dhcp\n" in text  # re-printed like PVE
+    # re-printed like PVE's parse_lxc_network: type=veth, a generated BC:24:11 MAC
+    assert re.search(r"^net0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11(:[0-9A-F]{2}){3},ip=dhcp,type=veth$",
+                     text, re.M)
     assert s.get(sim.base + "/nodes/pve/lxc/120/pending").json()["data"][0]["key"] == "arch"

@@ -140,3 +140,18 @@ def test_indexed_key_bounds() -> None:
     assert config_format("9.1", "net31") is not None
     assert config_format("9.1", "net32") is None
     assert config_format("9.1", "mp07") is None
+
+
+def test_normalise_for_diffing() -> None:
+    from provisioner.pveschema import normalise_property_string
+    assert normalise_property_string("dev0", "gid=44,path=/dev/nvidia0,deny-write=no") == \
+        "/dev/nvidia0,deny-write=0,gid=44"
+    assert normalise_property_string(
+        "net0", "bridge=vmbr0,name=eth0,type=veth,hwaddr=BC:24:11:00:00:01,ip=dhcp",
+        ignore=("hwaddr", "type")) == "name=eth0,bridge=vmbr0,ip=dhcp"
+
+
+def test_public_surface() -> None:
+    import provisioner.pveschema as ps
+    assert sorted(ps.__all__) == sorted(n for n in dir(ps) if not n.startswith("_")
+                                        and n not in ("formats", "propstring", "schema", "validator"))
