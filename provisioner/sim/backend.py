@@ -130,20 +130,25 @@ class LxcBackend:
         log(f"destroyed CT {vmid}")
 
     def mount(self, vmid: int, conf: dict[str, str]) -> Path:
-        """Bind the rootfs on ``<lxcpath>/<vmid>/rootfs`` (= /var/lib/lxc/<vmid>/rootfs in the sim)."""
-        mnt = self._ctdir(vmid) / "rootfs"
+        """Bind the rootfs on ``/var/lib/lxc/<vmid>/rootfs`` (in the sim host namespace, where
+        /var/lib/lxc is SIM_ROOT/lxc), else on ``SIM_ROOT/lxc/<vmid>/rootfs``; returns it."""
+        mnt = self._mountpoints(vmid)[0]
         mnt.mkdir(parents=True, exist_ok=True)
-        if not os.path.ismount(mnt):
+        if str(mnt) not in _mountpoints():  # os.path.ismount misses same-fs binds
             subprocess.run(["mount", "--bind", str(self.rootfs_path(vmid, conf)), str(mnt)],
                            check=True)
-        if os.environ.get("PROVISION_SIM_NS") == str(self.sim_root):
-            return Path("/var/lib/lxc") / str(vmid) / "rootfs"
         return mnt
 
     def unmount(self, vmid: int) -> None:
-        mnt = self._ctdir(vmid) / "rootfs"
-        while os.path.ismount(mnt):
-            subprocess.run(["umount", str(mnt)], check=True)
+        for mnt in self._mountpoints(vmid):
+            while str(mnt) in _mountpoints():
+                subprocess.run(["umount", str(mnt)], check=True)
+
+    def _mountpoints(self, vmid: int) -> list[Path]:
+        own = self._ctdir(vmid) / "rootfs"
+        if _same_dir(Path("/var/lib/lxc"), self.lxcpath):  # inside this node's namespace
+            return [Path("/var/lib/lxc") / str(vmid) / "rootfs", own]
+        return [own]
 
     def snapshot(self, vmid: int, name: str, log: Log) -> None:
         snap = self._images(vmid) / "snapshots" / name
@@ -198,6 +203,14 @@ class LxcBackend:
 
 #: overmounts made by provisioner.sim.host that would stop unprivileged CTs mounting proc/sys
 FAKE_VIEW_MOUNTS = {"/proc/devices", "/proc/driver", "/sys/module"}
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _mountpoints() -> set[str]:

@@ -1,0 +1,159 @@
+"""The ``sim_node`` pytest fixture: a real simulated Proxmox node for one test session.
+
+It starts a node with a unique name and free ports, yields a ``SimNode`` handle,
+and at the end removes every container, mount, device node and process it made
+(also after failed tests; stale nodes of dead test runs are removed at start).
+Needs root, lxc and debootstrap: without them the fixture fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import paramiko
+import pytest
+
+from provisioner.sim import manage, rootfs
+from provisioner.sim.backend import LxcBackend
+from provisioner.sim.faults import Faults
+from provisioner.sim.host import BRIDGE_IP
+from provisioner.sim.pveconf import ConfStore, PveConf, Section
+
+STALE = re.compile(r"pt(\d+)")
+
+
+@dataclass
+class SimNode:
+    """Everything a test needs to talk to the node (secrets included: tests only)."""
+
+    name: str
+    sim_root: Path
+    node: str
+    version: str
+    api_url: str
+    api_port: int
+    fingerprint: str
+    token_id: str
+    token_secret: str
+    root_password: str
+    ssh_host: str
+    ssh_port: int
+    ssh_key: Path
+    known_hosts: Path
+    conn: dict
+    faults: Faults = field(repr=False)
+    backend: LxcBackend = field(repr=False)
+
+    def ssh(self) -> paramiko.SSHClient:
+        """A paramiko client that checks the host key against the node's known_hosts."""
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(self.ssh_host, port=self.ssh_port, username="root",
+                       key_filename=str(self.ssh_key), look_for_keys=False, allow_agent=False,
+                       timeout=10)
+        return client
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float = 300) -> tuple[int, str, str]:
+        """Run ``command`` on the host over SSH; returns (exit code, stdout, stderr)."""
+        with self.ssh() as client:
+            chan_in, out, err = client.exec_command(command, timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin)
+                chan_in.channel.shutdown_write()
+            text_out, text_err = out.read().decode(), err.read().decode()
+            return out.channel.recv_exit_status(), text_out, text_err
+
+    def create_ct(self, vmid: int, **conf: str) -> dict[str, str]:
+        """Write the PVE config and materialise the rootfs, as the API's create task does."""
+        values = {"arch": "amd64", "ostype": "debian", "hostname": f"ct{vmid}", "memory": "1024",
+                  "swap": "512", "cores": "1", "rootfs": f"local-lvm:vm-{vmid}-disk-0,size=8G",
+                  "unprivileged": "1",
+                  "net0": f"name=eth0,bridge=vmbr0,ip={BRIDGE_IP[:-1]}{vmid % 200 + 20}/24,"
+                          f"gw={BRIDGE_IP},hwaddr=BC:24:11:00:{vmid // 256 % 256:02X}:{vmid % 256:02X},type=veth"}
+        values.update(conf)
+        ConfStore(self.sim_root).save(vmid, PveConf(main=Section(values=dict(values))))
+        self.backend.create(vmid, values, rootfs.ensure_template(), lambda _: None)
+        return values
+
+    def destroy_ct(self, vmid: int) -> None:
+        store = ConfStore(self.sim_root)
+        conf = store.load(vmid).values if store.exists(vmid) else {}
+        self.backend.destroy(vmid, conf, lambda _: None)
+        store.remove(vmid)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def remove_stale_nodes() -> list[str]:
+    """Clean up nodes left by test runs whose process is gone."""
+    removed = []
+    if not manage.BASE.exists():
+        return removed
+    for entry in manage.BASE.iterdir():
+        m = STALE.fullmatch(entry.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            manage.cleanup(entry, keep_state=False)
+            removed.append(entry.name)
+    return removed
+
+
+def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str | None = None) -> SimNode:
+    """Start a node with a unique name and free ports."""
+    manage.check_prerequisites()
+    remove_stale_nodes()
+    manage.ensure_bridge()
+    opts = manage.StartOptions(name=name or f"pt{os.getpid()}", pve_version=version, driver=driver,
+                               api_port=_free_port(), ssh_port=_free_port(),
+                               apt_port=_free_port(BRIDGE_IP))
+    conn = manage.start(opts, log=lambda _: None)
+    root = Path(conn["sim_root"])
+    return SimNode(
+        name=opts.name, sim_root=root, node=conn["node"], version=version,
+        api_url=conn["api"]["url"], api_port=conn["api"]["port"], fingerprint=conn["api"]["fingerprint"],
+        token_id=conn["api"]["token_id"],
+        token_secret=Path(conn["api"]["token_secret_file"]).read_text().strip(),
+        root_password=Path(conn["api"]["password_file"]).read_text().strip(),
+        ssh_host=conn["ssh"]["host"], ssh_port=conn["ssh"]["port"], ssh_key=Path(conn["ssh"]["key_file"]),
+        known_hosts=Path(conn["ssh"]["known_hosts"]), conn=conn, faults=Faults(root),
+        backend=LxcBackend(root))
+
+
+def leftovers(node: SimNode, vmids: list[int]) -> list[str]:
+    """What a stopped node (that ran CTs ``vmids``) left behind; empty when clean-up was complete."""
+    found = []
+    if node.sim_root.exists():
+        found.append(f"{node.sim_root} exists")
+    mounts = Path("/proc/self/mounts").read_text()
+    if str(node.sim_root) in mounts:
+        found.append("mounts under SIM_ROOT")
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [f"process: {line.strip()}" for line in ps.splitlines() if str(node.sim_root) in line]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for vmid in vmids:
+        if f"veth{vmid}i" in links:
+            found.append(f"veth of CT {vmid}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def sim_node() -> Iterator[SimNode]:
+    """A running simulated PVE 9.1 node shared by the session; fully removed afterwards."""
+    node = start_sim_node()
+    try:
+        yield node
+    finally:
+        vmids = [int(p.name) for p in (node.sim_root / "lxc").iterdir() if p.name.isdigit()]
+        manage.stop(node.name)
+        left = leftovers(node, vmids)
+        assert not left, f"simulated node {node.name} left: {left}"

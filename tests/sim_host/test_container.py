@@ -1,0 +1,84 @@
+"""A real container on the simulated node: create, boot systemd, pct over real SSH."""
+
+from __future__ import annotations
+
+import time
+
+import paramiko
+import pytest
+
+pytestmark = pytest.mark.sim
+
+VMID = 711
+
+
+@pytest.fixture(scope="module")
+def ct(sim_node):
+    t0 = time.monotonic()
+    sim_node.create_ct(VMID, hostname="simct")
+    created = time.monotonic() - t0
+    rc, out, err = sim_node.run(f"pct start {VMID}")
+    assert rc == 0, err
+    yield created
+    sim_node.destroy_ct(VMID)
+
+
+def test_systemd_reaches_running(sim_node, ct):
+    rc, out, err = sim_node.run(f"pct exec {VMID} -- systemctl is-system-running --wait", timeout=120)
+    assert (rc, out.strip()) == (0, "running"), err
+    assert ct < 30  # created from the cache, not debootstrapped
+
+
+def test_pct_exec_passes_exit_code_and_stdin(sim_node, ct):
+    assert sim_node.run(f"pct exec {VMID} -- sh -c 'exit 7'")[0] == 7
+    rc, out, _ = sim_node.run(f"pct exec {VMID} -- tr a-z A-Z", stdin=b"hello\n")
+    assert (rc, out) == (0, "HELLO\n")
+
+
+def test_ct_is_unprivileged_with_pve_network_files(sim_node, ct):
+    rc, out, _ = sim_node.run(f"pct exec {VMID} -- sh -c 'cat /proc/self/uid_map; hostname; "
+                              f"cat /etc/network/interfaces /etc/resolv.conf'")
+    assert rc == 0
+    assert out.split()[:3] == ["0", "100000", "65536"]
+    assert "simct" in out and "address 10.0.3." in out and "nameserver 10.0.3.1" in out
+
+
+def test_push_and_pull(sim_node, ct, tmp_path):
+    rc, _, err = sim_node.run(f"printf 'key=1\\n' > /tmp/p{VMID} && pct push {VMID} /tmp/p{VMID} "
+                              f"/root/pushed --perms 0600 --user 0 --group 0")
+    assert rc == 0, err
+    rc, out, _ = sim_node.run(f"pct exec {VMID} -- stat -c '%a %u %g' /root/pushed")
+    assert out.strip() == "600 0 0"
+    rc, out, err = sim_node.run(f"pct pull {VMID} /etc/hostname /tmp/h{VMID} && cat /tmp/h{VMID}")
+    assert (rc, out.strip()) == (0, "simct"), err
+
+
+def test_host_shows_pve_paths(sim_node, ct):
+    rc, out, _ = sim_node.run(f"cat /etc/pve/lxc/{VMID}.conf; pveversion; pct status {VMID}")
+    assert rc == 0
+    assert "hostname: simct" in out and "pve-manager/9.1" in out and "status: running" in out
+
+
+def test_ssh_rejects_a_wrong_host_key(sim_node, tmp_path):
+    known = tmp_path / "known_hosts"
+    key = paramiko.Ed25519Key.from_private_key_file(str(sim_node.ssh_key))  # a key that is not the host's
+    known.write_text(f"[{sim_node.ssh_host}]:{sim_node.ssh_port} ssh-ed25519 {key.get_base64()}\n")
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    with pytest.raises(paramiko.BadHostKeyException):
+        client.connect(sim_node.ssh_host, port=sim_node.ssh_port, username="root",
+                       key_filename=str(sim_node.ssh_key), look_for_keys=False, allow_agent=False)
+
+
+def test_mount_shows_rootfs_at_pve_path(sim_node):
+    vmid = VMID + 1
+    sim_node.create_ct(vmid)
+    try:
+        rc, out, err = sim_node.run(f"pct mount {vmid} && cat /var/lib/lxc/{vmid}/rootfs/etc/debian_version "
+                                    f"&& grep '^lock' /etc/pve/lxc/{vmid}.conf && pct unmount {vmid} "
+                                    f"&& ! test -e /var/lib/lxc/{vmid}/rootfs/etc/debian_version")
+        assert rc == 0, err
+        assert "mounted CT" in out and "lock: mounted" in out
+    finally:
+        sim_node.destroy_ct(vmid)
