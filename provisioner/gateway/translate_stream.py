@@ -103,6 +103,7 @@ class StreamTranslator:
         self.done = False  # [DONE] seen
         self.stopped = False  # a stop sequence matched: stop reading
         self.first_token = False
+        self._text_head: bytes | None = None  # prefix of a text delta for the open text block
         self._signature = hashlib.sha256()
         self.stop_reason: str | None = None
         self.final_usage: dict[str, int] | None = None
@@ -142,8 +143,12 @@ class StreamTranslator:
             if reasoning and isinstance(reasoning, str):
                 self._thinking(reasoning, out)
             content = delta.get("content")
-            if content and isinstance(content, str):
-                self._text(content, out)
+            if content and content.__class__ is str:
+                head = self._text_head
+                if head is not None:  # hot path: more text for the open text block (first_token is set)
+                    out.append(head + dumps_str(content) + b"}}\n\n")
+                else:
+                    self._text(content, out)
             calls = delta.get("tool_calls")
             if calls and isinstance(calls, list):
                 for call in calls:
@@ -172,6 +177,7 @@ class StreamTranslator:
         out.append(b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
                    % (self.next_index - 1))
         self.open_kind = None
+        self._text_head = None
 
     def _open(self, block: dict, out: list[bytes]) -> int:
         self._close(out)
@@ -179,6 +185,8 @@ class StreamTranslator:
         self.next_index += 1
         self.open_kind = "tool" if block["type"] == "tool_use" else block["type"]
         out.append(frame({"type": "content_block_start", "index": index, "content_block": block}))
+        if self.open_kind == "text" and self.stop is None:
+            self._text_head = b'%s%d,"delta":{"type":"text_delta","text":' % (_DELTA_HEAD, index)
         return index
 
     def _text(self, text: str, out: list[bytes]) -> None:
