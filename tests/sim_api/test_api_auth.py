@@ -95,3 +95,14 @@ def test_fingerprint_matches_the_served_certificate(sim: Sim) -> None:
     assert der is not None
     expected = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
     assert sim.api.fingerprint == expected
+
+
+def test_ticket_renewal_with_the_ticket_as_password(sim: Sim) -> None:
+    """proxmoxer renews its ticket by posting the old ticket as the password."""
+    s = sim.session()
+    first = s.post(f"{sim.base}/access/ticket", data={"username": "root@pam", "password": ROOT_PASSWORD})
+    ticket = first.json()["data"]["ticket"]
+    again = s.post(f"{sim.base}/access/ticket", data={"username": "root@pam", "password": ticket})
+    assert again.status_code == 200 and again.json()["data"]["ticket"].startswith("PVE:root@pam:")
+    other = s.post(f"{sim.base}/access/ticket", data={"username": "admin@pve", "password": ticket})
+    assert other.status_code == 401
