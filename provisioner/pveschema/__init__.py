@@ -11,7 +11,7 @@ from .formats import FormatError, check_format, split_list
 from .propstring import (PropertyStringError, format_property_string, normalise_property_string,
                          parse_boolean, parse_property_string)
 from .schema import (INDEX_BOUNDS, VERSIONS, MethodSchema, UnknownEndpoint, config_format,
-                     load, match_path, method_schema)
+                     load, match_path, method_schema, resolve_version)
 from .validator import NOT_IN_SCHEMA, validate, validate_params
 
 __all__ = [
@@ -19,6 +19,6 @@ __all__ = [
     "PropertyStringError", "format_property_string", "normalise_property_string", "parse_boolean",
     "parse_property_string",
     "INDEX_BOUNDS", "VERSIONS", "MethodSchema", "UnknownEndpoint", "config_format", "load",
-    "match_path", "method_schema",
+    "match_path", "method_schema", "resolve_version",
     "NOT_IN_SCHEMA", "validate", "validate_params",
 ]

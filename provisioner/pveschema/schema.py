@@ -53,11 +53,27 @@ class UnknownEndpoint(LookupError):
     """No such path/method in the shipped schema (the real API answers 501/404)."""
 
 
-@lru_cache(maxsize=None)
+def resolve_version(version: str) -> str:
+    """Map a server version ("8.4.2", "9.0", "9.1.3"...) to the shipped schema of its major
+    release (8 -> "8.4", 9 -> "9.1"); unknown majors are an error."""
+    m = re.match(r"(\d+)(?:\.(\d+))?", str(version))
+    if m:
+        exact = f"{m.group(1)}.{m.group(2)}"
+        if exact in VERSIONS:
+            return exact
+        for known in VERSIONS:
+            if known.split(".")[0] == m.group(1):
+                return known
+    raise ValueError(f"unknown PVE version {version!r} (schemas shipped: {', '.join(VERSIONS)})")
+
+
 def load(version: str) -> dict[str, Any]:
-    """The raw compact schema for ``version`` ("8.4" or "9.1")."""
-    if version not in VERSIONS:
-        raise ValueError(f"unknown PVE version {version!r} (known: {', '.join(VERSIONS)})")
+    """The raw compact schema for ``version`` (see ``resolve_version``)."""
+    return _load(resolve_version(version))
+
+
+@lru_cache(maxsize=None)
+def _load(version: str) -> dict[str, Any]:
     text = resources.files(__package__).joinpath("data", f"pve-{version}.json").read_text()
     return json.loads(text)
 
@@ -73,7 +89,7 @@ def _templates(version: str) -> list[tuple[re.Pattern[str], str]]:
 
 def match_path(version: str, path: str) -> tuple[str, dict[str, str]]:
     """Map a concrete API path (below /api2/json) to its template and path parameters."""
-    for rx, template in _templates(version):
+    for rx, template in _templates(resolve_version(version)):
         m = rx.fullmatch(path)
         if m:
             return template, dict(m.groupdict())

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable
 
-from provisioner.pveschema import config_format, format_property_string, split_list
+from provisioner.pveschema import config_format, format_property_string, resolve_version, split_list
 
 from .ctperms import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
 from .pveerror import RuleError, param_error, perm_error  # noqa: F401 - re-exported
@@ -185,7 +185,7 @@ def hotplug_pending(pve: PveConf, version: str, selection: set[str] | None,
         pluggable = (opt in ("cpulimit", "cpuunits", "memory", "swap")
                      or re.fullmatch(r"net\d+", opt)
                      or (re.fullmatch(r"mp\d+", opt) and opt not in conf)
-                     or (re.fullmatch(r"dev\d+", opt) and opt not in conf and version != "8.4"))
+                     or (re.fullmatch(r"dev\d+", opt) and opt not in conf and resolve_version(version) != "8.4"))
         if not pluggable:
             continue
         try:

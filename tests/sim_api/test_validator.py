@@ -155,3 +155,12 @@ def test_public_surface() -> None:
     import provisioner.pveschema as ps
     assert sorted(ps.__all__) == sorted(n for n in dir(ps) if not n.startswith("_")
                                         and n not in ("formats", "propstring", "schema", "validator"))
+
+
+def test_server_versions_map_to_the_shipped_schema() -> None:
+    from provisioner.pveschema import resolve_version
+    assert [resolve_version(v) for v in ("8.4.2", "8.3", "9.1.3", "9.0.11", "9")] == \
+        ["8.4", "8.4", "9.1", "9.1", "9.1"]
+    with pytest.raises(ValueError, match="unknown PVE version '7.4'"):
+        resolve_version("7.4")
+    assert validate("9.0.5", "PUT", CONFIG, {"dev0": "/dev/nvidia0"}) == {}
