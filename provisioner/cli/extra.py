@@ -1,1 +1,2 @@
 from . import rollback as _rollback  # noqa: F401,E402 - registers `provision rollback`
+from . import clients as _clients  # noqa: F401,E402 - registers `provision clients`

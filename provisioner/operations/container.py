@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
-from ..errors import ProxmoxError, RefusedError, RemoteError
+from ..errors import ProxmoxError, RefusedError, RemoteError, TaskFailed
 from ..facts.pve import MARKER_LINE, MARKER_TAG, has_marker
 from ..pveschema import parse_boolean
 from ..pveschema.propstring import split_property_string
@@ -399,8 +399,17 @@ def create_container(actx: ApplyContext, want: dict[str, str]) -> None:
 def start_container(actx: ApplyContext) -> None:
     vmid = actx.vmid
     actx.status(f"starting CT {vmid}")
-    upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
-    actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
+    try:
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
+        actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
+    except TaskFailed as exc:
+        # an immutable /etc/resolv.conf stops every start: fix it from the host, retry once
+        from .resolv import fix_on_host, is_resolv_failure
+        if not is_resolv_failure(exc):
+            raise
+        fix_on_host(actx, vmid)
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
+        actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
 
 
 def restart_container(actx: ApplyContext) -> None:

@@ -1,0 +1,185 @@
+"""Client configs for Claude Code, pi and claude-code-router, from the live deployment.
+
+``client_inputs`` reads in one round trip what the clients need from the container:
+its IP, the keys, and llama-server's real context size (``/props``). ``render_clients``
+turns that into files (templates in ``templates/clients`` and ``templates/bin``);
+``write_clients`` writes them without ever clobbering a file we did not write.
+
+Claude Code talks to the gateway (``ANTHROPIC_BASE_URL``); pi and claude-code-router
+speak OpenAI and talk to llama-server itself (``server.host`` must be reachable).
+The key is written into the settings files (mode 0600) rather than pointed at:
+that is what each client reads without extra wiring; ``claude-local`` holds no secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.schema import HostFile
+from ..connectors.pct import CT
+from ..errors import ProvisionError
+from ..facts.services import GATEWAY_KEY, SERVER_KEY
+from ..redact import register
+from .scripts import render
+from .units import local_host
+
+MANIFEST = ".provision-manifest.json"
+PROVIDER = "llama-local"
+
+
+@dataclass(frozen=True)
+class ClientInputs:
+    base_url: str  # the gateway, as clients reach it
+    openai_url: str  # llama-server, as clients reach it (no /v1)
+    gateway_key: str
+    server_key: str
+    model_id: str
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class ClientFile:
+    path: str  # relative to clients.output_dir
+    content: str
+    mode: int
+    secret: bool
+
+
+def max_output(n_ctx: int) -> int:
+    """Output budget per request: a quarter of the context, at most 32K (Claude Code's own cap)."""
+    return max(256, min(32000, n_ctx // 4))
+
+
+INPUTS_SCRIPT = """set -u
+echo "ip $(ip -4 -o addr show scope global 2>/dev/null | awk '{{split($4,a,"/"); print a[1]; exit}}')"
+[ -r {gw_key} ] && echo "gateway_key $(head -n1 {gw_key})"
+[ -r {srv_key} ] && echo "server_key $(head -n1 {srv_key})"
+h=$(mktemp); chmod 600 "$h"
+[ -r {srv_key} ] && printf 'Authorization: Bearer %s\\n' "$(head -n1 {srv_key})" > "$h"
+echo "props $(curl -s -m 5 -H @"$h" {props_url} | tr -d '\\n')"
+rm -f "$h"
+true
+"""
+
+
+def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
+    """The values from INPUTS_SCRIPT's output plus the config."""
+    assert cfg.model is not None
+    vals: dict[str, str] = {}
+    for line in output.splitlines():
+        k, _, v = line.partition(" ")
+        vals[k] = v.strip()
+    try:
+        props: Any = json.loads(vals.get("props") or "null")
+    except ValueError:
+        props = None
+    n_ctx = 0
+    if isinstance(props, dict):
+        dgs = props.get("default_generation_settings") or {}
+        n_ctx = int(dgs.get("n_ctx") or props.get("n_ctx") or 0)
+    if n_ctx <= 0:
+        raise ProvisionError("llama-server did not answer /props (is it running and healthy?)",
+                             fix="run `provision up` and wait for it to verify the services")
+    if cfg.gateway.enabled and not vals.get("gateway_key"):
+        raise ProvisionError(f"no gateway key in the container ({GATEWAY_KEY})", fix="run `provision up` first")
+    if not vals.get("server_key"):
+        raise ProvisionError(f"no llama-server key in the container ({SERVER_KEY})", fix="run `provision up` first")
+    ip = vals.get("ip") or ""
+    if not cfg.clients.base_url and not ip:
+        raise ProvisionError("the container has no IPv4 address to point clients at",
+                             fix="set clients.base_url to how clients reach the gateway")
+    base = (cfg.clients.base_url or f"http://{ip}:{cfg.gateway.port}").rstrip("/")
+    server_host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost") \
+        else ip
+    return ClientInputs(base_url=base, openai_url=f"http://{server_host}:{cfg.server.port}",
+                        gateway_key=register(vals.get("gateway_key", "")), server_key=register(vals["server_key"]),
+                        model_id=cfg.model.model_id, n_ctx=n_ctx)
+
+
+def reachability_warnings(cfg: HostFile) -> list[str]:
+    """Clients that talk to llama-server directly need it to listen beyond the container."""
+    if (cfg.clients.pi or cfg.clients.claude_code_router) and cfg.server.host in ("127.0.0.1", "::1", "localhost"):
+        return [f"server.host is {cfg.server.host}: pi and claude-code-router talk to llama-server directly and "
+                "cannot reach it from another machine; set server.host: 0.0.0.0 (its API key still applies)"]
+    return []
+
+
+def client_inputs(cfg: HostFile, ct: CT) -> ClientInputs:
+    """Read what the clients need from the running container (one SSH round trip)."""
+    url = f"http://{local_host(cfg.server.host)}:{cfg.server.port}/props"
+    result = ct.run(INPUTS_SCRIPT.format(gw_key=GATEWAY_KEY, srv_key=SERVER_KEY, props_url=url))
+    result.check("reading the deployment's keys and settings", vmid=ct.vmid)
+    return parse_inputs(cfg, result.stdout)
+
+
+def render_clients(cfg: HostFile, inputs: ClientInputs, output_dir: Path) -> list[ClientFile]:
+    """Every client file the config asks for, rendered."""
+    values = dict(base_url=inputs.base_url, openai_url=inputs.openai_url, gateway_key=inputs.gateway_key,
+                  server_key=inputs.server_key, model_id=inputs.model_id, n_ctx=inputs.n_ctx,
+                  max_output=max_output(inputs.n_ctx), provider=PROVIDER,
+                  reasoning=cfg.server.reasoning != "off")
+    files: list[ClientFile] = []
+    if cfg.clients.claude_code:
+        settings = "claude-code/settings.json"
+        files.append(ClientFile(settings, render("clients/claude-code-settings.json.j2", **values), 0o600, True))
+        files.append(ClientFile("bin/claude-local", render("bin/claude-local.j2", **values,
+                                                           settings_path=str(output_dir / settings)), 0o755, False))
+    if cfg.clients.pi:
+        files.append(ClientFile("pi/models.json", render("clients/pi-models.json.j2", **values), 0o600, True))
+    if cfg.clients.claude_code_router:
+        files.append(ClientFile("claude-code-router/config.json",
+                                render("clients/claude-code-router-config.json.j2", **values), 0o600, True))
+    return files
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_clients(files: list[ClientFile], output_dir: Path) -> list[tuple[str, str]]:
+    """Write the files; returns (path, what happened). Foreign or edited files are backed up first."""
+    output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    manifest_path = output_dir / MANIFEST
+    try:
+        manifest: dict[str, str] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    done: list[tuple[str, str]] = []
+    for f in files:
+        path = output_dir / f.path
+        data = f.content.encode()
+        action = "written"
+        if path.exists():
+            current = path.read_bytes()
+            if current == data:
+                if (path.stat().st_mode & 0o777) != f.mode:
+                    os.chmod(path, f.mode)
+                manifest[f.path] = _sha(data)
+                done.append((str(path), "unchanged"))
+                continue
+            if manifest.get(f.path) != _sha(current):
+                backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, backup)
+                os.chmod(backup, 0o600)
+                action = f"written (the previous file was not ours or was edited: kept as {backup.name})"
+            else:
+                action = "updated"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(path.name + ".provision-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, f.mode)
+        os.replace(tmp, path)
+        manifest[f.path] = _sha(data)
+        done.append((str(path), action))
+    tmp = manifest_path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, manifest_path)
+    return done

@@ -1,0 +1,184 @@
+"""The services in the container: llama-server and the gateway, as systemd units.
+
+Every file is compared by sha256 with what the container has (facts), so an
+unchanged config writes nothing. A service is (re)started only when something it
+runs from changed: its unit, its config or key, the llama-server binary (the
+``current`` build), the model (its sidecar), the gateway's installed wheel. The
+"inputs digest" of those is recorded at each (re)start and compared on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Callable
+
+from .. import __version__
+from ..config import read_secret
+from ..config.schema import HostFile, Secret
+from ..engine.context import ApplyContext, PlanContext
+from ..engine.plan import Change
+from ..facts.services import (CONF_DIR, GATEWAY_INSTALLED, GATEWAY_KEY, GATEWAY_ROOT, GATEWAY_UNIT, GATEWAY_USER,
+                              GATEWAY_VENV, LLAMA_UNIT, LLAMA_USER, SERVER_KEY, STATE_DIR, VERIFY_FLAG,
+                              ServiceFacts, UnitState, inputs_snippet, recorded_path, service_inputs,
+                              services_facts)
+from ..redact import register
+from .scripts import render
+from .units import desired_units
+from .wheel import build_wheel, source_sha
+
+STEP = "services"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _key_owner(path: str) -> str:
+    return f"root:{LLAMA_USER}" if path == SERVER_KEY else f"root:{GATEWAY_USER}"
+
+
+class ServicesStep:
+    name = STEP
+
+    def __init__(self, cfg: HostFile) -> None:
+        self.facts = services_facts(cfg) if cfg.model is not None else []
+
+    def plan(self, ctx: PlanContext) -> list[Change]:
+        cfg = ctx.cfg
+        if cfg.model is None:
+            return []
+        sf: ServiceFacts = ctx.fact("services.ct") or ServiceFacts()
+        target = f"ct {ctx.vmid}"
+        changes: list[Change] = []
+        touched: set[str] = set()  # files (and the install) this run changes
+
+        users = [LLAMA_USER] + ([GATEWAY_USER] if cfg.gateway.enabled else [])
+        missing = [u for u in users if u not in sf.users]
+        if missing:
+            changes.append(Change(STEP, "create", target, f"create system users {', '.join(missing)}",
+                                  self._users(users), diff={"users": (None, ", ".join(missing))}))
+
+        keys = [(SERVER_KEY, cfg.server.api_key, "server.api_key")]
+        if cfg.gateway.enabled:
+            keys.append((GATEWAY_KEY, cfg.gateway.api_key, "gateway.api_key"))
+        for path, secret, where in keys:
+            change = self._key(path, secret, where, sf, target)
+            if change:
+                changes.append(change)
+                touched.add(path)
+
+        if cfg.gateway.enabled:
+            want = {"version": __version__, "source_sha": source_sha()}
+            have = {k: sf.gateway_installed.get(k) for k in want}
+            if have != want:
+                changes.append(Change(STEP, "install", target,
+                                      f"install provision {__version__} into {GATEWAY_VENV}", self._install(want),
+                                      diff={"gateway venv": (have.get("version"), f"{__version__} "
+                                                             f"({want['source_sha'][:12]})")}))
+                touched.add(GATEWAY_INSTALLED)
+
+        for path, content in desired_units(cfg, sf.systemd_version).items():
+            before = sf.files.get(path)
+            if before != sha(content):
+                changes.append(Change(STEP, "write", target, f"write {path}", self._write(path, content),
+                                      diff={path: (before[:12] if before else None, sha(content)[:12])}))
+                touched.add(path)
+
+        restarts = []
+        for unit, inputs in service_inputs(cfg).items():
+            change = self._restart(unit, inputs, sf, touched, target)
+            if change:
+                restarts.append(change)
+        if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
+            restarts.append(Change(STEP, "stop", target, f"stop and disable {GATEWAY_UNIT} (gateway.enabled: false)",
+                                   lambda a: a.ct().run(f"systemctl disable --now {GATEWAY_UNIT}.service").check(
+                                       f"stopping {GATEWAY_UNIT}", vmid=a.vmid, step=STEP)))
+        if restarts:
+            restarts[-1].refresh = True  # verify plans from fresh unit states
+        return changes + restarts
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _users(users: list[str]) -> Callable[[ApplyContext], None]:
+        def apply(actx: ApplyContext) -> None:
+            script = render("scripts/users.sh.j2", users=users, llama_user=LLAMA_USER, conf_dir=CONF_DIR,
+                            state_dir=STATE_DIR)
+            actx.ct().run(script).check("creating the service users", vmid=actx.vmid, step=STEP)
+        return apply
+
+    @staticmethod
+    def _key(path: str, secret: Secret | None, where: str, sf: ServiceFacts, target: str) -> Change | None:
+        """The key file: from the configured secret, or generated once and then kept."""
+        current = sf.files.get(path)
+        if secret is None:
+            if current is not None:
+                return None
+            summary, value = f"generate a key into {path}", None
+        else:
+            value = read_secret(secret, where)
+            if current == sha(value + "\n"):
+                return None
+            summary = f"write {where} into {path}"
+
+        def apply(actx: ApplyContext) -> None:
+            key = value if value is not None else register(secrets.token_urlsafe(32))
+            actx.ct().put((key + "\n").encode(), path, mode="0640", owner=_key_owner(path))
+
+        return Change(STEP, "write", target, summary, apply, diff={path: ("present" if current else None, "0640 key")})
+
+    @staticmethod
+    def _install(want: dict[str, str]) -> Callable[[ApplyContext], None]:
+        def apply(actx: ApplyContext) -> None:
+            wheel = build_wheel()
+            ct = actx.ct()
+            remote = f"{GATEWAY_ROOT}/wheels/{wheel.name}"
+            actx.status(f"pushing {wheel.name}")
+            ct.put(wheel.read_bytes(), remote, mode="0644")
+            installed = dict(want, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel=wheel.name)
+            script = render("scripts/gateway-install.sh.j2", root=GATEWAY_ROOT, venv=GATEWAY_VENV, wheel=remote,
+                            wheel_name=wheel.name, installed=GATEWAY_INSTALLED,
+                            installed_json=json.dumps(installed, sort_keys=True))
+            ct.run(script, timeout=1800, on_line=lambda ln: ln.startswith("status ") and actx.status(ln[7:])) \
+                .check("installing the gateway", vmid=actx.vmid, step=STEP)
+        return apply
+
+    @staticmethod
+    def _write(path: str, content: str) -> Callable[[ApplyContext], None]:
+        def apply(actx: ApplyContext) -> None:
+            ct = actx.ct()
+            ct.put(content.encode(), path, mode="0644")
+            if path.endswith(".service"):
+                ct.run("systemctl daemon-reload").check("systemctl daemon-reload", vmid=actx.vmid, step=STEP)
+        return apply
+
+    @staticmethod
+    def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+        state = sf.units.get(unit, UnitState("inactive", "not-found"))
+        changed = sorted(set(inputs) & touched)
+        reasons = []
+        if changed:
+            reasons.append("changed: " + ", ".join(p.rsplit("/", 1)[-1] for p in changed))
+        elif sf.recorded.get(unit) != sf.inputs.get(unit) and state.active == "active":
+            reasons.append("what it runs from changed since it started (binary, model or files)")
+        if state.active != "active":
+            reasons.append(f"it is {state.active}")
+        if state.enabled != "enabled":
+            reasons.append(f"it is {state.enabled} at boot")
+        if not reasons:
+            return None
+        action = "restart" if state.active == "active" else "start"
+
+        def apply(actx: ApplyContext) -> None:
+            script = (f"set -e\nsystemctl daemon-reload\nsystemctl enable -q {unit}.service\n"
+                      f"systemctl reset-failed {unit}.service 2>/dev/null || true\n"
+                      f"systemctl restart {unit}.service\n"
+                      f"install -d -m 0755 {STATE_DIR}\n"
+                      f"{inputs_snippet(unit, inputs)} > {recorded_path(unit)}\n"
+                      f"touch {VERIFY_FLAG}\n")
+            actx.ct().run(script).check(f"{action}ing {unit}", vmid=actx.vmid, step=STEP)
+
+        return Change(STEP, action, target, f"{action} {unit} ({'; '.join(reasons)})", apply,
+                      diff={unit: (state.active, "active")})

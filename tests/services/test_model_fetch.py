@@ -1,0 +1,163 @@
+"""The model download script, run for real (bash + curl) against a hub-like HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provisioner.config.schema import ModelFile
+from provisioner.connectors.ssh import Result
+from provisioner.errors import RemoteError
+from provisioner.facts.services import FileState, parse_model
+from provisioner.operations.model import why_fetch
+from provisioner.operations.model_transfer import fetch_script, hub_source, run_fetch
+
+from .hub_server import HubServer
+
+SPEC = ModelFile(repo="org/tiny-GGUF", file="tiny.gguf")
+
+
+def local_run(script: str, *, on_line=None, timeout=None) -> Result:
+    """Run a script here the way SSH runs it there: stdin, streamed stdout lines."""
+    proc = subprocess.Popen(["bash", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin and proc.stdout and proc.stderr
+    proc.stdin.write(script)
+    proc.stdin.close()
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if on_line:
+            on_line(line.rstrip("\n"))
+    err = proc.stderr.read()
+    return Result("bash -s", proc.wait(), "".join(out), err)
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> Path:
+    p = tmp_path / "src.gguf"
+    p.write_bytes(os.urandom(3 * 1024 * 1024 + 123))
+    return p
+
+
+def fetch(spec: ModelFile, dest: Path, hub: HubServer, *, token: str | None = None,
+          statuses: list[str] | None = None) -> tuple[str, int]:
+    script = fetch_script(spec, str(dest), token=token, install_curl=False, endpoint=hub.url)
+    return run_fetch(local_run, script, "downloading", (statuses if statuses is not None else []).append)
+
+
+def sidecar(dest: Path) -> dict:
+    return json.loads(dest.with_name(dest.name + ".provision.json").read_text())
+
+
+def state_of(dest: Path) -> FileState:
+    """What the facts would report for ``dest`` (through the real fact parser)."""
+    st = dest.stat()
+    side = dest.with_name(dest.name + ".provision.json").read_text().replace("\n", "")
+    return parse_model(f"dir 1\nfile model {st.st_size} {int(st.st_mtime)}\nsidecar model {side}", 0).files["model"]
+
+
+def test_download_verifies_sha_and_writes_sidecar(tmp_path: Path, blob: Path) -> None:
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        dest = tmp_path / "models" / "tiny.gguf"
+        statuses: list[str] = []
+        sha, size = fetch(SPEC, dest, hub, statuses=statuses)
+    finally:
+        hub.close()
+    want = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert (sha, size) == (want, blob.stat().st_size)
+    assert dest.read_bytes() == blob.read_bytes() and not dest.with_name("tiny.gguf.part").exists()
+    side = sidecar(dest)
+    assert side == {"size": size, "mtime": int(dest.stat().st_mtime), "sha256": want, "verified": "sha256",
+                    "source": hub_source(SPEC)}
+    assert any("verifying sha256" in s for s in statuses)
+    # the next plan finds it present and verified: nothing to do
+    assert why_fetch(SPEC, state_of(dest), hub_source(SPEC)) is None
+
+
+def test_interrupted_download_resumes_with_a_range_request(tmp_path: Path, blob: Path) -> None:
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob}, cut_after=1024 * 1024)
+    try:
+        dest = tmp_path / "tiny.gguf"
+        with pytest.raises(RemoteError, match="download failed"):
+            script = fetch_script(SPEC, str(dest), token=None, install_curl=False, endpoint=hub.url)
+            # no curl retries for the first attempt, so the cut is visible
+            run_fetch(local_run, script.replace("--retry 5 ", "--retry 0 "), "downloading", lambda s: None)
+        part = tmp_path / "tiny.gguf.part"
+        assert part.stat().st_size == 1024 * 1024
+        sha, size = fetch(SPEC, dest, hub)
+        ranges = [r for m, p, a, r in hub.requests if p.startswith("/cdn/") and r]
+    finally:
+        hub.close()
+    assert ranges == ["bytes=1048576-"]
+    assert dest.read_bytes() == blob.read_bytes() and size == blob.stat().st_size
+
+
+def test_sha_mismatch_removes_the_partial_file(tmp_path: Path, blob: Path) -> None:
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob}, etag="ab" * 32)
+    try:
+        with pytest.raises(RemoteError, match="sha256 mismatch"):
+            fetch(SPEC, tmp_path / "tiny.gguf", hub)
+    finally:
+        hub.close()
+    assert list(tmp_path.glob("tiny.gguf*")) == []
+
+
+def test_configured_sha256_wins_over_the_hub(tmp_path: Path, blob: Path) -> None:
+    spec = ModelFile(repo="org/tiny-GGUF", file="tiny.gguf", sha256="cd" * 32)
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        with pytest.raises(RemoteError, match="expected cdcd"):
+            fetch(spec, tmp_path / "tiny.gguf", hub)
+    finally:
+        hub.close()
+
+
+def test_token_goes_in_a_header_file_not_argv(tmp_path: Path, blob: Path) -> None:
+    spec = ModelFile(repo="org/tiny-GGUF", file="tiny.gguf")
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob}, token="hf_secretTOKEN123")
+    try:
+        with pytest.raises(RemoteError, match="gated or private"):
+            fetch(spec, tmp_path / "a.gguf", hub)
+        script = fetch_script(spec, str(tmp_path / "b.gguf"), token="hf_secretTOKEN123", install_curl=False,
+                              endpoint=hub.url)
+        # the token is only inside a quoted heredoc written to a 0600 file, curl reads it with -H @file
+        token_lines = [ln for ln in script.splitlines() if "hf_secretTOKEN123" in ln]
+        assert token_lines == ["Authorization: Bearer hf_secretTOKEN123"]
+        run_fetch(local_run, script, "downloading", lambda s: None)
+        auths = {(p.split("/")[1], a) for m, p, a, r in hub.requests}
+    finally:
+        hub.close()
+    assert (tmp_path / "b.gguf").read_bytes() == blob.read_bytes()
+    # the hub saw the token (curl -L drops it when a redirect leads to another host, like HF's CDN)
+    assert ("org", "Bearer hf_secretTOKEN123") in auths
+
+
+def test_file_in_place_without_sidecar_is_verified_not_downloaded(tmp_path: Path, blob: Path) -> None:
+    dest = tmp_path / "tiny.gguf"
+    dest.write_bytes(blob.read_bytes())
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        fetch(SPEC, dest, hub)
+        gets = [p for m, p, a, r in hub.requests if p.startswith("/cdn/") and m == "GET"]
+    finally:
+        hub.close()
+    assert gets == [] and sidecar(dest)["verified"] == "sha256"
+
+
+def test_not_enough_space_fails_before_downloading(tmp_path: Path, blob: Path) -> None:
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        script = fetch_script(SPEC, str(tmp_path / "tiny.gguf"), token=None, install_curl=False, endpoint=hub.url)
+        script = script.replace("need=$(( size - have + ", "need=$(( 1 << 62 + ")
+        with pytest.raises(RemoteError, match="not enough free space"):
+            run_fetch(local_run, script, "downloading", lambda s: None)
+    finally:
+        hub.close()
+    assert not list(tmp_path.glob("tiny.gguf*"))
