@@ -22,15 +22,15 @@ from .base import Fact, kv
 _VERSION_RE = re.compile(r"(?<![\d.])(\d+\.\d+(?:\.\d+)?)(?![\d.])")
 
 # compute capability by model name, for drivers whose nvidia-smi has no compute_cap field
-# (before ~510). Longest match wins, so "RTX 4090" is tried before "RTX 40".
-_NAME_CC: dict[str, str] = {
-    "GTX 10": "6.1", "TITAN X": "6.1", "TITAN XP": "6.1", "P40": "6.1", "P4": "6.1", "P100": "6.0",
-    "V100": "7.0", "TITAN V": "7.0", "T4": "7.5", "RTX 20": "7.5", "GTX 16": "7.5",
-    "QUADRO RTX": "7.5", "TITAN RTX": "7.5", "A100": "8.0", "A30": "8.0", "RTX 30": "8.6",
-    "A10": "8.6", "A40": "8.6", "A2": "8.6", "RTX A": "8.6", "RTX 40": "8.9", "ADA": "8.9",
-    "L4": "8.9", "L40": "8.9", "H100": "9.0", "H200": "9.0", "GH200": "9.0", "B200": "10.0",
-    "RTX 50": "12.0", "RTX PRO": "12.0", "GB10": "12.1",
-}
+# (before ~510). Ordered: the first match wins, so the generation words ("Ada", "Blackwell")
+# are tried before series numbers ("RTX 2000 Ada" is Ada, not Turing).
+_NAME_CC: list[tuple[str, str]] = [
+    (r"\bADA\b", "8.9"), (r"BLACKWELL|RTX PRO", "12.0"), (r"\bGB10\b", "12.1"), (r"\bB200\b", "10.0"),
+    (r"\bGH?[12]00\b|\bH[12]00\b", "9.0"), (r"\bL4\b|\bL40S?\b|RTX 40\d0", "8.9"),
+    (r"RTX 50\d0", "12.0"), (r"RTX 30\d0|\bA(10|40|2|16)\b|RTX A\d{4}", "8.6"), (r"\bA(100|30)\b", "8.0"),
+    (r"\bT4\b|RTX 20\d0|GTX 16\d0|TITAN RTX|QUADRO RTX", "7.5"), (r"V100|TITAN V\b", "7.0"),
+    (r"\bP100\b", "6.0"), (r"GTX 10\d0|\bP40\b|\bP4\b|TITAN XP?\b", "6.1"),
+]
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def parse_driver(output: str, code: int) -> DriverVersion:
 def cc_from_name(name: str) -> str | None:
     """Compute capability from a model name (fallback for old nvidia-smi)."""
     upper = name.upper()
-    for key in sorted(_NAME_CC, key=len, reverse=True):
-        if re.search(r"(?<![A-Z0-9])" + re.escape(key), upper):
-            return _NAME_CC[key]
+    for pattern, cc in _NAME_CC:
+        if re.search(pattern, upper):
+            return cc
     return None
 
 
