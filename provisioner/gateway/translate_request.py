@@ -12,12 +12,12 @@ text and do not say which sequence matched, so the gateway matches them itself
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from provisioner.gateway.api_errors import invalid_request
 from provisioner.gateway.jsonfast import dumps
+from provisioner.gateway.request_fields import as_blocks, field_error, number_field, string_field
 from provisioner.gateway.sanitize import is_billing_header
 
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -34,56 +34,17 @@ class Translated:
     stop_sequences: tuple[str, ...]
 
 
-def _fail(path: str, expected: str, found: Any) -> Exception:
-    return invalid_request(f"{path}: expected {expected}, found {type(found).__name__}")
-
-
-def _str(obj: dict, key: str, path: str, *, required: bool = True) -> str | None:
-    value = obj.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise (invalid_request(f"{path}.{key}: field required") if value is None
-               else _fail(f"{path}.{key}", "a string", value))
-    return value
-
-
-def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(key, "a number", value)
-    if not lo <= value <= hi:
-        raise invalid_request(f"{key}: must be between {lo:g} and {hi:g}")
-    return value
-
-
-def _blocks(content: Any, path: str) -> list[dict]:
-    """Content as a list of blocks (a plain string is one text block)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise _fail(path, "a string or a list of content blocks", content)
-    for i, block in enumerate(content):
-        if not isinstance(block, dict):
-            raise _fail(f"{path}.{i}", "a content block object", block)
-        if not isinstance(block.get("type"), str):
-            raise invalid_request(f"{path}.{i}.type: field required")
-    return content
-
-
 def _image_part(block: dict, path: str) -> dict:
     source = block.get("source")
     if not isinstance(source, dict):
-        raise _fail(f"{path}.source", "an object", source)
+        raise field_error(f"{path}.source", "an object", source)
     kind = source.get("type")
     if kind == "base64":
-        media = _str(source, "media_type", f"{path}.source")
-        data = _str(source, "data", f"{path}.source")
+        media = string_field(source, "media_type", f"{path}.source")
+        data = string_field(source, "data", f"{path}.source")
         url = f"data:{media};base64,{data}"
     elif kind == "url":
-        url = _str(source, "url", f"{path}.source")
+        url = string_field(source, "url", f"{path}.source")
     else:
         raise invalid_request(f"{path}.source.type: expected 'base64' or 'url', found {kind!r}")
     return {"type": "image_url", "image_url": {"url": url}}
@@ -92,10 +53,10 @@ def _image_part(block: dict, path: str) -> dict:
 def _text_of(block: dict, path: str) -> str:
     """The text of a text block, or of a document block with a plain-text source."""
     if block["type"] == "text":
-        return _str(block, "text", path)
+        return string_field(block, "text", path)
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "text":
-        return _str(source, "data", f"{path}.source")
+        return string_field(source, "data", f"{path}.source")
     raise invalid_request(f"{path}.source: only plain-text documents are supported")
 
 
@@ -108,12 +69,12 @@ def _join_parts(parts: list[dict]) -> str | list[dict]:
 
 def _tool_result(block: dict, path: str) -> tuple[dict, list[dict]]:
     """A tool message, plus image parts that must travel in a following user message."""
-    call_id = _str(block, "tool_use_id", path)
+    call_id = string_field(block, "tool_use_id", path)
     texts: list[str] = []
     images: list[dict] = []
     content = block.get("content")
     if content is not None:
-        for i, part in enumerate(_blocks(content, f"{path}.content")):
+        for i, part in enumerate(as_blocks(content, f"{path}.content")):
             if part["type"] == "image":
                 images.append(_image_part(part, f"{path}.content.{i}"))
             elif part["type"] in ("text", "document"):
@@ -126,7 +87,7 @@ def _tool_result(block: dict, path: str) -> tuple[dict, list[dict]]:
         text += ("\n\n" if text else "") + f"[{len(images)} image(s) follow in the next message]"
     is_error = block.get("is_error")
     if is_error is not None and not isinstance(is_error, bool):
-        raise _fail(f"{path}.is_error", "a boolean", is_error)
+        raise field_error(f"{path}.is_error", "a boolean", is_error)
     if is_error:
         text = "Error: " + text
     return {"role": "tool", "tool_call_id": call_id, "content": text}, images
@@ -138,7 +99,7 @@ def _user_messages(content: Any, path: str) -> list[dict]:
         return [{"role": "user", "content": content}]
     tools: list[dict] = []
     parts: list[dict] = []
-    for i, block in enumerate(_blocks(content, path)):
+    for i, block in enumerate(as_blocks(content, path)):
         kind, bpath = block["type"], f"{path}.{i}"
         if kind == "tool_result":
             message, images = _tool_result(block, bpath)
@@ -161,19 +122,19 @@ def _assistant_message(content: Any, path: str) -> dict:
     texts: list[str] = []
     reasoning: list[str] = []
     calls: list[dict] = []
-    for i, block in enumerate(_blocks(content, path)):
+    for i, block in enumerate(as_blocks(content, path)):
         kind, bpath = block["type"], f"{path}.{i}"
         if kind == "text":
-            texts.append(_str(block, "text", bpath))
+            texts.append(string_field(block, "text", bpath))
         elif kind == "thinking":
-            reasoning.append(_str(block, "thinking", bpath))
+            reasoning.append(string_field(block, "thinking", bpath))
         elif kind == "redacted_thinking":
             continue  # opaque to any other model
         elif kind == "tool_use":
-            call_id, name = _str(block, "id", bpath), _str(block, "name", bpath)
+            call_id, name = string_field(block, "id", bpath), string_field(block, "name", bpath)
             args = block.get("input", {})
             if not isinstance(args, dict):
-                raise _fail(f"{bpath}.input", "an object", args)
+                raise field_error(f"{bpath}.input", "an object", args)
             calls.append({"id": call_id, "type": "function",
                           "function": {"name": name, "arguments": dumps(args).decode()}})
         else:
@@ -191,10 +152,10 @@ def _system_text(system: Any) -> str | None:
     if system is None:
         return None
     texts = []
-    for i, block in enumerate(_blocks(system, "system")):
+    for i, block in enumerate(as_blocks(system, "system")):
         if block["type"] != "text":
             raise invalid_request(f"system.{i}.type: expected 'text', found {block['type']!r}")
-        text = _str(block, "text", f"system.{i}")
+        text = string_field(block, "text", f"system.{i}")
         if not is_billing_header(text):
             texts.append(text)
     return "\n\n".join(texts) if texts else None
@@ -205,19 +166,19 @@ def _tools(body: dict) -> list[dict] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise _fail("tools", "a list", tools)
+        raise field_error("tools", "a list", tools)
     out = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
-            raise _fail(f"tools.{i}", "an object", tool)
-        name = _str(tool, "name", f"tools.{i}")
+            raise field_error(f"tools.{i}", "an object", tool)
+        name = string_field(tool, "name", f"tools.{i}")
         schema = tool.get("input_schema")
         if schema is None and tool.get("type") not in (None, "custom"):
             continue  # a server tool (web search, ...): nothing a local backend can run
         if not isinstance(schema, dict):
-            raise _fail(f"tools.{i}.input_schema", "an object", schema)
+            raise field_error(f"tools.{i}.input_schema", "an object", schema)
         function: dict[str, Any] = {"name": name, "parameters": schema}
-        description = _str(tool, "description", f"tools.{i}", required=False)
+        description = string_field(tool, "description", f"tools.{i}", required=False)
         if description:
             function["description"] = description
         out.append({"type": "function", "function": function})
@@ -231,15 +192,15 @@ def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None) -> N
             payload["parallel_tool_calls"] = True  # Anthropic's default; llama-server's is off
         return
     if not isinstance(choice, dict):
-        raise _fail("tool_choice", "an object", choice)
+        raise field_error("tool_choice", "an object", choice)
     kind = choice.get("type")
     disable_parallel = choice.get("disable_parallel_tool_use", False)
     if not isinstance(disable_parallel, bool):
-        raise _fail("tool_choice.disable_parallel_tool_use", "a boolean", disable_parallel)
+        raise field_error("tool_choice.disable_parallel_tool_use", "a boolean", disable_parallel)
     if kind in TOOL_CHOICES:
         payload["tool_choice"] = TOOL_CHOICES[kind]
     elif kind == "tool":
-        name = _str(choice, "name", "tool_choice")
+        name = string_field(choice, "name", "tool_choice")
         chosen = [t for t in tools or () if t["function"]["name"] == name]
         if not chosen:
             raise invalid_request(f"tool_choice.name: no tool named {name!r} in tools")
@@ -258,7 +219,7 @@ def _thinking(body: dict, payload: dict) -> None:
     if thinking is None:
         return
     if not isinstance(thinking, dict):
-        raise _fail("thinking", "an object", thinking)
+        raise field_error("thinking", "an object", thinking)
     kind = thinking.get("type")
     if kind not in ("enabled", "adaptive", "disabled"):
         raise invalid_request(f"thinking.type: expected enabled, adaptive or disabled, found {kind!r}")
@@ -269,12 +230,12 @@ def _messages(body: dict) -> list[dict]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise (invalid_request("messages: field required") if messages is None
-               else _fail("messages", "a list", messages))
+               else field_error("messages", "a list", messages))
     out: list[dict] = []
     for i, message in enumerate(messages):
         path = f"messages.{i}"
         if not isinstance(message, dict):
-            raise _fail(path, "an object", message)
+            raise field_error(path, "an object", message)
         role = message.get("role")
         if "content" not in message:
             raise invalid_request(f"{path}.content: field required")
@@ -293,8 +254,8 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     ``count_only`` is for ``count_tokens``: ``max_tokens`` is then not required.
     """
     if not isinstance(body, dict):
-        raise _fail("body", "a JSON object", body)
-    requested = _str(body, "model", "body")
+        raise field_error("body", "a JSON object", body)
+    requested = string_field(body, "model", "body")
     payload: dict[str, Any] = {"model": upstream_model}
     messages = _messages(body)
     system = _system_text(body.get("system"))
@@ -306,24 +267,24 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     _thinking(body, payload)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _fail("stream", "a boolean", stream)
+        raise field_error("stream", "a boolean", stream)
     max_tokens = body.get("max_tokens")
     if max_tokens is None and not count_only:
         raise invalid_request("max_tokens: field required")
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            raise _fail("max_tokens", "an integer", max_tokens)
+            raise field_error("max_tokens", "an integer", max_tokens)
         if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
             raise invalid_request("max_tokens: must be at least 1")
         payload["max_tokens"] = max_tokens
     for key, hi in (("temperature", 2.0), ("top_p", 1.0)):
-        value = _number(body, key, 0.0, hi)
+        value = number_field(body, key, 0.0, hi)
         if value is not None:
             payload[key] = value
     top_k = body.get("top_k")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= MAX_TOKENS_LIMIT:
-            raise _fail("top_k", "a non-negative integer", top_k)
+            raise field_error("top_k", "a non-negative integer", top_k)
         payload["top_k"] = top_k
     stops = body.get("stop_sequences")
     if stops is None:

@@ -72,7 +72,8 @@ def test_provision_gateway_process_serves_and_stops_on_sigterm(tmp_path):
                 time.sleep(0.1)
         assert health.status_code == 503 and health.json()["upstream"]["status"] == "down"
         response = requests.post(f"http://127.0.0.1:{port}/v1/messages", headers={"x-api-key": "process-key-123456"},
-                                 json={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+                                 json={"model": "claude-x", "max_tokens": 5,
+                                       "messages": [{"role": "user", "content": "x"}]})
         assert response.status_code == 502
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -30,7 +30,8 @@ def test_non_streaming_message(gw):
     assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
     assert message.content[2].input == {"tz": "UTC"} and message.content[2].id == "call_7"
     assert message.stop_reason == "tool_use"
-    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (10, 40, 12)
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (10, 40, 12)
     assert "stream" not in gw.last_request()
 
 

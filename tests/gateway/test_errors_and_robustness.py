@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from gw_harness import API_KEY
-from gw_scripted_upstream import chunk, text_script, usage_chunk
+from gw_scripted_upstream import chunk, text_script
 
 BODY = {"model": "claude-x", "max_tokens": 20, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}

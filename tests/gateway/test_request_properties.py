@@ -13,9 +13,10 @@ from provisioner.gateway.api_errors import ApiError
 from provisioner.gateway.jsonfast import dumps
 from provisioner.gateway.translate_request import Translated, translate_request
 
-scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10)
-json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                           max_leaves=15)
+scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
+json_values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=15)
 sources = st.fixed_dictionaries({"type": st.sampled_from(["base64", "url", "text", "file"]) | json_values},
                                 optional={"media_type": st.text(max_size=10) | json_values,
                                           "data": st.text(max_size=10) | json_values,
@@ -27,7 +28,8 @@ blocks = st.fixed_dictionaries(
               "id": st.text(max_size=5) | json_values, "name": st.text(max_size=5) | json_values,
               "input": st.dictionaries(st.text(max_size=5), json_values, max_size=3) | json_values,
               "tool_use_id": st.text(max_size=5) | json_values, "thinking": st.text(max_size=5) | json_values,
-              "content": st.text(max_size=10) | st.lists(st.deferred(lambda: blocks) | json_values, max_size=3) | json_values,
+              "content": (st.text(max_size=10) | st.lists(st.deferred(lambda: blocks) | json_values, max_size=3)
+                          | json_values),
               "is_error": st.booleans() | json_values, "cache_control": json_values})
 contents = st.text(max_size=10) | st.lists(blocks | json_values, max_size=4) | json_values
 messages = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]) | json_values},
@@ -47,7 +49,8 @@ bodies = st.fixed_dictionaries({}, optional={
                                                    "disable_parallel_tool_use": json_values}) | json_values,
     "stream": st.booleans() | json_values, "temperature": json_values, "top_p": json_values,
     "top_k": json_values, "stop_sequences": st.lists(st.text(max_size=4), max_size=3) | json_values,
-    "thinking": st.fixed_dictionaries({"type": st.sampled_from(["enabled", "adaptive", "disabled"]) | json_values}) | json_values,
+    "thinking": (st.fixed_dictionaries({"type": st.sampled_from(["enabled", "adaptive", "disabled"]) | json_values})
+                 | json_values),
     "metadata": json_values})
 
 

@@ -113,7 +113,8 @@ def test_usage_after_finish_reason_and_reasoning_before_text(gw):
     stop0 = [i for i, e in enumerate(events) if e.type == "content_block_stop" and e.index == 0]
     assert sig and sig[0] < stop0[0]
     assert message.content[1].text == "Answer."
-    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (36, 64, 7)
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (36, 64, 7)
     assert gw.last_request()["chat_template_kwargs"] == {"enable_thinking": True}
 
 
