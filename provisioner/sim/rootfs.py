@@ -53,6 +53,7 @@ def ensure_rootfs(log: Log = print, suite: str = SUITE) -> Path:
         if not stamp.exists() or stamp.read_text().strip() != PREPARE_VERSION:
             _prepare_for_containers(target)
             template_path().unlink(missing_ok=True)
+            shutil.rmtree(target.with_name(target.name + "-userns"), ignore_errors=True)
         return target
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -143,15 +144,32 @@ def materialise(ostemplate: Path, dest: Path, *, unprivileged: bool, log: Log) -
     if not ostemplate.exists():
         raise SimTaskError(f"template '{ostemplate}' does not exist")
     if is_our_template(ostemplate) and rootfs_dir().exists():
-        log(f"extracting archive '{ostemplate}' (sim: copy of the unpacked cache)")
-        subprocess.run(["cp", "-a", "--reflink=auto", f"{rootfs_dir()}/.", str(dest)], check=True)
-    else:
-        log(f"extracting archive '{ostemplate}'")
-        comp = "zstd" if ostemplate.name.endswith(".zst") else "gzip"
-        subprocess.run(["tar", "--numeric-owner", "--xattrs", "-I", comp, "-xpf", str(ostemplate),
-                        "-C", str(dest)], check=True)
+        src = shifted_rootfs_dir() if unprivileged else rootfs_dir()
+        log(f"sim: copying the unpacked template cache {src}")
+        subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dest)], check=True)
+        return
+    log(f"extracting archive '{ostemplate}'")
+    comp = "zstd" if ostemplate.name.endswith(".zst") else "gzip"
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-I", comp, "-xpf", str(ostemplate),
+                    "-C", str(dest)], check=True)
     if unprivileged:
         shift_ownership(dest, ID_SHIFT)
+
+
+def shifted_rootfs_dir() -> Path:
+    """The cache with uids/gids shifted by 100000 (built once: shifting takes seconds)."""
+    src = ensure_rootfs()
+    target = src.with_name(src.name + "-userns")
+    stamp = target / STAMP
+    if stamp.exists() and stamp.read_text() == (src / STAMP).read_text():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    for old in (partial, target):
+        shutil.rmtree(old, ignore_errors=True)
+    subprocess.run(["cp", "-a", f"{src}/.", str(partial)], check=True)
+    shift_ownership(partial, ID_SHIFT)
+    partial.rename(target)
+    return target
 
 
 def shift_ownership(root: Path, shift: int) -> None:

@@ -82,3 +82,21 @@ def test_mount_shows_rootfs_at_pve_path(sim_node):
         assert "mounted CT" in out and "lock: mounted" in out
     finally:
         sim_node.destroy_ct(vmid)
+
+
+def test_snapshot_rollback_delete(sim_node):
+    vmid = VMID + 2
+    sim_node.create_ct(vmid)
+    be, log = sim_node.backend, (lambda _: None)
+    try:
+        rootfs = be.rootfs_path(vmid)
+        be.snapshot(vmid, "before", log)
+        (rootfs / "root" / "after-snapshot").write_text("x")
+        be.rollback(vmid, "before", log)
+        assert not (rootfs / "root" / "after-snapshot").exists()
+        assert (rootfs / "etc" / "debian_version").exists()
+        be.delete_snapshot(vmid, "before", log)
+        with pytest.raises(Exception, match="does not exist"):
+            be.rollback(vmid, "before", log)
+    finally:
+        sim_node.destroy_ct(vmid)
