@@ -52,8 +52,8 @@ def select_gpus(gpus: list[GpuInfo], select: str | list[int | str]) -> list[GpuI
         return list(gpus)
     chosen: dict[int, GpuInfo] = {}
     for sel in select:
-        if isinstance(sel, int) or (isinstance(sel, str) and sel.isdigit()):
-            hits = [g for g in gpus if g.index == int(sel)]
+        if isinstance(sel, int):  # a YAML number is an index; a string never is ("5090" is a model)
+            hits = [g for g in gpus if g.index == sel]
         elif PCI_RE.match(sel):
             hits = [g for g in gpus if _norm_bus(g.bus_id) == _norm_bus(sel)]
         else:

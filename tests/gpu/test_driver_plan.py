@@ -1,0 +1,158 @@
+"""Driver userspace, CUDA toolkit and llama build planned from facts (no container needed)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from provisioner.errors import ConfigError
+from provisioner.facts.llama import LlamaBuild
+from provisioner.facts.nvidia_ct import CudaPackages, DriverUserspace, Package
+from provisioner.operations.cuda import CudaStep, resolve_backend
+from provisioner.operations.driver import (DriverStep, forbidden_packages, pin_text, source_text)
+from provisioner.operations.llama import LlamaStep, build_spec
+
+from .planctx import RTX4090, ctx, host_facts
+
+SRC = "/etc/apt/sources.list.d/cuda-debian12-x86_64.list"
+REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
+PKGS = ["nvidia-driver-cuda", "libcuda1", "libnvidia-ml1"]
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def userspace(version: str, *, held: bool = True, pinned_for: str | None = None,
+              extra: dict[str, Package] | None = None) -> DriverUserspace:
+    pkgs = {n: Package(n, f"{version}-1", True, held) for n in PKGS}
+    pkgs.update(extra or {})
+    return DriverUserspace("debian", "12", pkgs, pin_sha256=sha(pin_text(pinned_for or version, PKGS)),
+                           sources={SRC: sha(source_text(REPO, "debian12"))}, keyring=True,
+                           nvml_libs=[version], cuda_libs=[version])
+
+
+def plan(facts: dict) -> list[tuple[str, str]]:
+    return [(c.action, c.summary) for c in DriverStep().plan(ctx(facts))]
+
+
+def test_matching_versions_plan_nothing() -> None:
+    assert plan({**host_facts("580.95.05"), "ct.driver": userspace("580.95.05")}) == []
+
+
+def test_host_upgrade_repins_then_moves_the_userspace() -> None:
+    changes = plan({**host_facts("580.105.08"), "ct.driver": userspace("580.95.05")})
+    assert changes == [("write", "pin NVIDIA driver packages to 580.105.08"),
+                       ("install", "NVIDIA driver userspace 580.105.08 (libcuda.so, libcuda1, libnvidia-ml.so, "
+                                   "libnvidia-ml1, nvidia-driver-cuda)")]
+
+
+def test_unheld_package_is_reinstalled_and_held() -> None:
+    changes = DriverStep().plan(ctx({**host_facts(), "ct.driver": userspace("580.95.05", held=False)}))
+    assert [c.action for c in changes] == ["install"]
+    assert changes[0].diff["libcuda1"] == ("580.95.05-1", "580.95.05 (held)")
+
+
+def test_other_family_package_at_old_version_is_moved_too() -> None:
+    extra = {"nvidia-persistenced": Package("nvidia-persistenced", "580.95.05-1", True, True)}
+    facts = {**host_facts("590.44.01"), "ct.driver": userspace("590.44.01", extra=extra)}
+    changes = DriverStep().plan(ctx(facts))
+    assert changes[-1].diff == {"nvidia-persistenced": ("580.95.05-1", "590.44.01")}
+
+
+def test_stale_nvidia_pinning_package_is_replaced() -> None:
+    extra = {"nvidia-driver-pinning-580.95.05": Package("nvidia-driver-pinning-580.95.05", "1.0-1", True, False)}
+    facts = {**host_facts("580.95.05"), "ct.driver": userspace("580.95.05", extra=extra)}
+    assert plan(facts) == []  # the right one installed: fine
+    facts = {**host_facts("580.105.08"), "ct.driver": userspace("580.105.08", extra=extra)}
+    changes = DriverStep().plan(ctx(facts))
+    assert [c.action for c in changes] == ["write"]
+    assert changes[0].diff["nvidia-driver-pinning-580.95.05"] == ("installed", None)
+
+
+def test_fresh_container_gets_repo_pin_install() -> None:
+    assert [a for a, _ in plan({**host_facts(), "ct.driver": DriverUserspace("debian", "12")})] == \
+        ["write", "write", "install"]
+
+
+def test_unsupported_distribution() -> None:
+    with pytest.raises(ConfigError, match="NVIDIA's repository has Debian 12 and 13 only"):
+        DriverStep().plan(ctx({**host_facts(), "ct.driver": DriverUserspace("ubuntu", "24.04")}))
+
+
+def test_no_gpu_no_driver() -> None:
+    assert plan({**host_facts(gpus=[]), "ct.driver": DriverUserspace("debian", "12")}) == []
+
+
+def test_pin_file() -> None:
+    text = pin_text("580.95.05", PKGS)
+    assert "Pin: version 580.95.05-1*\nPin-Priority: 1001\n" in text
+    assert "Package: nvidia-* libnvidia-* libcuda1 libnvcuvid1 libnvoptix1 libxnvctrl0 xserver-xorg-video-nvidia*\n" \
+        in text
+
+
+def test_forbidden_packages_in_apt_simulation() -> None:
+    sim = ("Reading package lists...\nInst dkms (3.2.0-1sim provision-sim [all])\n"
+           "Inst nvidia-kernel-open-dkms (580.95.05-1 provision-sim [amd64])\n"
+           "Inst libcuda1 (580.95.05-1 provision-sim [amd64])\nConf dkms (3.2.0-1sim)\n")
+    assert forbidden_packages(sim) == ["dkms", "nvidia-kernel-open-dkms"]
+    assert forbidden_packages("Inst nvidia-driver-cuda (580.95.05-1 x [amd64])\n") == []
+
+
+# -- cuda -----------------------------------------------------------------------------------------
+
+def test_backend_auto() -> None:
+    assert resolve_backend(ctx(host_facts())) == "cuda"
+    assert resolve_backend(ctx(host_facts(gpus=[]))) == "cpu"
+    assert resolve_backend(ctx(host_facts(), extra="gpu: {enabled: false}\n")) == "cpu"
+
+
+def test_cuda_backend_without_gpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="llama_cpp.backend is cuda but no NVIDIA GPU"):
+        resolve_backend(ctx(host_facts(gpus=[]), extra="llama_cpp: {backend: cuda}\n"))
+
+
+def test_cuda_toolkit_install_then_converged() -> None:
+    facts = {**host_facts("580.95.05"), "ct.cuda": CudaPackages({}, ["12.8", "13.0"])}
+    changes = CudaStep().plan(ctx(facts))
+    assert [c.summary for c in changes] == [
+        "CUDA toolkit 13.0 (cuda-nvcc-13-0, cuda-cudart-dev-13-0, libcublas-dev-13-0)"]
+    facts["ct.cuda"] = CudaPackages({"cuda-nvcc-13-0": "13.0.88-1", "cuda-cudart-dev-13-0": "13.0.96-1",
+                                     "libcublas-dev-13-0": "13.0.2.14-1"}, ["12.8", "13.0"])
+    assert CudaStep().plan(ctx(facts)) == []
+
+
+def test_cuda_override_on_pascal_refused_at_plan() -> None:
+    pascal = RTX4090.__class__(0, "Tesla P40", "6.1", 24451, "00000000:03:00.0", 0)
+    with pytest.raises(ConfigError, match="CUDA 13.0 and later cannot build for compute capability 6.1"):
+        CudaStep().plan(ctx(host_facts("595.71.05", [pascal]), extra="cuda: {toolkit: '13.0'}\n"))
+
+
+def test_cpu_backend_installs_no_toolkit() -> None:
+    assert CudaStep().plan(ctx(host_facts(), extra="llama_cpp: {backend: cpu}\n")) == []
+
+
+# -- llama ----------------------------------------------------------------------------------------
+
+def test_llama_build_then_skip(tmp_path: Path) -> None:
+    tar = tmp_path / "src.tar.gz"
+    tar.write_bytes(b"not really a tarball")
+    extra = f"llama_cpp: {{source: {{tarball: {tar}, subdir: a/b}}}}\n"
+    c = ctx({**host_facts(), "ct.cuda": CudaPackages({}, ["13.0"])}, extra=extra)
+    spec = build_spec(c)
+    assert (spec.backend, spec.architectures, spec.toolkit) == ("cuda", ("89",), "13.0")
+    assert spec.source == {"tarball_sha256": hashlib.sha256(b"not really a tarball").hexdigest(), "subdir": "a/b"}
+    changes = LlamaStep().plan(c)
+    assert [c.summary for c in changes] == ["build llama-server (cuda sm 89, CUDA 13.0)"]
+    c.facts["ct.llama"] = LlamaBuild(spec.stamp(), spec.hash, True, [spec.hash])
+    assert LlamaStep().plan(c) == []
+    c.facts["ct.llama"] = LlamaBuild(spec.stamp(), spec.hash, False, [spec.hash])  # binary gone
+    assert len(LlamaStep().plan(c)) == 1
+
+
+def test_llama_missing_tarball(tmp_path: Path) -> None:
+    c = ctx(host_facts(), extra=f"llama_cpp: {{source: {{tarball: {tmp_path}/nope.tar.gz}}}}\n")
+    with pytest.raises(ConfigError, match="nope.tar.gz does not exist"):
+        LlamaStep().plan(c)
