@@ -1,0 +1,155 @@
+"""Model, services, verify and clients on the simulated node: real LXC, real systemd, real llama-server.
+
+One container (CT 181) is brought up once for the module with the real CLI: the
+llama.cpp CPU build (the GPU step's own build, from the tarball in the sim assets),
+the SmolLM2 GGUF pushed from this machine into the host's models dir and
+bind-mounted read-only, llama-server and the gateway as hardened systemd units.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import pytest
+import requests
+import yaml
+
+from provisioner.sim import assets
+from provisioner.sim.hostfile import host_data
+
+pytestmark = [pytest.mark.sim, pytest.mark.timeout(3000)]
+VMID = 181
+
+
+def provision(*args: str, check: bool = True, timeout: int = 2400) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-c", "from provisioner.cli.main import run; run()", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
+    return proc
+
+
+def report(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def applied(rep: dict) -> list[tuple[str, str, str]]:
+    return [(c["step"], c["action"], c["summary"]) for c in rep["applied"]]
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def ct(sim_node, command: str) -> str:
+    code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {json.dumps(command)}")
+    assert code == 0, f"{command}: {err or out}"
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def host(sim_node, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("services")
+    data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
+        "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
+        "model": {"path": str(assets.smollm2_model()), "name": "smollm2"},
+        "server": {"host": "0.0.0.0", "ctx_size": 32768, "threads": 2, "health_timeout": 300,
+                   "override_kv": ["llama.context_length=int:32768"]},
+        "clients": {"pi": True, "claude_code_router": True, "output_dir": str(tmp / "clients")},
+    })
+    path = write(tmp / "host.yaml", data)
+    first = report(provision("--json", "up", str(path), "--yes"))
+    steps = [(s, a) for s, a, _ in applied(first)]
+    for expected in [("model.host_dir", "create"), ("model", "push"), ("services", "install"),
+                     ("services", "start"), ("verify", "verify")]:
+        assert expected in steps, steps
+    return {"path": path, "data": data, "tmp": tmp, "first": first}
+
+
+def test_units_run_hardened_as_their_users(sim_node, host) -> None:
+    assert ct(sim_node, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
+    assert ct(sim_node, "ps -o user= -C llama-server") == "llama"
+    props = ct(sim_node, "systemctl show llama-server -p NoNewPrivileges -p ProtectSystem -p User")
+    assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
+    # the models dir is a read-only bind mount of the host's dir
+    assert "ro" in ct(sim_node, "findmnt -n -o OPTIONS /srv/models").split(",")
+    assert ct(sim_node, "stat -c '%a %U:%G' /etc/provision/llama-server.key") == "640 root:llama"
+    assert any("verified: llama-server healthy" in n for n in host["first"]["notes"])
+
+
+def test_second_up_restarts_nothing_within_budget(sim_node, host) -> None:
+    pid = ct(sim_node, "systemctl show -p MainPID --value llama-server")
+    rep = report(provision("--json", "up", str(host["path"]), "--yes"))
+    assert rep["applied"] == []
+    assert rep["ssh_round_trips"] <= 3
+    assert ct(sim_node, "systemctl show -p MainPID --value llama-server") == pid
+
+
+def test_changed_flag_restarts_exactly_llama_server(sim_node, host, tmp_path) -> None:
+    data = yaml.safe_load(host["path"].read_text())
+    data["server"]["parallel"] = 2
+    changed = write(tmp_path / "h.yaml", data)
+    gw_pid = ct(sim_node, "systemctl show -p MainPID --value provision-gateway")
+    rep = report(provision("--json", "up", str(changed), "--yes"))
+    assert [(s, a) for s, a, _ in applied(rep)] == [("services", "write"), ("services", "restart"),
+                                                   ("verify", "verify")]
+    assert "restart llama-server" in applied(rep)[1][2]
+    assert ct(sim_node, "systemctl show -p MainPID --value provision-gateway") == gw_pid
+    assert "--parallel 2" in ct(sim_node, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
+    assert report(provision("--json", "up", str(changed), "--yes"))["applied"] == []
+    rep = report(provision("--json", "up", str(host["path"]), "--yes"))  # back to the module's config
+    assert [(s, a) for s, a, _ in applied(rep)] == [("services", "write"), ("services", "restart"),
+                                                   ("verify", "verify")]
+
+
+def test_client_configs_point_at_the_live_gateway(sim_node, host) -> None:
+    shown = provision("clients", str(host["path"]))
+    assert "********" in shown.stdout and "ANTHROPIC_BASE_URL" in shown.stdout
+    out = provision("clients", str(host["path"]), "--write")
+    clients = host["tmp"] / "clients"
+    settings = json.loads((clients / "claude-code" / "settings.json").read_text())
+    env = settings["env"]
+    assert (clients / "claude-code" / "settings.json").stat().st_mode & 0o777 == 0o600
+    assert requests.get(env["ANTHROPIC_BASE_URL"] + "/health", timeout=10).status_code == 200
+    reply = anthropic.Anthropic(base_url=env["ANTHROPIC_BASE_URL"], api_key=env["ANTHROPIC_API_KEY"]).messages.create(
+        model=env["ANTHROPIC_MODEL"], max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.type == "message" and reply.usage.output_tokens >= 1
+    pi = json.loads((clients / "pi" / "models.json").read_text())["providers"]["llama-local"]
+    assert pi["models"][0]["contextWindow"] == 32768  # the per-slot n_ctx from /props (parallel 1)
+    models = requests.get(pi["baseUrl"] + "/models", headers={"Authorization": f"Bearer {pi['apiKey']}"}, timeout=10)
+    assert models.status_code == 200 and "smollm2" in models.text
+    ccr = json.loads((clients / "claude-code-router" / "config.json").read_text())
+    assert ccr["Router"]["default"] == "llama-local,smollm2"
+    wrapper = clients / "bin" / "claude-local"
+    assert wrapper.stat().st_mode & 0o111 and "settings.json" in wrapper.read_text()
+    # again: nothing rewritten; a foreign edit is backed up, not lost
+    again = provision("clients", str(host["path"]), "--write")
+    assert again.stderr.count(": unchanged") == 4, again.stderr
+    (clients / "pi" / "models.json").write_text("{}\n")
+    third = provision("clients", str(host["path"]), "--write")
+    assert "kept as models.json.bak-" in third.stderr
+    assert len(list((clients / "pi").glob("models.json.bak-*"))) == 1
+
+
+def test_immutable_resolv_conf_is_found_and_fixed(sim_node, host) -> None:
+    # running: the fact finds +i and the resolv step removes it before the next start trips on it
+    ct(sim_node, "chattr +i /etc/resolv.conf")
+    rep = report(provision("--json", "up", str(host["path"]), "--yes"))
+    assert [(s, a) for s, a, _ in applied(rep)] == [("resolv", "fix")]
+    assert any("resolv.conf was immutable" in n for n in rep["notes"])
+    assert "i" not in ct(sim_node, "lsattr -d /etc/resolv.conf").split()[0]
+    # stopped: the start fails exactly like PVE's, the start hook fixes it via pct mount and retries
+    code, out, err = sim_node.run(f"pct stop {VMID} && pct mount {VMID} && "
+                                  f"chattr +i /var/lib/lxc/{VMID}/rootfs/etc/resolv.conf && pct unmount {VMID}")
+    assert code == 0, err
+    code, out, err = sim_node.run(f"pct start {VMID}")
+    assert code != 0 and "close (rename) atomic file '/etc/resolv.conf' failed" in out + err
+    rep = report(provision("--json", "up", str(host["path"]), "--yes"))
+    assert ("container", "start") in [(s, a) for s, a, _ in applied(rep)]
+    assert any("from the host (pct mount)" in n for n in rep["notes"]), rep["notes"]
+    assert ct(sim_node, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
