@@ -1,0 +1,259 @@
+"""Service checks: llama-server's unit and /health, the model file, the context Claude Code needs,
+model + KV cache against VRAM, port conflicts, the gateway and one end-to-end request."""
+
+from __future__ import annotations
+
+import json
+
+from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT, LLAMA_USER, ModelFacts, ServiceFacts, UnitState, model_paths
+from .context import DoctorContext
+from .facts import ServerProbe, Vram
+from .findings import Evidence, Finding, fail, ok, warn
+from .gguf import CACHE_BYTES, kv_cache_bytes, read_metadata, shape_from_metadata
+
+CLAUDE_CODE_MIN_CTX = 32768
+MIB = 1024 * 1024
+
+
+def _sf(d: DoctorContext) -> ServiceFacts | None:
+    if not d.ct_facts or d.cfg.model is None:
+        return None
+    return d.fact("services.ct")
+
+
+def _unit_finding(d: DoctorContext, unit: str, sf: ServiceFacts, fid: str) -> Finding:
+    st = sf.units.get(unit, UnitState("unknown", "not-found"))
+    ev = Evidence(d.in_ct(f"systemctl status {unit}.service"), f"{unit}.service: {st.active} ({st.enabled})")
+    if st.active == "active":
+        return ok(fid, f"{unit}.service is active ({st.enabled})", ev)
+    if st.enabled == "not-found" or (st.active in ("inactive", "unknown") and not st.enabled):
+        return fail(fid, f"{unit}.service is not installed", ev, fix="`provision up FILE` installs it")
+    if st.active == "activating":
+        return warn(fid, f"{unit}.service is starting (or restarting after a failure)", ev,
+                    fix=f"watch `pct exec {d.vmid} -- journalctl -u {unit} -f`")
+    return fail(fid, f"{unit}.service is {st.active}", ev,
+                fix=f"doctor --fix restarts it (`pct exec {d.vmid} -- systemctl restart {unit}`); if it fails again "
+                    f"read `pct exec {d.vmid} -- journalctl -u {unit} -n 50`", fixable=True)
+
+
+def check_units(d: DoctorContext) -> list[Finding]:
+    sf = _sf(d)
+    if sf is None:
+        return []
+    out = [_unit_finding(d, LLAMA_UNIT, sf, "services.llama_unit")]
+    if d.cfg.gateway.enabled:
+        out.append(_unit_finding(d, GATEWAY_UNIT, sf, "services.gateway_unit"))
+    return out
+
+
+def check_llama_health(d: DoctorContext) -> list[Finding]:
+    sf = _sf(d)
+    if sf is None:
+        return []
+    code = sf.health.get("llama", 0)
+    url = f"http://127.0.0.1:{d.cfg.server.port}/health"
+    ev = Evidence(d.in_ct(f"curl -s -o /dev/null -w '%{{http_code}}' {url}"), str(code))
+    if code == 200:
+        return [ok("services.llama_health", "llama-server /health answers 200", ev)]
+    if code == 503:
+        return [warn("services.llama_health", "llama-server is still loading the model (/health 503)", ev,
+                     fix="wait; a large model takes minutes from a slow disk")]
+    return [fail("services.llama_health", f"llama-server /health does not answer ({code or 'no connection'})", ev,
+                 fix=f"see services.llama_unit; `pct exec {d.vmid} -- journalctl -u {LLAMA_UNIT} -n 50`")]
+
+
+def _model_facts(d: DoctorContext) -> ModelFacts | None:
+    return d.fact("model.host") or d.fact("model.ct")
+
+
+def check_model_file(d: DoctorContext) -> list[Finding]:
+    if d.cfg.model is None or d.plan is None or not d.access.ssh_ok:
+        return []
+    mf = _model_facts(d)
+    probe: ServerProbe | None = d.fact("doctor.server")
+    where = d.cfg.model.host_dir if d.cfg.model.location == "host" else d.cfg.model.dir
+    path = f"{where}/{d.cfg.model.filename}"
+    state = mf.files.get("model") if mf else None
+    readable = probe.readable.get("model") if probe else None
+    ev = Evidence((d.on_host if d.cfg.model.location == "host" else d.in_ct)(f"ls -l {path}"),
+                  (f"{path}: {state.size} bytes" if state else f"{path}: missing") +
+                  ("" if readable is None else f"\nreadable by {LLAMA_USER} in the container: "
+                   f"{'yes' if readable else 'NO'}"))
+    if state is None:
+        return [fail("services.model_file", f"the model file {path} is missing", ev,
+                     fix="`provision up FILE` downloads (or pushes) it")]
+    if readable is False:
+        ct_path = model_paths(d.cfg, d.cfg.model.dir)["model"]
+        return [fail("services.model_file", f"{LLAMA_USER} cannot read {ct_path} in the container", ev,
+                     fix=f"pct exec {d.vmid} -- chmod a+r {ct_path} (and a+x on its directories); for a host "
+                         "bind mount in an unprivileged container, the file must be readable by others on the host")]
+    return [ok("services.model_file", f"model file present ({state.size / MIB / 1024:.1f} GiB)"
+               + ("" if readable is None else " and readable"), ev)]
+
+
+def _shape(d: DoctorContext):
+    probe: ServerProbe | None = d.fact("doctor.server")
+    if probe is None or not probe.gguf_head:
+        return None
+    try:
+        return shape_from_metadata(read_metadata(probe.gguf_head))
+    except ValueError:
+        return None
+
+
+def slot_context(d: DoctorContext) -> tuple[int | None, str]:
+    """The context each slot gets, and where that number came from."""
+    probe: ServerProbe | None = d.fact("doctor.server")
+    props = probe.props if probe else None
+    if props:
+        dgs = props.get("default_generation_settings") or {}
+        n = dgs.get("n_ctx") or props.get("n_ctx")
+        if isinstance(n, int) and n > 0:
+            return n, "llama-server /props (per slot)"
+    s = d.cfg.server
+    shape = _shape(d)
+    total = s.ctx_size or (shape.n_ctx_train if shape else None)
+    if total is None:
+        return None, "unknown"
+    per_slot = total // s.parallel
+    trained = shape.n_ctx_train if shape else None
+    capped = trained is not None and per_slot > trained and not any(
+        kv.endswith(f"context_length=int:{per_slot}") or ".context_length=" in kv for kv in s.override_kv)
+    if capped:
+        return trained, "the model's training context (llama-server caps each slot to it)"
+    return per_slot, f"server.ctx_size {s.ctx_size} / server.parallel {s.parallel}"
+
+
+def check_context(d: DoctorContext) -> list[Finding]:
+    if d.cfg.model is None or not d.cfg.clients.claude_code or d.plan is None or not d.access.ssh_ok:
+        return []
+    n, source = slot_context(d)
+    ev = Evidence(d.in_ct(f"curl -s http://127.0.0.1:{d.cfg.server.port}/props") if "props" in source
+                  else "host file: server.ctx_size, server.parallel", f"context per slot: {n} (from {source})")
+    if n is None:
+        return [warn("services.context", "cannot tell the context size (no /props, no GGUF header)", ev,
+                     fix=f"set server.ctx_size: {CLAUDE_CODE_MIN_CTX} explicitly")]
+    if n < CLAUDE_CODE_MIN_CTX:
+        shape = _shape(d)
+        fix = f"set server.ctx_size: {CLAUDE_CODE_MIN_CTX * d.cfg.server.parallel} (server.parallel: " \
+              f"{d.cfg.server.parallel}) and run `provision up FILE`"
+        if shape and shape.n_ctx_train and shape.n_ctx_train < CLAUDE_CODE_MIN_CTX:
+            fix += (f"; the model was trained for {shape.n_ctx_train} tokens: use a model with ≥ 32K context, or "
+                    f"lift the cap with server.override_kv: ['{shape.arch}.context_length=int:{CLAUDE_CODE_MIN_CTX}']")
+        return [fail("services.context", f"context per slot is {n}, below the {CLAUDE_CODE_MIN_CTX} Claude Code needs",
+                     ev, fix=fix,
+                     detail="Claude Code's system prompt alone is ~24K tokens: every request fails at once with "
+                            "'Prompt is too long'")]
+    return [ok("services.context", f"context per slot {n} ≥ {CLAUDE_CODE_MIN_CTX} (Claude Code)", ev)]
+
+
+def estimate(d: DoctorContext) -> tuple[int, int, int] | None:
+    """(model bytes, KV-cache bytes, context used) or None when the inputs are unknown."""
+    mf = _model_facts(d)
+    shape = _shape(d)
+    state = mf.files.get("model") if mf else None
+    if state is None or shape is None:
+        return None
+    s = d.cfg.server
+    n_ctx = s.ctx_size or (shape.n_ctx_train or 0)
+    return state.size, kv_cache_bytes(shape, n_ctx, s.cache_type_k, s.cache_type_v), n_ctx
+
+
+def check_vram(d: DoctorContext) -> list[Finding]:
+    if d.cfg.model is None or d.plan is None or not d.cfg.gpu.enabled or not d.ct_facts:
+        return []
+    vram: list[Vram] = d.fact("doctor.vram") or []
+    est = estimate(d)
+    if not vram or est is None:
+        return []
+    model_b, kv_b, n_ctx = est
+    sf = _sf(d)
+    llama_up = bool(sf and sf.units.get(LLAMA_UNIT, UnitState("", "")).active == "active")
+    free = sum(v.free_mib for v in vram) + (sum(v.used_mib for v in vram) if llama_up else 0)
+    need = (model_b + kv_b) / MIB
+    s = d.cfg.server
+    ev = Evidence(d.on_host("nvidia-smi --query-gpu=memory.total,memory.used,memory.free --format=csv"),
+                  "\n".join(f"GPU {v.index}: total {v.total_mib} MiB, used {v.used_mib}, free {v.free_mib}" for v in vram)
+                  + f"\nmodel file {model_b / MIB:.0f} MiB + KV cache {kv_b / MIB:.0f} MiB "
+                    f"({n_ctx} tokens, k {s.cache_type_k}, v {s.cache_type_v}, "
+                    f"{CACHE_BYTES[s.cache_type_k]:.3f}/{CACHE_BYTES[s.cache_type_v]:.3f} bytes per element)"
+                  + f"\navailable to llama-server: {free} MiB" + (" (its own use counted as available)" if llama_up else ""))
+    if need > free:
+        return [warn("services.vram", f"model + KV cache ≈ {need:.0f} MiB > {free} MiB of VRAM", ev,
+                     fix="lower server.ctx_size, use cache_type_k/v: q4_0, or a smaller quantisation; with "
+                         "server.fit on, llama-server moves layers to the CPU (slow)",
+                     detail="an estimate: compute buffers add a few hundred MiB on top")]
+    return [ok("services.vram", f"model + KV cache ≈ {need:.0f} MiB fits in {free} MiB of VRAM", ev)]
+
+
+_EXPECTED = {"server": ("llama-server",), "gateway": ("python", "provision-gatew", "provision-gateway")}
+
+
+def check_ports(d: DoctorContext) -> list[Finding]:
+    if d.cfg.model is None or not d.ct_facts:
+        return []
+    probe: ServerProbe | None = d.fact("doctor.server")
+    if probe is None:
+        return []
+    ports = {"server": d.cfg.server.port}
+    if d.cfg.gateway.enabled:
+        ports["gateway"] = d.cfg.gateway.port
+    ev = Evidence(d.in_ct("ss -ltnp"), "\n".join(f"{ln.address}:{ln.port} {ln.process}" for ln in probe.listeners)
+                  or "(nothing listening on " + ", ".join(str(p) for p in ports.values()) + ")")
+    conflicts = []
+    for role, port in ports.items():
+        for ln in probe.listeners:
+            if ln.port == port and ln.process and not any(f'(("{name}' in ln.process for name in _EXPECTED[role]):
+                conflicts.append(f"port {port} ({role}) is held by {ln.process}")
+    if conflicts:
+        return [fail("services.ports", "; ".join(conflicts), ev,
+                     fix="stop that program in the container, or move ours with server.port / gateway.port and "
+                         "run `provision up`",
+                     detail="our service cannot bind its port and keeps failing")]
+    return [ok("services.ports", "no other program holds " + ", ".join(f"{p}" for p in ports.values()), ev)]
+
+
+def check_gateway(d: DoctorContext) -> list[Finding]:
+    if d.cfg.model is None or not d.cfg.gateway.enabled or not d.ct_facts:
+        return []
+    health = d.probes.get("gateway.health")
+    e2e = d.probes.get("gateway.e2e")
+    sf = _sf(d)
+    inside = sf.health.get("gateway", 0) if sf else 0
+    out: list[Finding] = []
+    if health is None:
+        out.append(warn("services.gateway_health", "could not tell the gateway's address from here",
+                        Evidence(d.in_ct(f"curl -s http://127.0.0.1:{d.cfg.gateway.port}/health"), str(inside)),
+                        fix="set clients.base_url in the host file"))
+        return out
+    ev = Evidence(f"curl -s {health.url}", health.error or f"{health.status} {health.body[:200]}")
+    if health.ok:
+        out.append(ok("services.gateway_health", f"gateway {health.url} answers 200 ({health.seconds * 1000:.0f} ms)", ev))
+    elif inside == 200:
+        out.append(fail("services.gateway_health", f"the gateway answers inside the container but not at {health.url}",
+                        ev, fix="check gateway.host (0.0.0.0 to listen on the network), the PVE firewall, and "
+                                "clients.base_url"))
+    else:
+        out.append(fail("services.gateway_health", f"gateway /health fails: {health.error or health.status}", ev,
+                        fix="see services.gateway_unit and services.llama_health"))
+    if e2e is not None:
+        ev2 = Evidence(f"curl -s {e2e.url} -H 'x-api-key: ...' -d '{{\"max_tokens\": 8, ...}}'",
+                       e2e.error or f"{e2e.status} {e2e.body[:300]}")
+        if e2e.ok and _is_message(e2e.body):
+            out.append(ok("services.e2e", f"a tiny Messages request round-trips ({e2e.seconds:.1f} s)", ev2))
+        else:
+            fix = "check the gateway key (gateway.api_key) and `journalctl -u provision-gateway`" \
+                if e2e.status in (401, 403) else \
+                f"read `pct exec {d.vmid} -- journalctl -u {GATEWAY_UNIT} -u {LLAMA_UNIT} -n 50`"
+            out.append(fail("services.e2e", f"a tiny Messages request fails ({e2e.error or e2e.status})", ev2, fix=fix))
+    return out
+
+
+def _is_message(body: str) -> bool:
+    try:
+        return json.loads(body).get("type") == "message"
+    except (ValueError, AttributeError):
+        return False
+
+
+CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_vram, check_ports, check_gateway]

@@ -1,0 +1,132 @@
+"""The safe fixes ``doctor --fix`` applies, each reusing the step that owns the thing:
+
+| finding                      | fix                                                      |
+| ---                          | ---                                                      |
+| ``host.device_nodes`` (uvm)  | gpu.host step: ``nvidia-modprobe -u -c=0``               |
+| ``host.boot_unit``           | gpu.host step: write and enable the boot unit            |
+| ``container.devices`` (missing devN) | ``pct set`` of the missing entries (container.pct_set, as root over SSH) |
+| ``driver.userspace``, ``driver.pins`` | driver step: repository, pin, reinstall + hold at the host version |
+| ``dns.immutable``            | ``chattr -i`` on the container's resolv.conf, from the host |
+| ``services.*_unit`` failed   | ``systemctl restart`` of that unit in the container      |
+
+Anything else (purging packages, restarting the container, rebuilding) is left to the user:
+those findings carry the command instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..connectors.ssh import SSH
+from ..engine.context import ApplyContext
+from ..engine.plan import Change
+from ..errors import RemoteError
+from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT
+from ..operations.container import pct_set
+from ..operations.driver import DriverStep
+from ..operations.passthrough import GpuHostStep, desired_device_paths
+from .checks_container import _DEV_KEY, _effective, _new_entries, dev_path
+from .context import DoctorContext
+from .findings import Finding
+
+
+@dataclass
+class Fix:
+    #: the findings this fix clears
+    findings: list[str]
+    summary: str
+    apply: Callable[[ApplyContext], None] = field(repr=False)
+
+
+def _from_changes(ids: list[str], changes: list[Change]) -> list[Fix]:
+    return [Fix(ids, f"{c.step}: {c.summary}", c.apply) for c in changes]
+
+
+def resolv_script(vmid: int) -> str:
+    """Clear the immutable flag from the host: through /proc/<pid>/root while the CT runs, else
+    with `pct mount` (REFERENCE §1: the CT itself may not, an unprivileged CT lacks the capability)."""
+    v = int(vmid)
+    return (f"pid=$(lxc-info -n {v} -p -H 2>/dev/null)\n"
+            f"if [ -n \"$pid\" ]; then chattr -i \"/proc/$pid/root/etc/resolv.conf\"\n"
+            f"else pct mount {v} >/dev/null && {{ chattr -i /var/lib/lxc/{v}/rootfs/etc/resolv.conf; rc=$?; "
+            f"pct unmount {v}; exit $rc; }}\nfi")
+
+
+def _resolv_fix(vmid: int) -> Fix:
+    def apply(actx: ApplyContext) -> None:
+        script = resolv_script(vmid)
+        r = actx.ssh.run("bash -s", stdin=script.encode())
+        if not r.ok:
+            raise RemoteError("clearing the immutable flag of /etc/resolv.conf failed", command=script,
+                              exit_code=r.exit_code, output=r.stderr or r.stdout, vmid=vmid, step="doctor")
+
+    return Fix(["dns.immutable"], f"chattr -i /etc/resolv.conf of CT {vmid} (from the host)", apply)
+
+
+def _restart_fix(fid: str, unit: str, vmid: int) -> Fix:
+    def apply(actx: ApplyContext) -> None:
+        q = shlex.quote(unit + ".service")
+        actx.ct().run(f"systemctl reset-failed {q} 2>/dev/null; systemctl restart {q}").check(
+            f"restarting {unit}", vmid=vmid, step="doctor")
+
+    return Fix([fid], f"restart {unit}.service in CT {vmid}", apply)
+
+
+def _devices_fix(d: DoctorContext) -> Fix | None:
+    assert d.ct is not None and d.plan is not None
+    eff = _effective(d)
+    have = {dev_path(v) for k, v in eff.items() if _DEV_KEY.match(k)}
+    missing = [p for p in desired_device_paths(d.plan) if p not in have]
+    if not missing:
+        return None
+    entries = _new_entries(d, missing)
+    vmid = d.ct.vmid
+
+    def apply(actx: ApplyContext) -> None:
+        pct_set(actx, vmid, entries, [])
+
+    return Fix(["container.devices"], "pct set " + " ".join(f"--{k} {v}" for k, v in entries.items()), apply)
+
+
+def plan_fixes(d: DoctorContext, findings: list[Finding]) -> list[Fix]:
+    """The fixes for the fixable, failing or warning findings, in a safe order (host first)."""
+    bad = {f.id for f in findings if f.status != "ok" and f.fixable}
+    fixes: list[Fix] = []
+    if d.plan is None:
+        return fixes
+    if bad & {"host.device_nodes", "host.boot_unit"}:
+        changes = GpuHostStep().plan(d.plan)
+        if "host.boot_unit" in bad:
+            fixes += _from_changes(["host.boot_unit"], [c for c in changes if c.action == "write"])
+        if "host.device_nodes" in bad:
+            fixes += _from_changes(["host.device_nodes"], [c for c in changes if c.action == "create"])
+    if "container.devices" in bad and d.ct is not None:
+        fix = _devices_fix(d)
+        if fix:
+            fixes.append(fix)
+    if "dns.immutable" in bad and d.ct is not None:
+        fixes.append(_resolv_fix(d.ct.vmid))
+    if bad & {"driver.userspace", "driver.pins"}:
+        fixes += _from_changes(sorted(bad & {"driver.userspace", "driver.pins"}), DriverStep().plan(d.plan))
+    for fid, unit in (("services.llama_unit", LLAMA_UNIT), ("services.gateway_unit", GATEWAY_UNIT)):
+        if fid in bad and d.vmid is not None:
+            fixes.append(_restart_fix(fid, unit, d.vmid))
+    return fixes
+
+
+def apply_fixes(d: DoctorContext, ssh: SSH, pve, fixes: list[Fix], *,
+                status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None
+                ) -> dict[str, str]:
+    """Apply ``fixes`` in order; returns finding id -> what was done. Stops at the first error (raised)."""
+    assert d.plan is not None
+    done: dict[str, str] = {}
+    state: dict = {}
+    for fix in fixes:
+        actx = ApplyContext(cfg=d.cfg, pve=pve, ssh=ssh, plan=d.plan, status=status, log=log, state=state)
+        status(fix.summary)
+        fix.apply(actx)
+        for fid in fix.findings:
+            done[fid] = (done[fid] + "; " if fid in done else "") + fix.summary
+    return done
