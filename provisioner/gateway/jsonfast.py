@@ -21,13 +21,16 @@ def _reject_constant(name: str) -> Any:
 
 def _dumps_std(obj: Any) -> bytes:
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-    except UnicodeEncodeError:  # lone surrogates: escape them, which is still valid JSON
-        return json.dumps(obj, separators=(",", ":")).encode()
+        try:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # lone surrogates: escape them, which is still valid JSON
+            return json.dumps(obj, separators=(",", ":")).encode()
+    except RecursionError as exc:
+        raise ValueError("nested too deeply to encode") from exc
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode ``obj`` as compact UTF-8 JSON."""
+    """Encode ``obj`` as compact UTF-8 JSON; ValueError if it nests too deeply."""
     if _orjson is not None:
         try:
             return _orjson.dumps(obj)

@@ -50,10 +50,22 @@ def _image_part(block: dict, path: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+TEXT_LIKE = ("text", "document", "search_result", "tool_reference")
+
+
 def _text_of(block: dict, path: str) -> str:
-    """The text of a text block, or of a document block with a plain-text source."""
-    if block["type"] == "text":
+    """Text for a text block, a plain-text document, a search result or a tool reference."""
+    kind = block["type"]
+    if kind == "text":
         return string_field(block, "text", path)
+    if kind == "tool_reference":  # Claude Code's tool search: the tool is now available
+        return f"[tool available: {string_field(block, 'tool_name', path)}]"
+    if kind == "search_result":
+        title = string_field(block, "title", path, required=False) or ""
+        parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
+                           for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
+                           if b["type"] == "text"]
+        return "\n".join(p for p in parts if p)
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "text":
         return string_field(source, "data", f"{path}.source")
@@ -77,7 +89,7 @@ def _tool_result(block: dict, path: str) -> tuple[dict, list[dict]]:
         for i, part in enumerate(as_blocks(content, f"{path}.content")):
             if part["type"] == "image":
                 images.append(_image_part(part, f"{path}.content.{i}"))
-            elif part["type"] in ("text", "document"):
+            elif part["type"] in TEXT_LIKE:
                 texts.append(_text_of(part, f"{path}.content.{i}"))
             else:
                 raise invalid_request(f"{path}.content.{i}.type: unsupported in a tool result: "
@@ -105,7 +117,7 @@ def _user_messages(content: Any, path: str) -> list[dict]:
             message, images = _tool_result(block, bpath)
             tools.append(message)
             parts.extend(images)
-        elif kind == "text" or kind == "document":
+        elif kind in TEXT_LIKE:
             parts.append({"type": "text", "text": _text_of(block, bpath)})
         elif kind == "image":
             parts.append(_image_part(block, bpath))
@@ -135,8 +147,11 @@ def _assistant_message(content: Any, path: str) -> dict:
             args = block.get("input", {})
             if not isinstance(args, dict):
                 raise field_error(f"{bpath}.input", "an object", args)
-            calls.append({"id": call_id, "type": "function",
-                          "function": {"name": name, "arguments": dumps(args).decode()}})
+            try:
+                arguments = dumps(args).decode()
+            except ValueError as exc:
+                raise invalid_request(f"{bpath}.input: nests too deeply") from exc
+            calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         else:
             raise invalid_request(f"{bpath}.type: unsupported content block type {kind!r}")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from provisioner.gateway.api_errors import ApiError
+from provisioner.gateway.api_errors import ApiError, invalid_request
 from provisioner.gateway.config import GatewaySettings
 from provisioner.gateway.jsonfast import dumps, loads
 from provisioner.gateway.upstream_errors import error_from_exception, error_from_upstream, protocol_error
@@ -122,7 +122,10 @@ class Upstream:
                     ) -> aiohttp.ClientResponse:
         kwargs: dict[str, Any] = {}
         if payload is not None:
-            kwargs["data"] = dumps(payload)
+            try:
+                kwargs["data"] = dumps(payload)
+            except ValueError as exc:
+                raise invalid_request("the request nests too deeply") from exc
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         try:

@@ -94,6 +94,14 @@ def test_http_hostile_bodies_never_500(make_gw):
 
     structured()
     raw_bytes()
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    deep_schema = (b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"x"}],'
+                   b'"tools":[{"name":"t","input_schema":' + deep + b"}]}")
+    deep_input = (b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_use",'
+                  b'"id":"a","name":"n","input":' + deep + b"}]}]}")
+    for raw in (deep_schema, deep_input):
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            check(raw, path)
     for raw in (b"[" * 100_000, b'{"a":' * 50_000, b'{"model": NaN}', b'{"model":"claude-x","max_tokens":1e999}',
                 b"\xff\xfe", b'"\\ud800"', b"null", b"{}"):
         check(raw, "/v1/messages")

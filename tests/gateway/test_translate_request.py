@@ -133,3 +133,16 @@ def test_invalid_requests_name_the_path(body, message):
     with pytest.raises(ApiError) as info:
         translate_request(body, upstream_model="local")
     assert (info.value.status, info.value.error_type, info.value.message) == (400, "invalid_request_error", message)
+
+
+def test_tool_search_references_and_search_results_become_text():
+    payload = tr(messages=[
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "s", "name": "search", "input": {"q": "x"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "s", "content": [
+                {"type": "tool_reference", "tool_name": "mcp__db__query"}]},
+            {"type": "search_result", "source": "https://d", "title": "Doc",
+             "content": [{"type": "text", "text": "body"}]}]}])
+    assert payload["messages"][1:] == [
+        {"role": "tool", "tool_call_id": "s", "content": "[tool available: mcp__db__query]"},
+        {"role": "user", "content": "Doc\nbody"}]
