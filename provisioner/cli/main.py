@@ -68,6 +68,10 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
+def _only(value: Optional[str]) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
 def _load(out: Output, file: Path):
     from ..config import load
 
@@ -83,7 +87,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
        plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
        restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys."),
-       wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock.")) -> int:
+       wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock."),
+       only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu).")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
     from ..engine.lock import HostLock
@@ -93,7 +98,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
     conn = run.connect(loaded.config)
     try:
         if plan_only or (not yes and sys.stdin.isatty() and not out.json_mode):
-            report = run.plan(loaded, conn, allow_restart=restart)
+            report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
             out.plan(report, loaded)
             if plan_only or not report.planned:
                 return 0
@@ -105,7 +110,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
                         on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
-                            on_change=progress.done)
+                            on_change=progress.done, only=_only(only))
         out.applied(report, loaded)
     finally:
         conn.close()
@@ -116,7 +121,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
 @guarded
 def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
              exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
-             restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart.")) -> int:
+             restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart."),
+             only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan.")) -> int:
     """Show what `up` would change."""
     from ..engine import run
 
@@ -124,7 +130,7 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        report = run.plan(loaded, conn, allow_restart=restart)
+        report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
     finally:
         conn.close()
     out.plan(report, loaded)

@@ -47,8 +47,9 @@ class Output:
     def __init__(self, json_mode: bool = False, verbose: bool = False) -> None:
         self.json_mode = json_mode
         self.verbose = verbose
-        self.err = Console(stderr=True, highlight=False)
-        self.out = Console(highlight=False)
+        # soft_wrap: never break lines, so commands in messages stay copy-pasteable
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
 
     # -- messages --------------------------------------------------------------------------------
 

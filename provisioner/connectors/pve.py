@@ -136,9 +136,10 @@ class PVE:
 
     def _login(self) -> None:
         try:
-            resp = self._session.post(self.base_url + "/access/ticket",
-                                      data={"username": self.creds.user, "password": self.creds.password},
-                                      timeout=self.endpoint.timeout)
+            # ProxmoxHttpSession.request has no `json` parameter, so not .post()
+            resp = self._session.request("POST", self.base_url + "/access/ticket",
+                                         data={"username": self.creds.user, "password": self.creds.password},
+                                         timeout=self.endpoint.timeout)
         except requests.RequestException as exc:
             raise self._transport_error(exc) from None
         if resp.status_code != 200:

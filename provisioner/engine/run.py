@@ -80,6 +80,21 @@ def connect(cfg: HostFile) -> Connections:
     return Connections(pve=pve, ssh=ssh)
 
 
+def select_steps(cfg: HostFile, only: list[str] | None) -> list[Step]:
+    """The steps of `up`, or only those named (``gpu`` selects ``gpu.host`` and friends)."""
+    steps = all_steps(cfg)
+    if not only:
+        return steps
+    known = {s.name for s in steps} | {s.name.split(".")[0] for s in steps}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown step(s): {', '.join(unknown)}", key="--only",
+                          fix=f"choose from: {', '.join(s.name for s in steps)}")
+    return [s for s in steps if s.name in only or s.name.split(".")[0] in only]
+
+
 def step_facts(steps: list[Step]) -> list[Fact[Any]]:
     seen: dict[str, Fact[Any]] = {}
     for step in steps:
@@ -109,6 +124,14 @@ def _nearest(version: str) -> str:
     return "8.4" if major <= 8 else "9.1"
 
 
+def _refresh(cfg: HostFile, conn: Connections, steps: list[Step], ctx: PlanContext, allow_restart: bool,
+             state: dict[str, Any]) -> PlanContext:
+    """Facts again after a change that asked for it; notes carry over."""
+    fresh = gather_facts(cfg, conn, steps, allow_restart=allow_restart, vmid_hint=state.get("vmid") or ctx.vmid)
+    fresh.notes = ctx.notes
+    return fresh
+
+
 @dataclass
 class Report:
     applied: list[Change] = field(default_factory=list)
@@ -130,11 +153,12 @@ class Report:
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
-def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False) -> Report:
+def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
+         only: list[str] | None = None) -> Report:
     """Every change `up` would make now, without making any."""
     t0 = time.monotonic()
     cfg = loaded.config
-    steps = all_steps(cfg)
+    steps = select_steps(cfg, only)
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
     report = Report()
     for step in steps:
@@ -147,11 +171,12 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False) -> R
 
 def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
        status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None,
-       on_change: Callable[[Change, float], None] = lambda c, s: None) -> Report:
+       on_change: Callable[[Change, float], None] = lambda c, s: None,
+       only: list[str] | None = None) -> Report:
     """Converge: plan each step with fresh-enough facts and apply its changes."""
     t0 = time.monotonic()
     cfg = loaded.config
-    steps = all_steps(cfg)
+    steps = select_steps(cfg, only)
     report = Report()
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
     state: dict[str, Any] = {}
@@ -159,9 +184,16 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
         status(f"{step.name}: planning")
         step_t0 = time.monotonic()
         changes = step.plan(ctx)
+        if changes and not state.get("snapshot_checked"):
+            # A safety net before the first change to an existing CT. Taking a snapshot
+            # rewrites the CT config (new digest), so this step is planned again.
+            state["snapshot_checked"] = True
+            actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
+            if snapshot.before_first_change(actx, changes[0]):
+                ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
+                changes = step.plan(ctx)
         for change in changes:
             actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
-            snapshot.before_first_change(actx, change)  # a safety net before the first change
             status(f"{change.step}: {change.summary}")
             c0 = time.monotonic()
             try:
@@ -172,10 +204,7 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
             report.applied.append(change)
             on_change(change, time.monotonic() - c0)
             if change.refresh:
-                vmid_hint = state.get("vmid") or ctx.vmid
-                notes = ctx.notes
-                ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart, vmid_hint=vmid_hint)
-                ctx.notes = notes
+                ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
         if changes:
             report.timings[step.name] = time.monotonic() - step_t0
     report.notes = list(dict.fromkeys(ctx.notes))
