@@ -14,7 +14,7 @@ from .. import cuda_matrix
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RemoteError
-from ..facts.nvidia import DRIVER
+from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import CUDA_CT, CudaPackages
 from .passthrough import selected_gpus
 
@@ -55,7 +55,7 @@ def chosen_toolkit(ctx: PlanContext) -> str | None:
 
 class CudaStep:
     name = STEP
-    facts = [CUDA_CT]
+    facts = [DRIVER, GPUS, CUDA_CT]
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         toolkit = chosen_toolkit(ctx)

@@ -24,7 +24,7 @@ import shlex
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RefusedError, RemoteError
-from ..facts.nvidia import DRIVER
+from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import (DRIVER_CT, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
                                DriverUserspace)
 from ..templating import render
@@ -80,7 +80,7 @@ def host_version(ctx: PlanContext) -> str | None:
 
 class DriverStep:
     name = STEP
-    facts = [DRIVER_CT]
+    facts = [DRIVER, GPUS, DRIVER_CT]  # host facts too: `--only driver` must see the GPUs
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         version = host_version(ctx)

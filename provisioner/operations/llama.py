@@ -22,6 +22,8 @@ from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RemoteError
 from ..facts.llama import LLAMA_CT, LlamaBuild
+from ..facts.nvidia import DRIVER, GPUS
+from ..facts.nvidia_ct import CUDA_CT
 from .cuda import chosen_toolkit, compute_caps, resolve_backend
 from .llama_build import CURRENT, BuildSpec, build_script, tarball_path
 
@@ -71,7 +73,7 @@ def build_spec(ctx: PlanContext) -> BuildSpec:
 
 class LlamaStep:
     name = STEP
-    facts = [LLAMA_CT]
+    facts = [DRIVER, GPUS, CUDA_CT, LLAMA_CT]  # the backend and arches depend on the GPUs
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         spec = build_spec(ctx)

@@ -126,6 +126,9 @@ def device_keys(ctx: PlanContext) -> OwnedKeys:
         current.update(ctx.pve.ct.pending)
         for k in ctx.pve.ct.pending_delete:
             current.pop(k, None)
+    if DRIVER.name not in ctx.facts:
+        # GPU facts were not gathered (e.g. `up --only container`): keep what is there
+        return OwnedKeys(desired={k: v for k, v in current.items() if owns_dev(k, v)}, owns=owns_dev)
     return OwnedKeys(desired=number_devices(desired_device_paths(ctx), current), owns=owns_dev)
 
 

@@ -101,3 +101,9 @@ def test_enable_without_systemd_makes_the_wants_symlink() -> None:
         "ln -sfn /etc/systemd/system/provision-nvidia-uvm.service "
         "/etc/systemd/system/multi-user.target.wants/provision-nvidia-uvm.service")
     assert enable_script(True) == "systemctl daemon-reload && systemctl enable provision-nvidia-uvm.service"
+
+
+def test_without_gpu_facts_our_entries_are_kept() -> None:
+    """`up --only container` gathers no GPU facts: that must not delete the devN entries."""
+    c = ctx({}, config=dict(WANT))
+    assert device_keys(c).desired == WANT
