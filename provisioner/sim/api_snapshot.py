@@ -1,17 +1,22 @@
 """Snapshot endpoints of the simulated API: list, create, delete, rollback.
 
 Snapshots are ``[name]`` sections of the PVE config (with ``snaptime``, and the
-``parent`` chain PVE keeps); the backend copies or restores the rootfs.
+``parent`` chain PVE keeps); the backend copies or restores the rootfs. As in PVE,
+"already used", "does not exist" (delete) and the storage feature check fail the
+task, not the request.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from .api import ApiError, Request, route
 from .api_lxc import is_running, load
+from .api_feature import volume_has_snapshot
 from .api_status import start_work
+from .ctperms import parse_key
 from .backend_base import SimTaskError
 from .pveconf import Section
 from .tasks import TaskLog
@@ -41,9 +46,7 @@ def snapshot_create(req: Request) -> str:
     name = str(req.params["snapname"])
     if name in ("current", "vzdump"):
         raise ApiError(f"unable to use snapshot name '{name}' (reserved name)")
-    pve = load(req)
-    if name in pve.snapshots:
-        raise ApiError(f"snapshot name '{name}' already used")
+    load(req)
     description = str(req.params.get("description", ""))
 
     def work(log: TaskLog) -> None:
@@ -53,6 +56,9 @@ def snapshot_create(req: Request) -> str:
                 raise SimTaskError(f"CT is locked ({cur.values['lock']})")
             if name in cur.snapshots:
                 raise SimTaskError(f"snapshot name '{name}' already used")
+            if not all(volume_has_snapshot(parse_key(k, v, api.version).get("volume", ""))
+                       for k, v in cur.values.items() if k == "rootfs" or re.fullmatch(r"mp\d+", k)):
+                raise SimTaskError("snapshot feature is not available")
             snap = Section({k: v for k, v in cur.values.items() if k not in ("lock", "description")},
                            list(cur.main.lxc))
             snap.values["snaptime"] = str(int(time.time()))
@@ -82,9 +88,10 @@ def _snap_or_die(req: Request) -> str:
 @route("/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "DELETE")
 def snapshot_delete(req: Request) -> str:
     vmid, api = req.vmid(), req.api
-    name = _snap_or_die(req)
+    name = str(req.params["snapname"])
+    load(req)
 
-    def work(log: TaskLog) -> None:
+    def work(log: TaskLog) -> None:  # PVE checks the name in the worker, not before
         with api.store.lock(vmid):
             cur = api.store.load(vmid)
             snap = cur.snapshots.get(name)

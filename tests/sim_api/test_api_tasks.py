@@ -182,7 +182,8 @@ def test_snapshots(sim: Sim) -> None:
     base = f"{sim.base}/nodes/pve/lxc/120/snapshot"
     status = sim.wait_task(s, s.post(base, data={"snapname": "before", "description": "clean"}).json()["data"])
     assert (status["type"], status["exitstatus"]) == ("vzsnapshot", "OK")
-    assert s.post(base, data={"snapname": "before"}).json()["message"] == "snapshot name 'before' already used\n"
+    again = sim.wait_task(s, s.post(base, data={"snapname": "before"}).json()["data"])
+    assert again["exitstatus"] == "snapshot name 'before' already used"
     s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"cores": 4})
     snaps = s.get(base).json()["data"]
     assert [x["name"] for x in snaps] == ["before", "current"]
@@ -196,8 +197,21 @@ def test_snapshots(sim: Sim) -> None:
     assert status["exitstatus"] == "OK"
     assert [x["name"] for x in s.get(base).json()["data"]] == ["current"]
     assert "parent" not in s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
-    r = s.delete(f"{base}/nope")
+    assert sim.wait_task(s, s.delete(f"{base}/nope").json()["data"])["exitstatus"] == \
+        "snapshot 'nope' does not exist"
+    r = s.post(f"{base}/nope/rollback")
     assert r.json()["message"] == "snapshot 'nope' does not exist\n"
+    r = s.post(base, data={"snapname": "current"})
+    assert r.json()["message"] == "unable to use snapshot name 'current' (reserved name)\n"
+
+
+def test_snapshot_needs_the_storage_feature(sim: Sim) -> None:
+    """A bind mount (host path) cannot be snapshotted: PVE fails the task."""
+    s = sim.ticket()
+    create(sim, s, mp0="/srv,mp=/srv")
+    status = sim.wait_task(s, s.post(f"{sim.base}/nodes/pve/lxc/120/snapshot",
+                                     data={"snapname": "snap1"}).json()["data"])
+    assert status["exitstatus"] == "snapshot feature is not available"
 
 
 def test_consuming_a_fault_keeps_sim_json_private(sim: Sim) -> None:
