@@ -199,6 +199,8 @@ class Container(Section):
     snapshot: bool = True
     #: how many `provision-*` snapshots to keep (older ones are deleted; others never are)
     snapshots_keep: Annotated[int, Field(ge=1, le=100)] = 3
+    #: seconds apt/dpkg in the CT wait for a lock held by another process (unattended-upgrades)
+    apt_lock_timeout: Annotated[int, Field(ge=0, le=86400)] = 300
 
     @field_validator("nameserver")
     @classmethod

@@ -1,0 +1,103 @@
+"""The apt/dpkg prelude in real bash against real fcntl locks held by real processes.
+
+Lock files are temp files here (PROVISION_APT_LOCKS), so the machine's own dpkg is
+never blocked; the same prelude against the container's dpkg is in test_apt_sim.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.operations.apt import LOCK_TIMEOUT_EXIT, prelude
+
+# A process named like the usual culprit takes a POSIX (or OFD) write lock and sleeps.
+HOLDER = r"""
+use Fcntl;
+$0 = "unattended-upgr";
+open(my $fh, ">>", $ARGV[0]) or die "open: $!";
+my $lk = pack("s s x4 q q i x4", F_WRLCK, 0, 0, 0, 0);
+my $cmd = $ARGV[2] eq "ofd" ? 37 : F_SETLKW;   # 37 = F_OFD_SETLKW on Linux
+fcntl($fh, $cmd, $lk) or die "lock: $!";
+$| = 1; print "locked\n";
+sleep($ARGV[1]);
+"""
+
+
+def hold(path: Path, seconds: float, kind: str = "posix") -> subprocess.Popen:
+    proc = subprocess.Popen(["perl", "-e", HOLDER, str(path), str(seconds), kind], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"locked\n"
+    return proc
+
+
+def bash(script: str, locks: list[Path], timeout: int, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PROVISION_APT_LOCKS": " ".join(map(str, locks)), **(extra_env or {})}
+    return subprocess.run(["bash", "-c", prelude(timeout) + script], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> list[Path]:
+    files = [tmp_path / "lock-frontend", tmp_path / "lock", tmp_path / "lists-lock"]
+    for f in files:
+        f.touch()
+    return files
+
+
+def test_free_locks_pass_at_once(locks):
+    t0 = time.monotonic()
+    r = bash("_provision_wait_locks && echo ok", locks, 5)
+    assert r.returncode == 0 and r.stdout.strip() == "ok" and "waiting" not in r.stdout + r.stderr
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("kind", ["posix", "ofd"])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_waits_for_a_holder_and_names_it(locks, which, kind):
+    proc = hold(locks[which], 3, kind)
+    try:
+        t0 = time.monotonic()
+        r = bash("_provision_wait_locks && echo ok", locks, 30)
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.returncode == 0, r.stderr
+    assert f"provision: waiting for the dpkg lock held by PID {proc.pid} (unattended-upgr) on {locks[which]}" \
+        in r.stdout
+    assert r.stdout.count("waiting for the dpkg lock") == 1  # said once, not every second
+    assert r.stdout.strip().endswith("ok") and 1.5 < waited < 15
+
+
+def test_gives_up_after_the_timeout_naming_the_holder(locks):
+    proc = hold(locks[0], 60)
+    try:
+        t0 = time.monotonic()
+        r = bash("apt_get install -y hello; echo \"exit=$?\"", locks, 2)
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"exit={LOCK_TIMEOUT_EXIT}" in r.stdout
+    assert f"still held by PID {proc.pid} (unattended-upgr) on {locks[0]} after 2s; giving up" in r.stderr
+    assert "fix:" in r.stderr and 1.5 < waited < 10
+
+
+def test_timeout_comes_from_the_config(locks):
+    from provisioner.config import load_text
+    from provisioner.operations.apt import prelude_for
+
+    text = ("proxmox:\n  endpoint: https://pve:8006\n  node: pve\n"
+            "  auth: {token_id: 'root@pam!p', token_secret: {env: T}}\ncontainer:\n  apt_lock_timeout: 17\n")
+    assert 'PROVISION_APT_LOCK_TIMEOUT="${PROVISION_APT_LOCK_TIMEOUT:-17}"' in prelude_for(load_text(text, "h.yaml").config)
+
+
+def test_prelude_is_valid_bash_and_defines_the_functions():
+    r = subprocess.run(["bash", "-n", "-c", prelude()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", "-c", prelude() + "type -t apt_get dpkg_recover"], capture_output=True, text=True)
+    assert r.stdout.split() == ["function", "function"]
