@@ -194,10 +194,10 @@ def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct:
     quoted = " ".join(shlex.quote(n) for n in names)
     held = " ".join(shlex.quote(n) for n, p in (ct.packages if ct else {}).items() if p.held)
     actx.status(f"installing NVIDIA driver userspace {version}")
-    if held:
-        _run(actx, f"apt-mark unhold {held} >/dev/null", "releasing holds")
+    # simulate first, holds still in place: a refused plan leaves the container as it was
     sim = _run(actx, f"apt-get update -q >/dev/null\n"
-                     f"apt-get -s --no-install-recommends --allow-downgrades install {quoted}",
+                     f"apt-get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
+                     f"install {quoted}",
                "simulating the driver install",
                fix=f"check that the repository has version {version} of {', '.join(packages)}")
     bad = forbidden_packages(sim)
@@ -207,6 +207,8 @@ def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct:
             "modules belong on the host only", vmid=actx.vmid, step=STEP,
             fix="keep driver.packages to userspace packages (nvidia-driver-cuda, libcuda1, libnvidia-ml1); "
                 "never nvidia-open, cuda-drivers* or *-dkms")
+    if held:
+        _run(actx, f"apt-mark unhold {held} >/dev/null", "releasing holds")
     _run(actx, f"{APT} --no-install-recommends --allow-downgrades install {quoted}",
          f"installing NVIDIA driver userspace {version}")
     _run(actx, f"""

@@ -1,0 +1,179 @@
+"""The GPU stack against the simulated node: the real CLI, SSH, LXC, apt and a real llama.cpp build.
+
+One container (CT 181) is shared by the whole module and the steps are run in
+the order `up` runs them; the CPU build of llama-server happens once, here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH
+from provisioner.sim.hostfile import write_host_file
+from provisioner.sim.nvidia import NvidiaHost
+
+pytestmark = pytest.mark.sim
+
+VMID = 181
+STEPS = "gpu,container,driver,cuda,llama"
+SDIST = Path("/var/cache/provision-sim/sdist/llama_cpp_python-0.3.36.tar.gz")
+SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"
+MEASURED = Path("/tmp/provision-gpu-sim-build.json")
+
+
+def provision(*args: str, only: str = STEPS, check: bool = True, timeout: float = 1800
+              ) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "provisioner.cli.main", *args]
+    if any(a in ("up", "plan") for a in args[:3]):
+        cmd += ["--only", only]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}\n"
+                             f"{proc.stdout[-2000:]}")
+    return proc
+
+
+def report(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def applied(rep: dict) -> list[tuple[str, str]]:
+    return [(c["step"], c["action"]) for c in rep["applied"]]
+
+
+def ct(sim_node, script: str) -> tuple[int, str]:
+    code, out, err = sim_node.run(f"pct exec {VMID} -- bash -s", stdin=script.encode())
+    return code, out + err
+
+
+@pytest.fixture(scope="module")
+def host_file(sim_node, tmp_path_factory) -> Iterator[Path]:
+    if not SDIST.exists():
+        pytest.fail(f"missing {SDIST}: pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 "
+                    f"-d {SDIST.parent}")
+    path = write_host_file(tmp_path_factory.mktemp("gpu") / "host.yaml", sim_node.conn, vmid=VMID, gpu=True,
+                           extra={"llama_cpp": {"backend": "cpu", "keep_builds": 2,
+                                                "source": {"tarball": str(SDIST), "subdir": SUBDIR}}})
+    try:
+        yield path
+    finally:
+        provision("down", str(path), "--yes", check=False)
+        # the sim host shares this machine's /etc: remove what the boot step wrote there
+        for p in (BOOT_WANTS_LINK, BOOT_UNIT_PATH, MODULES_CONF_PATH):
+            Path(p).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def passthrough(host_file: Path) -> dict:
+    """First `up` of the host and container part: boot unit, CT with devN, started."""
+    return report(provision("--json", "up", str(host_file), "--yes", only="gpu,container"))
+
+
+def test_passthrough_entries_appear_and_converge(sim_node, host_file: Path, passthrough: dict) -> None:
+    assert ("container", "create") in applied(passthrough)
+    code, conf, _ = sim_node.run(f"cat /etc/pve/lxc/{VMID}.conf")
+    devs = sorted(ln for ln in conf.splitlines() if ln.startswith("dev"))
+    assert devs == ["dev0: /dev/nvidia0,gid=0,uid=0", "dev1: /dev/nvidiactl,gid=0,uid=0",
+                    "dev2: /dev/nvidia-uvm,gid=0,uid=0", "dev3: /dev/nvidia-uvm-tools,gid=0,uid=0"] or \
+        devs == ["dev0: /dev/nvidia0,uid=0,gid=0", "dev1: /dev/nvidiactl,uid=0,gid=0",
+                 "dev2: /dev/nvidia-uvm,uid=0,gid=0", "dev3: /dev/nvidia-uvm-tools,uid=0,gid=0"]
+    code, out = ct(sim_node, "for n in /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools; do "
+                             "[ -c $n ] || echo missing $n; done")
+    assert (code, out) == (0, "")
+    again = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container"))
+    assert again["applied"] == []
+
+
+def test_boot_unit_written_and_enabled_by_symlink(passthrough: dict) -> None:
+    assert ("gpu.host", "write") in applied(passthrough)
+    unit = Path(BOOT_UNIT_PATH).read_text()
+    assert "Before=pve-guests.service" in unit and " -u -c=0" in unit
+    assert Path(BOOT_WANTS_LINK).is_symlink() and Path(BOOT_WANTS_LINK).resolve() == Path(BOOT_UNIT_PATH)
+    assert Path(MODULES_CONF_PATH).read_text().strip().endswith("nvidia_uvm")
+
+
+def test_missing_uvm_nodes_are_created(sim_node, host_file: Path, passthrough: dict) -> None:
+    NvidiaHost(sim_node.sim_root).drop_uvm()
+    assert not Path("/dev/nvidia-uvm").exists()
+    rep = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container"))
+    assert applied(rep) == [("gpu.host", "create")]
+    assert Path("/dev/nvidia-uvm").exists() and Path("/dev/nvidia-uvm-tools").exists()
+
+
+def _versions(sim_node) -> dict[str, str]:
+    code, out = ct(sim_node, "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' "
+                             "nvidia-driver-cuda libcuda1 libnvidia-ml1")
+    assert code == 0, out
+    return {ln.split()[0]: " ".join(ln.split()[1:]) for ln in out.splitlines()}
+
+
+def test_driver_userspace_pinned_to_host_version(sim_node, host_file: Path, passthrough: dict) -> None:
+    rep = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container,driver"))
+    assert applied(rep) == [("driver", "write"), ("driver", "write"), ("driver", "install")]
+    assert _versions(sim_node) == {p: "580.95.05-1 hi" for p in ("nvidia-driver-cuda", "libcuda1", "libnvidia-ml1")}
+    code, out = ct(sim_node, "ls /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.* /usr/lib/x86_64-linux-gnu/libcuda.so.*; "
+                             "nvidia-smi -L; cat /etc/apt/preferences.d/provision-nvidia; "
+                             "dpkg -l | awk '$2 ~ /dkms/'")
+    assert code == 0, out
+    assert "libnvidia-ml.so.580.95.05" in out and "libcuda.so.580.95.05" in out
+    assert "Pin: version 580.95.05-1*" in out and "dkms" not in out.split("Pin-Priority")[1]
+    again = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container,driver"))
+    assert again["applied"] == [] and again["ssh_round_trips"] <= 3
+
+
+def test_dkms_package_is_refused(sim_node, host_file: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(host_file.read_text())
+    data["driver"] = {**data["driver"], "packages": ["nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-open"]}
+    bad = tmp_path / "dkms.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    proc = provision("up", str(bad), "--yes", only="gpu,container,driver", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "would install" in proc.stderr and "nvidia-kernel-open-dkms" in proc.stderr
+    assert "never nvidia-open, cuda-drivers* or *-dkms" in proc.stderr
+    code, out = ct(sim_node, "dpkg-query -W -f='${db:Status-Abbrev}' nvidia-kernel-open-dkms dkms 2>/dev/null; true")
+    assert "ii" not in out
+    # simulated before any hold was released: the container is exactly as it was
+    assert _versions(sim_node) == {p: "580.95.05-1 hi" for p in ("nvidia-driver-cuda", "libcuda1", "libnvidia-ml1")}
+    assert report(provision("--json", "up", str(host_file), "--yes", only="gpu,container,driver"))["applied"] == []
+
+
+@pytest.mark.parametrize("version", ["580.105.08", "580.95.05"])  # upgrade, then back down
+def test_host_driver_change_moves_the_container(sim_node, host_file: Path, version: str) -> None:
+    NvidiaHost(sim_node.sim_root).set_driver(version)
+    rep = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container,driver"))
+    assert ("driver", "install") in applied(rep)
+    assert _versions(sim_node) == {p: f"{version}-1 hi" for p in ("nvidia-driver-cuda", "libcuda1", "libnvidia-ml1")}
+    code, out = ct(sim_node, f"ls /usr/lib/x86_64-linux-gnu/libcuda.so.{version} && nvidia-smi -L")
+    assert code == 0, out
+    assert report(provision("--json", "up", str(host_file), "--yes", only="gpu,container,driver"))["applied"] == []
+
+
+def test_cpu_build_of_llama_server_then_skipped(sim_node, host_file: Path, passthrough: dict) -> None:
+    t0 = time.monotonic()
+    rep = report(provision("--json", "up", str(host_file), "--yes", timeout=3600))
+    build_s = time.monotonic() - t0
+    assert ("llama", "build") in applied(rep)
+    code, out = ct(sim_node, "/opt/provision/llama.cpp/current/bin/llama-server --version; "
+                             "cat /opt/provision/llama.cpp/current/BUILD-STAMP.json; "
+                             "readlink /opt/provision/llama.cpp/current")
+    assert code == 0, out
+    assert "version:" in out
+    stamp = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    assert stamp["backend"] == "cpu" and stamp["architectures"] == []
+    assert out.strip().splitlines()[-1] == f"builds/{stamp['hash']}"
+    t1 = time.monotonic()
+    again = report(provision("--json", "up", str(host_file), "--yes"))
+    assert again["applied"] == []
+    assert any("is current: no rebuild" in n for n in again["notes"])
+    MEASURED.write_text(json.dumps({"build_seconds": round(build_s, 1),
+                                    "llama_step_seconds": rep["timings"].get("llama"),
+                                    "second_run_seconds": round(time.monotonic() - t1, 1),
+                                    "second_run_applied": again["applied"]}))
