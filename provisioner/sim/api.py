@@ -144,6 +144,12 @@ class SimApi:
             await asyncio.sleep(delay_ms / 1000)
         method = request.method.upper()
         path = "/" + request.match_info["tail"].rstrip("/") if request.match_info["tail"] else "/"
+        principal = None
+        if (path, method) not in NO_AUTH:  # like pve-http-server: authenticate before routing
+            try:
+                principal = self.auth.authenticate(method, dict(request.headers), dict(request.cookies))
+            except AuthFailure as exc:
+                return web.Response(status=401, reason=_reason(str(exc)))
         try:
             template, path_params = pveschema.match_path(self.version, path)
             schema, _ = pveschema.method_schema(self.version, method, path)
@@ -152,12 +158,6 @@ class SimApi:
                 raise pveschema.UnknownEndpoint(path)
         except pveschema.UnknownEndpoint:
             return error_response(501, f"Method '{method} {path}' not implemented")
-        principal = None
-        if (template, method) not in NO_AUTH:
-            try:
-                principal = self.auth.authenticate(method, dict(request.headers), dict(request.cookies))
-            except AuthFailure as exc:
-                return web.Response(status=401, reason=_reason(str(exc)))
         try:
             params = await self._params(request)
         except ValueError:

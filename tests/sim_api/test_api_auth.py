@@ -106,3 +106,8 @@ def test_ticket_renewal_with_the_ticket_as_password(sim: Sim) -> None:
     assert again.status_code == 200 and again.json()["data"]["ticket"].startswith("PVE:root@pam:")
     other = s.post(f"{sim.base}/access/ticket", data={"username": "admin@pve", "password": ticket})
     assert other.status_code == 401
+
+
+def test_authentication_comes_before_routing(sim: Sim) -> None:
+    r = sim.session().get(f"{sim.base}/nodes/pve/qemu")
+    assert (r.status_code, r.reason) == (401, "No ticket")
