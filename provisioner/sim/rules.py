@@ -280,14 +280,14 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
 def apply_pending(store: ConfStore, vmid: int, version: str) -> dict[str, str]:
     """Fold ``[pve:pending]`` into the config before a start (PVE's vm_start does this).
 
-    Returns the config values the container starts with.
+    Returns the config values the container starts with (raw ``lxc.*`` lines under ``lxc``).
     """
     with store.lock(vmid):
         pve = store.load(vmid)
         if pve.pending.values:
             apply_pending_stopped(pve, version, vmid=vmid)
             store.save(vmid, pve)
-        return dict(pve.values)
+        return pve.main.as_dict()
 
 
 def pending_view(pve: PveConf) -> list[dict[str, object]]:

@@ -85,3 +85,12 @@ def test_protection_guards_mount_points(tmp_path: Path) -> None:
     store = store_with(tmp_path, {**BASE, "protection": "1", "mp0": "/srv,mp=/srv"})
     with pytest.raises(RuleError, match="can't remove CT 120 drive 'mp0' - protection mode enabled"):
         update_config(store, 120, Update({}, delete=["mp0"]), user=ROOT, running=False, version="9.1")
+
+
+def test_start_config_carries_raw_lxc_lines(tmp_path: Path) -> None:
+    """Raw lxc.* keys (only settable by editing the file) reach the backend at start."""
+    store = store_with(tmp_path, BASE)
+    path = store.path(120)
+    path.write_text(path.read_text() + "lxc.cgroup2.devices.allow: c 195:* rwm\n")
+    values = apply_pending(store, 120, "9.1")
+    assert values["lxc"] == "lxc.cgroup2.devices.allow: c 195:* rwm"
