@@ -8,6 +8,10 @@ the next start, which folds it in with ``apply_pending``). Messages are PVE's.
 
 Per version: PVE 9 (pve-container 6) hot-plugs a *new* ``devN`` into a running
 CT; PVE 8 (pve-container 5) keeps it pending.
+
+Values are stored as PVE stores them: tags normalised, ``netN`` re-printed with
+``type=veth`` and a generated ``hwaddr``, ``STORAGE:SIZE`` volumes allocated as
+``STORAGE:vm-<vmid>-disk-<n>,size=<SIZE>G``; other values verbatim.
 """
 
 from __future__ import annotations
