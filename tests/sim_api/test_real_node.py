@@ -93,8 +93,6 @@ def test_create_passthrough_start_destroy(sim_node) -> None:  # type: ignore[no-
         _destroy(n, tok, vmid)
 
 
-@pytest.mark.xfail(strict=True, reason="LxcBackend.hotplug: `lxc-device add` fails from the API "
-                   "process on the simulated host (reported to the backend owner)")
 def test_new_device_hotplugs_into_running_ct_on_pve9(sim_node) -> None:  # type: ignore[no-untyped-def]
     n = sim_node
     base, node = n.api_url, n.node
