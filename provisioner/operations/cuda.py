@@ -16,6 +16,7 @@ from ..engine.plan import Change
 from ..errors import ConfigError, RemoteError
 from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import CUDA_CT, CudaPackages
+from . import apt
 from .passthrough import selected_gpus
 
 STEP = "cuda"
@@ -78,10 +79,10 @@ class CudaStep:
 
 def install_toolkit(actx: ApplyContext, toolkit: str, packages: list[str]) -> None:
     actx.status(f"installing CUDA toolkit {toolkit}")
-    script = ("set -e\nexport DEBIAN_FRONTEND=noninteractive\napt-get update -q\n"
-              f"apt-get -y --no-install-recommends install {' '.join(shlex.quote(p) for p in packages)}\n"
+    script = (apt.prelude_for(actx.cfg) + "set -e\nexport DEBIAN_FRONTEND=noninteractive\napt_get update -q\n"
+              f"apt_get -y --no-install-recommends install {' '.join(shlex.quote(p) for p in packages)}\n"
               f"/usr/local/cuda-{toolkit}/bin/nvcc --version | grep -q 'release {toolkit}'\n")
-    result = actx.ct().run(script, on_line=actx.log)
+    result = actx.ct().run(script, on_line=apt.on_line(actx))
     if not result.ok:
         raise RemoteError(f"installing CUDA toolkit {toolkit} failed", command="apt-get install",
                           exit_code=result.exit_code, output=result.stderr or result.stdout,

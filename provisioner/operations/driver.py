@@ -28,6 +28,7 @@ from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import (DRIVER_CT, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
                                DriverUserspace)
 from ..templating import render
+from . import apt
 from .passthrough import selected_gpus
 
 STEP = "driver"
@@ -38,7 +39,7 @@ PIN_GLOBS = ["nvidia-*", "libnvidia-*", "libcuda1", "libnvcuvid1", "libnvoptix1"
 #: packages that must never land in a container: kernel modules and what pulls them in
 FORBIDDEN = re.compile(r"^(dkms|.+-dkms|nvidia-open|nvidia-kernel-.+|cuda-drivers(-\d+)?|"
                        r"linux-(image|headers)-.+|proxmox-(kernel|headers)-.+|.+-kmod(-.+)?)$")
-APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Options::=--force-confold"
+APT = "apt_get -y"  # the apt prelude: waits for dpkg locks, recovers dpkg, non-interactive, confold
 
 
 def _sha(text: str) -> str:
@@ -146,7 +147,7 @@ class DriverStep:
 # -- applying ----------------------------------------------------------------------------------------
 
 def _run(actx: ApplyContext, script: str, what: str, *, fix: str | None = None) -> str:
-    result = actx.ct().run("set -e\n" + script, on_line=actx.log)
+    result = actx.ct().run(apt.prelude_for(actx.cfg) + "set -e\n" + script, on_line=apt.on_line(actx))
     if not result.ok:
         raise RemoteError(f"{what} failed (exit {result.exit_code})", command=what, exit_code=result.exit_code,
                           output=result.stderr or result.stdout, vmid=actx.vmid, step=STEP, fix=fix)
@@ -160,6 +161,7 @@ def add_repository(actx: ApplyContext, distro: str, source: str, source_path: st
 if [ ! -s {KEYRING_PATH} ]; then
   tmp=$(mktemp -d)
   /usr/lib/apt/apt-helper download-file {shlex.quote(url)} "$tmp/{KEYRING_DEB}"
+  dpkg_recover
   dpkg -i "$tmp/{KEYRING_DEB}"
   rm -rf "$tmp"
 fi
@@ -178,7 +180,7 @@ def install_pin(actx: ApplyContext, pin: str, pinning: str, stale: list[str]) ->
     remove = " ".join(shlex.quote(p + "-") for p in stale)
     _run(actx, f"""
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
+apt_get update -q
 if apt-cache show {shlex.quote(pinning)} >/dev/null 2>&1; then
   {APT} install {shlex.quote(pinning)} {remove}
 elif [ -n "{remove}" ]; then
@@ -195,8 +197,8 @@ def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct:
     held = " ".join(shlex.quote(n) for n, p in (ct.packages if ct else {}).items() if p.held)
     actx.status(f"installing NVIDIA driver userspace {version}")
     # simulate first, holds still in place: a refused plan leaves the container as it was
-    sim = _run(actx, f"apt-get update -q >/dev/null\n"
-                     f"apt-get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
+    sim = _run(actx, f"apt_get update -q >/dev/null\n"
+                     f"apt_get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
                      f"install {quoted}",
                "simulating the driver install",
                fix=f"check that the repository has version {version} of {', '.join(packages)}")

@@ -20,6 +20,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ..templating import render
+from .apt import prelude as apt_prelude
 
 ROOT = "/opt/provision/llama.cpp"
 BUILDS = f"{ROOT}/builds"
@@ -134,4 +135,5 @@ def build_script(spec: BuildSpec, *, keep_builds: int) -> str:
         git_url=spec.source.get("git") or "", git_ref=spec.source.get("ref") or "",
         configure=configure_command(spec, src, build), build_cmd=build_command(build),
         builds=BUILDS, root=ROOT, hash=spec.hash, stamp=json.dumps(spec.stamp(), sort_keys=True),
-        stamp_name=STAMP_NAME, keep=keep_builds, cuda=spec.backend == "cuda", q=shlex.quote)
+        stamp_name=STAMP_NAME, keep=keep_builds, cuda=spec.backend == "cuda", q=shlex.quote,
+        apt_prelude=apt_prelude())

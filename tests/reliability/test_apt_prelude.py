@@ -101,3 +101,30 @@ def test_prelude_is_valid_bash_and_defines_the_functions():
     assert r.returncode == 0, r.stderr
     r = subprocess.run(["bash", "-c", prelude() + "type -t apt_get dpkg_recover"], capture_output=True, text=True)
     assert r.stdout.split() == ["function", "function"]
+
+
+def test_prelude_runs_under_strict_bash(locks):
+    """Callers run it under `set -euo pipefail`; dpkg_recover on a clean dpkg is a no-op."""
+    r = bash("set -euo pipefail\ndpkg_recover\n_provision_wait_locks\necho done", locks, 5)
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+
+
+def test_every_apt_call_in_the_container_scripts_goes_through_the_prelude():
+    """The driver, CUDA and llama.cpp build scripts call apt_get, never apt-get directly."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "gpu"))
+    from provisioner.operations import cuda, driver
+    from provisioner.operations.llama_build import BuildSpec, build_script
+
+    from test_llama_configure import TAR  # the GPU engineer's sample source
+
+    script = build_script(BuildSpec(backend="cpu", source=TAR), keep_builds=2)
+    assert "apt_get() {" in script and re.search(r"^\s*apt_get install", script, re.M)
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+    for mod in (driver, cuda):
+        src = "\n".join(ln for ln in Path(mod.__file__).read_text().splitlines() if "``" not in ln)
+        assert not re.search(r"(?<![-\w\"])apt-get (update|install|-y|-s)", src), mod.__name__
+        assert "apt.prelude_for(actx.cfg)" in src
+    assert not re.search(r"^\s*apt-get ", script, re.M)
