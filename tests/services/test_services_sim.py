@@ -1,9 +1,10 @@
 """Model, services, verify and clients on the simulated node: real LXC, real systemd, real llama-server.
 
 One container (CT 181) is brought up once for the module with the real CLI: the
-llama.cpp CPU build (the GPU step's own build, from the tarball in the sim assets),
-the SmolLM2 GGUF pushed from this machine into the host's models dir and
-bind-mounted read-only, llama-server and the gateway as hardened systemd units.
+SmolLM2 GGUF pushed from this machine into the host's models dir and bind-mounted
+read-only, llama-server and the gateway as hardened systemd units. The llama.cpp
+build is the llama step's business (tested there); here a static CPU llama-server
+built once on this machine is laid out in the CT the way that step lays it out.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ import yaml
 from provisioner.sim import assets
 from provisioner.sim.hostfile import host_data
 
+from .llama_bin import install_script, llama_server
+
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3000)]
 VMID = 181
+#: every step but the GPU stack's (no GPU here; the llama build is replaced, see the docstring)
+ONLY = ("--only", "container,resolv,model,services,verify")
 
 
-def provision(*args: str, check: bool = True, timeout: int = 2400) -> subprocess.CompletedProcess[str]:
+def provision(*args: str, check: bool = True, timeout: int = 2400,
+              only: tuple[str, str] = ONLY) -> subprocess.CompletedProcess[str]:
+    if "up" in args:
+        args = (*args, *only)
     proc = subprocess.run([sys.executable, "-c", "from provisioner.cli.main import run; run()", *args],
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -63,8 +71,16 @@ def host(sim_node, tmp_path_factory) -> dict:
         "clients": {"pi": True, "claude_code_router": True, "output_dir": str(tmp / "clients")},
     })
     path = write(tmp / "host.yaml", data)
-    first = report(provision("--json", "up", str(path), "--yes"))
+    binary = llama_server()
+    # the container (with its models bind mount) first, then llama-server where the llama step puts it
+    first = report(provision("--json", "up", str(path), "--yes", only=("--only", "container,model")))
     steps = [(s, a) for s, a, _ in applied(first)]
+    assert ("container", "create") in steps, steps
+    code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {json.dumps(install_script('test1'))}",
+                                  stdin=binary.read_bytes())
+    assert code == 0, err
+    first = report(provision("--json", "up", str(path), "--yes"))
+    steps += [(s, a) for s, a, _ in applied(first)]
     for expected in [("model.host_dir", "create"), ("model", "push"), ("services", "install"),
                      ("services", "start"), ("verify", "verify")]:
         assert expected in steps, steps
