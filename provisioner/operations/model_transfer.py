@@ -25,6 +25,7 @@ from ..config.schema import ModelFile
 from ..connectors.ssh import SSH
 from ..errors import RemoteError, SSHError
 from ..facts.services import SIDECAR_SUFFIX
+from .apt import prelude as apt_prelude
 from .scripts import Runner, render
 
 CHUNK = 1 << 20
@@ -58,7 +59,8 @@ def fetch_script(spec: ModelFile, dest: str, *, token: str | None, install_curl:
         raise RemoteError("the Hugging Face token contains a line break")
     return render("model/fetch.sh.j2", dest=dest, url=hub_url(spec, endpoint), token=token,
                   sha256=spec.sha256, source_json=json.dumps(hub_source(spec), sort_keys=True),
-                  install_curl=install_curl, margin=MARGIN, sidecar_suffix=SIDECAR_SUFFIX)
+                  install_curl=install_curl, margin=MARGIN, sidecar_suffix=SIDECAR_SUFFIX,
+                  apt_prelude=apt_prelude() if install_curl else "")
 
 
 class Progress:

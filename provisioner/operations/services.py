@@ -24,6 +24,7 @@ from ..facts.services import (CONF_DIR, GATEWAY_INSTALLED, GATEWAY_KEY, GATEWAY_
                               ServiceFacts, UnitState, inputs_snippet, recorded_path, service_inputs,
                               services_facts)
 from ..redact import register
+from .apt import prelude as apt_prelude
 from .scripts import render
 from .units import desired_units
 from .wheel import build_wheel, source_sha
@@ -140,7 +141,7 @@ class ServicesStep:
             installed = dict(want, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel=wheel.name)
             script = render("scripts/gateway-install.sh.j2", root=GATEWAY_ROOT, venv=GATEWAY_VENV, wheel=remote,
                             wheel_name=wheel.name, installed=GATEWAY_INSTALLED,
-                            installed_json=json.dumps(installed, sort_keys=True))
+                            installed_json=json.dumps(installed, sort_keys=True), apt_prelude=apt_prelude())
             ct.run(script, timeout=1800, on_line=lambda ln: ln.startswith("status ") and actx.status(ln[7:])) \
                 .check("installing the gateway", vmid=actx.vmid, step=STEP)
         return apply

@@ -128,3 +128,20 @@ def test_every_apt_call_in_the_container_scripts_goes_through_the_prelude():
         assert not re.search(r"(?<![-\w\"])apt-get (update|install|-y|-s)", src), mod.__name__
         assert "apt.prelude_for(actx.cfg)" in src
     assert not re.search(r"^\s*apt-get ", script, re.M)
+
+
+def test_services_and_model_scripts_use_the_prelude():
+    import re
+
+    from provisioner.config.schema import ModelFile
+    from provisioner.operations.model_transfer import fetch_script
+    from provisioner.operations.scripts import render
+
+    fetch = fetch_script(ModelFile(repo="a/b", file="m.gguf"), "/srv/models/m.gguf", token=None, install_curl=True)
+    gw = render("scripts/gateway-install.sh.j2", root="/opt/g", venv="/opt/g/venv", wheel="/opt/g/w.whl",
+                wheel_name="w.whl", installed="/opt/g/installed.json", installed_json="{}",
+                apt_prelude=prelude())
+    for script in (fetch, gw):
+        assert "apt_get() {" in script and "dpkg_recover\n" in script.replace("  dpkg_recover  #", "dpkg_recover\n")
+        assert not re.search(r"^\s*(DEBIAN_FRONTEND=\S+ )?apt-get ", script, re.M)
+        assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
