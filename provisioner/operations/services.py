@@ -136,6 +136,9 @@ class ServicesStep:
             wheel = build_wheel()
             ct = actx.ct()
             remote = f"{GATEWAY_ROOT}/wheels/{wheel.name}"
+            # put() creates missing parents 0700; the gateway's user must traverse these
+            ct.run(f"install -d -m 0755 /opt/provision {GATEWAY_ROOT} {GATEWAY_ROOT}/wheels").check(
+                f"creating {GATEWAY_ROOT}", vmid=actx.vmid, step=STEP)
             actx.status(f"pushing {wheel.name}")
             ct.put(wheel.read_bytes(), remote, mode="0644")
             installed = dict(want, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel=wheel.name)

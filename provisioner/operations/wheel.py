@@ -1,9 +1,11 @@
 """This project as a wheel, for the gateway's virtualenv in the container.
 
 The gateway runs the same code as the CLI that deploys it. Its identity is the
-package version plus a hash of the source tree (``source_sha``), computed
-locally and cheaply at plan time; the wheel itself is built (``pip wheel``) only
-when the container's copy differs, and cached by that hash.
+package version plus a hash of the code the gateway runs from (``source_sha``:
+``provisioner/gateway/``, the modules it imports, ``pyproject.toml``), computed
+locally and cheaply at plan time, so an edit elsewhere in the package does not
+restart the gateway. The wheel is built (``pip wheel``) only when the container's
+copy differs, and cached by that hash.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ..errors import ProvisionError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "provision" / "wheels"
+#: what ``provision-gateway`` runs from (it imports nothing else of the package)
+GATEWAY_CODE = ("gateway", "__init__.py", "errors.py", "redact.py")
 
 
 def project_root() -> Path | None:
@@ -29,12 +33,12 @@ def project_root() -> Path | None:
 
 @lru_cache(maxsize=1)
 def source_sha() -> str:
-    """sha256 over the package's files (and templates/pyproject in a checkout), path-sorted."""
+    """sha256 over the gateway's code (and pyproject.toml in a checkout), path-sorted."""
     digest = hashlib.sha256(__version__.encode())
-    roots = [PACKAGE_DIR]
+    roots = [PACKAGE_DIR / name for name in GATEWAY_CODE]
     root = project_root()
     if root is not None:
-        roots += [root / "templates", root / "pyproject.toml"]
+        roots.append(root / "pyproject.toml")
     files: list[Path] = []
     for r in roots:
         if r.is_file():
