@@ -204,6 +204,7 @@ async def measure(upstream_url: str, gateway_url: str, gateway_pid: int, quick: 
                     row[target.name] = await throughput(session, target, concurrency, seconds, pace)
                 row["ratio"] = row["gateway"] / row["direct"]
                 result["throughput_events_per_s"][f"{label}_c{concurrency}"] = row
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         result["memory_kib_per_open_stream"] = await memory_per_stream(session, gateway, gateway_pid,
                                                                        50 if quick else 200)
     return result

@@ -68,3 +68,22 @@ def test_native_non_streaming(make_gw):
                                           messages=[{"role": "user", "content": "t"}])
     assert (message.model, message.content[0].text) == ("claude-x", "yo")
     assert "thinking" not in gw.last_request("/v1/messages")
+
+
+def test_native_relay_handles_split_frames_llama_pings_and_errors(make_gw):
+    gw = make_gw(mode="native")
+    whole = b"".join(step[1] for step in NATIVE_STREAM[:3])
+    # frames cut at odd places, llama-server's own ":" keep-alive comments, CRLF line ends
+    cut = whole.index(b"\n\n") + 2  # llama-server pings between frames
+    gw.script([("raw", whole[:17]), ("sleep", 0.02), ("raw", whole[17:cut]), ("raw", b":\n\n"),
+               ("raw", whole[cut:cut + 9]), ("raw", whole[cut + 9:].replace(b"\n", b"\r\n")),
+               ("raw", b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"x"}}\n\n')])
+    import requests
+    from gw_harness import API_KEY
+    body = {"model": "claude-x", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "t"}]}
+    with requests.post(gw.url + "/v1/messages", json=body, headers={"x-api-key": API_KEY}, stream=True) as r:
+        text = r.content.decode()
+    frames = [f for f in text.split("\n\n") if f]
+    assert [f.split("\n")[0] for f in frames] == ["event: message_start", "event: content_block_start",
+                                                   "event: content_block_delta", "event: error"]
+    assert '"model":"claude-x"' in frames[0]
