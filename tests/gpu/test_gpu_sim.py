@@ -92,8 +92,12 @@ def test_passthrough_entries_appear_and_converge(sim_node, host_file: Path, pass
     assert again["applied"] == []
 
 
-def test_boot_unit_written_and_enabled_by_symlink(passthrough: dict) -> None:
-    assert ("gpu.host", "write") in applied(passthrough)
+def test_boot_unit_written_and_enabled_by_symlink(host_file: Path, passthrough: dict) -> None:
+    # the sim host is this machine (no systemd as PID 1): the unit is enabled by its WantedBy symlink.
+    # Other sim nodes on this machine share /etc, so start from a known state: unit not enabled.
+    Path(BOOT_WANTS_LINK).unlink(missing_ok=True)
+    rep = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container"))
+    assert applied(rep) == [("gpu.host", "write")]
     unit = Path(BOOT_UNIT_PATH).read_text()
     assert "Before=pve-guests.service" in unit and " -u -c=0" in unit
     assert Path(BOOT_WANTS_LINK).is_symlink() and Path(BOOT_WANTS_LINK).resolve() == Path(BOOT_UNIT_PATH)
