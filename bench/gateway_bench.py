@@ -141,8 +141,15 @@ async def read_stream(session: aiohttp.ClientSession, target: Target, pace: floa
     return events
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(session: aiohttp.ClientSession, target: Target, concurrency: int, seconds: float,
-                     pace: float) -> float:
+                     pace: float, counter: dict | None = None) -> float:
     """Content events per second received over ``seconds`` by ``concurrency`` looping clients."""
     deadline = time.perf_counter() + seconds
     start = time.perf_counter()
@@ -155,6 +162,8 @@ async def throughput(session: aiohttp.ClientSession, target: Target, concurrency
             total += events
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if counter is not None:
+        counter["events"] = total
     return total / (time.perf_counter() - start)
 
 
@@ -190,19 +199,25 @@ async def measure(upstream_url: str, gateway_url: str, gateway_pid: int, quick: 
     n, seconds = (300, 2.0) if quick else (2000, 5.0)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
+        cpu0 = cpu_seconds(gateway_pid)
         times = await latency(session, [direct, gateway], n)
+        gateway_cpu_per_request = (cpu_seconds(gateway_pid) - cpu0) / (n + 50) * 1e6
         result: dict = {"latency_ms": {}}
         for name, values in times.items():
             result["latency_ms"][name] = {"p50": statistics.median(values), "p99": pct(values, 99)}
         result["added_latency_ms"] = {
             q: result["latency_ms"]["gateway"][q] - result["latency_ms"]["direct"][q] for q in ("p50", "p99")}
+        result["gateway_cpu_us_per_request"] = gateway_cpu_per_request
         result["throughput_events_per_s"] = {}
         for pace, label in ((0.0, "unpaced"), (0.001, "paced_1000_tok_s")):
             for concurrency in (1, 16):
                 row = {}
                 for target in (direct, gateway):
-                    row[target.name] = await throughput(session, target, concurrency, seconds, pace)
+                    counter: dict = {}
+                    cpu0 = cpu_seconds(gateway_pid)
+                    row[target.name] = await throughput(session, target, concurrency, seconds, pace, counter)
                 row["ratio"] = row["gateway"] / row["direct"]
+                row["gateway_cpu_us_per_event"] = (cpu_seconds(gateway_pid) - cpu0) / counter["events"] * 1e6
                 result["throughput_events_per_s"][f"{label}_c{concurrency}"] = row
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         result["memory_kib_per_open_stream"] = await memory_per_stream(session, gateway, gateway_pid,
@@ -215,9 +230,11 @@ def print_table(result: dict) -> None:
     print(f"{'non-streaming latency (ms)':36} {'direct':>10} {'gateway':>10} {'added':>10}")
     for q in ("p50", "p99"):
         print(f"  {q:34} {lat['direct'][q]:10.3f} {lat['gateway'][q]:10.3f} {result['added_latency_ms'][q]:10.3f}")
-    print(f"{'streaming content events/s':36} {'direct':>10} {'gateway':>10} {'ratio':>10}")
+    print(f"  gateway CPU per request: {result['gateway_cpu_us_per_request']:.0f} us")
+    print(f"{'streaming content events/s':36} {'direct':>10} {'gateway':>10} {'ratio':>10} {'gw us/ev':>9}")
     for name, row in result["throughput_events_per_s"].items():
-        print(f"  {name:34} {row['direct']:10.0f} {row['gateway']:10.0f} {row['ratio']:10.1%}")
+        print(f"  {name:34} {row['direct']:10.0f} {row['gateway']:10.0f} {row['ratio']:10.1%} "
+              f"{row['gateway_cpu_us_per_event']:9.1f}")
     print(f"memory per open stream: {result['memory_kib_per_open_stream']:.1f} KiB")
 
 
