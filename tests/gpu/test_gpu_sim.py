@@ -1,6 +1,6 @@
 """The GPU stack against the simulated node: the real CLI, SSH, LXC, apt and a real llama.cpp build.
 
-One container (CT 181) is shared by the whole module and the steps are run in
+One container (CT 643) is shared by the whole module and the steps are run in
 the order `up` runs them; the CPU build of llama-server happens once, here.
 """
 
@@ -22,7 +22,7 @@ from provisioner.sim.nvidia import NvidiaHost
 
 pytestmark = pytest.mark.sim
 
-VMID = 181
+VMID = 643  # LXC names and bridge IPs are shared by every sim node on this machine: keep it unusual
 STEPS = "gpu,container,driver,cuda,llama"
 SDIST = Path("/var/cache/provision-sim/sdist/llama_cpp_python-0.3.36.tar.gz")
 SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"
