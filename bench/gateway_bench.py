@@ -241,6 +241,8 @@ def print_table(result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
+    parser.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                        help="the gateway's event loop (default: uvloop when installed)")
     parser.add_argument("--role", choices=["upstream"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,7 +254,8 @@ def main() -> int:
     (tmp / "key").write_text("bench-key-0123456789\n")
     (tmp / "gw.json").write_text(json.dumps({
         "listen_port": gw_port, "upstream_url": f"http://127.0.0.1:{up_port}", "api_key_file": str(tmp / "key"),
-        "local_model_id": "bench", "log_level": "warning", "max_upstream_connections": 256}))
+        "local_model_id": "bench", "log_level": "warning", "max_upstream_connections": 256,
+        "event_loop": args.event_loop}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream", "--port", str(up_port)], env=env)
     gateway = subprocess.Popen([sys.executable, "-m", "provisioner.gateway", "--config", str(tmp / "gw.json")],
@@ -268,6 +271,7 @@ def main() -> int:
             proc.wait(10)
     result["environment"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                              "machine": platform.machine(), "quick": args.quick,
+                             "gateway_event_loop": args.event_loop, "load_average": os.getloadavg(),
                              "tokens_per_stream": TOKENS, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print_table(result)
     out = ROOT / "bench" / "results" / f"gateway-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

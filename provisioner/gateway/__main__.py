@@ -7,6 +7,7 @@ needs; flags override single keys of the file (see :mod:`provisioner.gateway.con
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--upstream-api-key-file": ("upstream_api_key_file", str), "--model-id": ("local_model_id", str),
     "--ping-interval": ("ping_interval_s", float), "--upstream-timeout": ("upstream_timeout_s", float),
     "--max-request-bytes": ("max_request_bytes", int), "--log-level": ("log_level", str),
+    "--event-loop": ("event_loop", str),
 }
 
 
@@ -63,18 +65,34 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _install_event_loop(choice: str) -> str:
+    """Use uvloop when asked or available ("auto"); returns the loop in use."""
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise ConfigError("uvloop is not installed", key="event_loop",
+                              fix="pip install uvloop, or set event_loop to auto") from exc
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (2 for a configuration error)."""
     try:
         settings = settings_from_argv(argv)
+        loop_name = _install_event_loop(settings.event_loop)
         app = build_app(settings)
     except ConfigError as exc:
         print(f"provision-gateway: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
     logging.getLogger("provisioner.gateway").info(
-        "listening on %s:%d, %s mode, upstream %s", settings.listen_host, settings.listen_port,
-        settings.mode, settings.upstream_url)
+        "listening on %s:%d, %s mode, upstream %s, %s event loop", settings.listen_host,
+        settings.listen_port, settings.mode, settings.upstream_url, loop_name)
     web.run_app(app, host=settings.listen_host, port=settings.listen_port, access_log=None,
                 print=None, handler_cancellation=True, shutdown_timeout=5.0)
     return 0

@@ -28,6 +28,8 @@ key                         default                 meaning
                                                     still becomes an HTTP 529 the client retries)
 ``max_upstream_connections`` ``64``                 size of the upstream connection pool
 ``log_level``               ``"info"``              level of the gateway's own log (stderr)
+``event_loop``              ``"auto"``              ``auto``: uvloop when installed (faster), else asyncio;
+                                                    ``uvloop`` (required) or ``asyncio``
 =========================== ======================= ==============================================
 
 Key files hold the key on their first line; they are read at start-up and the
@@ -47,6 +49,7 @@ from provisioner.errors import ConfigError
 
 MODES = ("translate", "native")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class GatewaySettings:
     header_wait_s: float = 0.25
     max_upstream_connections: int = 64
     log_level: str = "info"
+    event_loop: str = "auto"
 
     def resolve_model(self, requested: str) -> str | None:
         """The upstream model id for a requested name, or None if it is not served."""
@@ -122,6 +126,9 @@ def _check(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"expected one of {', '.join(MODES)}, found {value!r}", file=source, key=key)
     if key == "log_level" and value not in LOG_LEVELS:
         raise ConfigError(f"expected one of {', '.join(LOG_LEVELS)}, found {value!r}",
+                          file=source, key=key)
+    if key == "event_loop" and value not in EVENT_LOOPS:
+        raise ConfigError(f"expected one of {', '.join(EVENT_LOOPS)}, found {value!r}",
                           file=source, key=key)
     if key == "upstream_url":
         if not value.startswith(("http://", "https://")):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 from typing import Any, Coroutine
 
@@ -25,7 +26,11 @@ class LoopThread:
     """An asyncio loop in a daemon thread; ``call`` runs a coroutine there and waits."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        if os.environ.get("GATEWAY_TEST_LOOP") == "uvloop":  # run the suite on the production loop too
+            import uvloop
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
