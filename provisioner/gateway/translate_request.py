@@ -200,7 +200,7 @@ def _tools(body: dict) -> list[dict] | None:
     return out
 
 
-def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None) -> None:
+def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None, count_only: bool) -> None:
     choice = body.get("tool_choice")
     if choice is None:
         if tools:
@@ -221,7 +221,8 @@ def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None) -> N
             raise invalid_request(f"tool_choice.name: no tool named {name!r} in tools")
         # Backends differ on named choices; "required" over a one-tool list means the same
         # everywhere and is enforced by grammar in llama-server.
-        payload["tools"] = chosen
+        if not count_only:  # counting tokens counts every tool, as Anthropic does
+            payload["tools"] = chosen
         payload["tool_choice"] = "required"
     else:
         raise invalid_request(f"tool_choice.type: expected auto, any, tool or none, found {kind!r}")
@@ -278,7 +279,7 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     tools = _tools(body)
     if tools:
         payload["tools"] = tools
-    _apply_tool_choice(body, payload, tools)
+    _apply_tool_choice(body, payload, tools, count_only)
     _thinking(body, payload)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -292,7 +293,7 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
         if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
             raise invalid_request("max_tokens: must be at least 1")
         payload["max_tokens"] = max_tokens
-    for key, hi in (("temperature", 2.0), ("top_p", 1.0)):
+    for key, hi in (("temperature", 1.0), ("top_p", 1.0)):
         value = number_field(body, key, 0.0, hi)
         if value is not None:
             payload[key] = value

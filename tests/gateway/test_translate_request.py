@@ -123,7 +123,7 @@ def test_server_tools_are_dropped():
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": 7}]}]},
      "messages.0.content.0.tool_use_id: expected a string, found int"),
-    ({"model": "m", "max_tokens": 1, "temperature": 3, "messages": []}, "temperature: must be between 0 and 2"),
+    ({"model": "m", "max_tokens": 1, "temperature": 1.5, "messages": []}, "temperature: must be between 0 and 1"),
     ({"model": "m", "max_tokens": 1, "tool_choice": {"type": "tool", "name": "nope"}, "messages": []},
      "tool_choice.name: no tool named 'nope' in tools"),
     ({"model": "m", "max_tokens": 1, "stop_sequences": [""], "messages": []},
