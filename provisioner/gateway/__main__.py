@@ -30,10 +30,12 @@ FLAGS: dict[str, tuple[str, type]] = {
 
 def parse_args(argv: Sequence[str] | None) -> tuple[str | None, dict[str, Any]]:
     """The config file path and the keys given as flags."""
-    parser = argparse.ArgumentParser(prog="provision-gateway", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="provision-gateway", description="Run the Anthropic Messages gateway in front of llama-server.",
+        epilog="Every flag overrides the config-file key named in its help; see provisioner.gateway.config.")
     parser.add_argument("--config", metavar="FILE", help="JSON settings file")
     for flag, (key, kind) in FLAGS.items():
-        parser.add_argument(flag, dest=key, type=kind, metavar=key.upper())
+        parser.add_argument(flag, dest=key, type=kind, metavar=kind.__name__.upper(), help=f"key {key}")
     parser.add_argument("--alias", action="append", default=[], metavar="NAME=MODEL",
                         help="map a requested model name to an upstream model (repeatable)")
     args = vars(parser.parse_args(argv))
@@ -84,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (2 for a configuration error)."""
     try:
         settings = settings_from_argv(argv)
+        _setup_logging(settings.log_level)
         loop_name = _install_event_loop(settings.event_loop)
         app = build_app(settings)
     except ConfigError as exc:
         print(f"provision-gateway: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
     logging.getLogger("provisioner.gateway").info(
         "listening on %s:%d, %s mode, upstream %s, %s event loop", settings.listen_host,
         settings.listen_port, settings.mode, settings.upstream_url, loop_name)
