@@ -26,6 +26,8 @@ class LxcBackend:
         self.sim_root = Path(sim_root)
         self.lxcpath = self.sim_root / "lxc"
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        #: the node's own /dev (shown at /dev in the sim namespace); devN paths resolve here
+        self.host_dev = self.sim_root / "host" / "dev"
 
     # -- paths -------------------------------------------------------------
     def _images(self, vmid: int, conf: dict[str, str] | None = None) -> Path:
@@ -67,7 +69,7 @@ class LxcBackend:
         root = self.rootfs_path(vmid, conf)
         ctdir = self._ctdir(vmid)
         ctdir.mkdir(parents=True, exist_ok=True)
-        dev_lines = devices.prepare(conf, ctdir / "passthrough")
+        dev_lines = devices.prepare(conf, ctdir / "passthrough", self.host_dev)
         shift = lxcconf.ID_SHIFT if conf.get("unprivileged") == "1" else 0
         ctsetup.setup(root, vmid, conf, shift, shift)
         nvidia_proc = self.sim_root / "host" / "proc" / "driver"
@@ -179,16 +181,16 @@ class LxcBackend:
         """Hot-plug ``key`` into the running CT (the rules' hotplug callback).
 
         devN: the node appears in the CT with the host's current major:minor
-        (``lxc-device add``). netN: accepted; the simulator applies it at the next
-        start (a deviation). mpN: not simulated.
+        (bind mount injected into the CT's mount namespace, as PVE 9 does).
+        netN: accepted; the simulator applies it at the next start (a deviation).
+        mpN: not simulated.
         """
         if key.startswith("dev"):
-            path = lxcconf.parse_prop(value, "path").get("path", "")
-            if not os.path.exists(path):
-                raise SimTaskError(f"Device {path} does not exist")
-            proc = self._lxc("device", vmid, "add", path, check=False)
-            if proc.returncode != 0:
-                raise SimTaskError(proc.stderr.strip() or "lxc-device add failed")
+            pid = int(self._lxc("info", vmid, "-p", "-H").stdout.strip())
+            unpriv = (self._ctdir(vmid) / "config").read_text().find("lxc.idmap") >= 0
+            devices.hotplug(value, unpriv=unpriv, passthrough=self._ctdir(vmid) / "passthrough",
+                            host_dev=self.host_dev,
+                            lxc=lambda tool, *args: self._lxc(tool, vmid, *args), init_pid=pid)
         elif key.startswith("mp"):
             raise SimTaskError("hot-plugging mount points is not simulated; stop the CT first")
 
@@ -202,7 +204,7 @@ class LxcBackend:
 
 
 #: overmounts made by provisioner.sim.host that would stop unprivileged CTs mounting proc/sys
-FAKE_VIEW_MOUNTS = {"/proc/devices", "/proc/driver", "/sys/module"}
+FAKE_VIEW_MOUNTS = {"/proc/devices", "/proc/driver", "/sys/module", "/dev"}
 
 
 def _same_dir(a: Path, b: Path) -> bool:

@@ -13,7 +13,10 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable
 
 from provisioner.sim.backend_base import SimTaskError
 from provisioner.sim.lxcconf import ID_SHIFT, parse_prop
@@ -29,34 +32,70 @@ def has_nvidia(conf: dict[str, str]) -> bool:
     return any(e.get("path", "").startswith("/dev/nvidia") for e in dev_entries(conf))
 
 
-def prepare(conf: dict[str, str], passthrough: Path) -> list[str]:
+def host_path(path: str, host_dev: Path) -> Path:
+    """Where the sim host's ``/dev/...`` really is (the node's own dev dir), from any namespace."""
+    if path.startswith("/dev/") and host_dev.is_dir():
+        return host_dev / path[len("/dev/"):]
+    return Path(path)
+
+
+def _make_node(entry: dict[str, str], passthrough: Path, unpriv: bool,
+               host_dev: Path) -> tuple[str, int, int, Path]:
+    """mknod the CT's copy of the host node under ``passthrough``; PVE's error if it is missing."""
+    path = entry.get("path", "")
+    try:
+        st = os.stat(host_path(path, host_dev))
+    except OSError:
+        raise SimTaskError(f"Could not get mode or device ID of {path}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise SimTaskError(f"{path} is not a device")
+    node = passthrough / path.lstrip("/")
+    node.parent.mkdir(parents=True, exist_ok=True)
+    node.unlink(missing_ok=True)
+    mode = int(entry["mode"], 8) if "mode" in entry else stat.S_IMODE(st.st_mode)
+    os.mknod(node, (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | mode, st.st_rdev)
+    os.chmod(node, mode)  # mknod honours the umask
+    uid, gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+    if unpriv:
+        uid, gid = uid + ID_SHIFT, gid + ID_SHIFT
+    os.chown(node, uid, gid)
+    return kind, os.major(st.st_rdev), os.minor(st.st_rdev), node
+
+
+def _access(entry: dict[str, str]) -> str:
+    return "r" if entry.get("deny-write") == "1" else "rw"
+
+
+def prepare(conf: dict[str, str], passthrough: Path, host_dev: Path) -> list[str]:
     """Make the passthrough nodes; return the LXC config lines. Raises PVE's error text."""
     shutil.rmtree(passthrough, ignore_errors=True)
     unpriv = conf.get("unprivileged", "0") == "1"
     lines: list[str] = []
     for entry in dev_entries(conf):
-        path = entry.get("path", "")
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise SimTaskError(f"Could not get mode or device ID of {path}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        else:
-            raise SimTaskError(f"{path} is not a device")
-        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        node = passthrough / path.lstrip("/")
-        node.parent.mkdir(parents=True, exist_ok=True)
-        mode = int(entry["mode"], 8) if "mode" in entry else stat.S_IMODE(st.st_mode)
-        os.mknod(node, (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | mode, st.st_rdev)
-        os.chmod(node, mode)  # mknod honours the umask
-        uid, gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
-        if unpriv:
-            uid, gid = uid + ID_SHIFT, gid + ID_SHIFT
-        os.chown(node, uid, gid)
-        access = "r" if entry.get("deny-write") == "1" else "rw"
-        lines.append(f"lxc.cgroup.devices.allow = {kind} {major}:{minor} {access}")
+        kind, major, minor, node = _make_node(entry, passthrough, unpriv, host_dev)
+        path = entry["path"]
+        lines.append(f"lxc.cgroup.devices.allow = {kind} {major}:{minor} {_access(entry)}")
         lines.append(f"lxc.mount.entry = {node} {path.lstrip('/')} none bind,create=file 0 0")
     return lines
+
+
+def hotplug(value: str, *, unpriv: bool, passthrough: Path, host_dev: Path,
+            lxc: Callable[..., object], init_pid: int) -> None:
+    """Add one devN to a running CT: node, cgroup allow, bind mount injected into its namespace."""
+    entry = parse_prop(value, "path")
+    path = entry.get("path", "")
+    if not host_path(path, host_dev).exists():
+        raise SimTaskError(f"Device {path} does not exist")
+    kind, major, minor, node = _make_node(entry, passthrough, unpriv, host_dev)
+    # The mount target must be made from inside (host root is unmapped in an unprivileged CT).
+    lxc("attach", "--", "/bin/sh", "-c", f'mkdir -p "$(dirname {path})" && touch {path}')
+    if not unpriv:
+        lxc("cgroup", "devices.allow", f"{kind} {major}:{minor} {_access(entry)}")
+    proc = subprocess.run([sys.executable, "-m", "provisioner.sim.mountinject", str(node),
+                           str(init_pid), path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SimTaskError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "mount failed")

@@ -13,9 +13,10 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
 | /lib/modules       | SIM_ROOT/host/lib/modules                |
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pveversion, nvidia-smi, nvidia-modprobe) |
+| /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
-real host if missing. Device nodes live in the real /dev (see sim/nvidia.py).
+real host if missing. Each node has its own /dev, so nodes never share device nodes.
 sshd runs every session through ``host/bin/.ssh-session`` (ForceCommand), which
 sleeps ``faults/ssh_delay_ms`` first: the SSH delay fault.
 """
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -100,9 +102,39 @@ def _bind(src: Path, dst: str) -> None:
     subprocess.run(["mount", "--bind", str(src), dst], check=True)
 
 
+def populate_dev(devdir: Path) -> list[str]:
+    """Copy the real /dev's nodes and links into ``devdir``; return its sub-directories.
+
+    Directories (pts, shm, mqueue...) are bind-mounted by ``setup_namespace``.
+    NVIDIA nodes are not copied: the node's own come from sim/nvidia.py.
+    """
+    devdir.mkdir(parents=True, exist_ok=True)
+    dirs = []
+    for entry in os.scandir("/dev"):
+        if entry.name.startswith("nvidia"):
+            continue
+        target = devdir / entry.name
+        st = os.lstat(entry.path)
+        if os.path.lexists(target) and not stat.S_ISDIR(os.lstat(target).st_mode):
+            target.unlink()
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            os.mknod(target, st.st_mode, st.st_rdev)
+            os.chown(target, st.st_uid, st.st_gid)
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(entry.path), target)
+        elif stat.S_ISDIR(st.st_mode):
+            target.mkdir(exist_ok=True)
+            dirs.append(entry.name)
+    return dirs
+
+
 def setup_namespace(sim_root: Path) -> None:
     """Bind the fake host view over the real paths (call only inside the private namespace)."""
     host = sim_root / "host"
+    for sub in populate_dev(host / "dev"):
+        subprocess.run(["mount", "--rbind", f"/dev/{sub}", str(host / "dev" / sub)], check=True)
+    subprocess.run(["mount", "--rbind", str(host / "dev"), "/dev"], check=True)
     for mp in ("/etc/pve", "/usr/lib/modules"):
         Path(mp).mkdir(parents=True, exist_ok=True)
     (sim_root / "etc/pve/lxc").mkdir(parents=True, exist_ok=True)
@@ -137,9 +169,9 @@ class HostProcess:
         os.environ["PROVISION_SIM_NS"] = str(root)
         (root / "run").mkdir(exist_ok=True)
         (root / "faults").mkdir(exist_ok=True)
-        NvidiaHost(root).refresh()
         write_host_tools(root, self.settings)
         setup_namespace(root)
+        NvidiaHost(root).refresh()
         apt_port = int(self.settings["apt_port"])
         aptrepo.build(root / "apt-repo", f"http://{BRIDGE_IP}:{apt_port}")
         self.apt = aptrepo.serve(root / "apt-repo", BRIDGE_IP, apt_port)

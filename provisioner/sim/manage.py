@@ -210,13 +210,8 @@ def cleanup(root: Path, *, keep_state: bool) -> list[str]:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
         done.append(f"unmounted {mnt}")
     if (root / "host" / "nvidia.json").exists():
-        # /dev is shared: leave the nodes to another simulated node that still runs.
-        others = [p.name for p in BASE.iterdir() if p != root and host_pid(p)] if BASE.exists() else []
-        if others:
-            done.append(f"kept NVIDIA device nodes (in use by simulated node {others[0]})")
-        else:
-            NvidiaHost(root).remove_nodes()
-            done.append("removed NVIDIA device nodes")
+        NvidiaHost(root).remove_nodes()
+        done.append("removed NVIDIA device nodes")
     (root / "run" / "host.pid").unlink(missing_ok=True)
     (root / "run" / "host.ready").unlink(missing_ok=True)
     if not keep_state and root.exists():

@@ -12,9 +12,10 @@ mount namespace, see ``provisioner.sim.host``):
 - ``bin/nvidia-smi``, ``bin/nvidia-modprobe``
 - ``nvidia.json``                          the simulator's state of all the above
 
-Device nodes are real char nodes in the real /dev (harmless without the driver);
-``remove_nodes`` deletes them at stop. ``nvidia-uvm`` takes a free dynamic major
-from 234..254 (highest first, like the kernel).
+Device nodes are real char nodes in ``SIM_ROOT/host/dev``, the node's own /dev
+(the sim namespace shows it at /dev; see sim/host.py), so simulated nodes never
+share them. ``nvidia-uvm`` takes a free dynamic major from 234..254 (highest
+first, like the kernel).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 NVIDIA_MAJOR = 195
-DEV = Path(os.environ.get("PROVISION_SIM_DEV", "/dev"))
 SMI_TEMPLATE = Path(__file__).with_name("nvidia_smi.sh")
 
 
@@ -75,6 +75,7 @@ class NvidiaHost:
 
     def __init__(self, sim_root: Path) -> None:
         self.host = Path(sim_root) / "host"
+        self.dev = self.host / "dev"
         self.state_file = self.host / "nvidia.json"
 
     # -- state -------------------------------------------------------------
@@ -143,11 +144,13 @@ class NvidiaHost:
         _write_in_place(self.host / "proc/devices",
                         head + "\n" + "\n".join(body) + "\n\nBlock devices:" + blocks)
         mods = self.host / "lib/modules"
-        shutil.rmtree(mods, ignore_errors=True)
+        mods.mkdir(parents=True, exist_ok=True)
+        for old in mods.iterdir():  # not the dir itself: it is bind-mounted on /lib/modules
+            shutil.rmtree(old)
         kernels = [st.running_kernel] + ([st.newer_kernel] if st.newer_kernel else [])
         for kver in kernels:
             dkms = mods / kver / "updates" / "dkms"
-            dkms.mkdir(parents=True)
+            dkms.mkdir(parents=True, exist_ok=True)
             if kver == st.running_kernel or st.newer_kernel_has_module:
                 for mod in ("nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"):
                     (dkms / f"{mod}.ko").write_text(
@@ -166,14 +169,14 @@ class NvidiaHost:
 
     # -- device nodes ------------------------------------------------------
     def node_specs(self, st: NvidiaState) -> dict[Path, tuple[int, int]]:
-        specs = {DEV / f"nvidia{i}": (NVIDIA_MAJOR, i) for i in range(len(st.gpus))}
-        specs[DEV / "nvidiactl"] = (NVIDIA_MAJOR, 255)
-        specs[DEV / "nvidia-modeset"] = (NVIDIA_MAJOR, 254)
-        specs[DEV / "nvidia-caps/nvidia-cap1"] = (st.caps_major, 1)
-        specs[DEV / "nvidia-caps/nvidia-cap2"] = (st.caps_major, 2)
+        specs = {self.dev / f"nvidia{i}": (NVIDIA_MAJOR, i) for i in range(len(st.gpus))}
+        specs[self.dev / "nvidiactl"] = (NVIDIA_MAJOR, 255)
+        specs[self.dev / "nvidia-modeset"] = (NVIDIA_MAJOR, 254)
+        specs[self.dev / "nvidia-caps/nvidia-cap1"] = (st.caps_major, 1)
+        specs[self.dev / "nvidia-caps/nvidia-cap2"] = (st.caps_major, 2)
         if st.uvm_loaded:
-            specs[DEV / "nvidia-uvm"] = (st.uvm_major, 0)
-            specs[DEV / "nvidia-uvm-tools"] = (st.uvm_major, 1)
+            specs[self.dev / "nvidia-uvm"] = (st.uvm_major, 0)
+            specs[self.dev / "nvidia-uvm-tools"] = (st.uvm_major, 1)
         return specs
 
     def make_nodes(self, st: NvidiaState) -> None:
@@ -182,10 +185,10 @@ class NvidiaHost:
 
     def remove_nodes(self) -> None:
         for name in ("nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools"):
-            (DEV / name).unlink(missing_ok=True)
-        for node in DEV.glob("nvidia[0-9]*"):
+            (self.dev / name).unlink(missing_ok=True)
+        for node in self.dev.glob("nvidia[0-9]*"):
             node.unlink()
-        shutil.rmtree(DEV / "nvidia-caps", ignore_errors=True)
+        shutil.rmtree(self.dev / "nvidia-caps", ignore_errors=True)
 
     # -- changes (faults and tools) ----------------------------------------
     def set_driver(self, version: str) -> None:
@@ -199,8 +202,8 @@ class NvidiaHost:
         st = self.load()
         st.uvm_loaded = False
         self.save(st)
-        (DEV / "nvidia-uvm").unlink(missing_ok=True)
-        (DEV / "nvidia-uvm-tools").unlink(missing_ok=True)
+        (self.dev / "nvidia-uvm").unlink(missing_ok=True)
+        (self.dev / "nvidia-uvm-tools").unlink(missing_ok=True)
         self.refresh(st)
 
     def load_uvm(self) -> None:

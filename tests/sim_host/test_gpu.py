@@ -94,3 +94,17 @@ def test_uvm_dropped_then_recreated_by_nvidia_modprobe(sim_node, gpu_ct):
     rc, out, err = sim_node.run(f"nvidia-modprobe -u -c=0 && stat -c '%t:%T' /dev/nvidia-uvm && pct start {gpu_ct}")
     assert rc == 0, err
     assert out.strip() == f"{major:x}:0"
+
+
+@pytest.mark.parametrize("unprivileged", ["1", "0"])
+def test_new_dev_hotplugs_into_running_ct_on_pve9(sim_node, unprivileged):
+    vmid = VMID + 2 + int(unprivileged)
+    sim_node.create_ct(vmid, unprivileged=unprivileged)
+    try:
+        rc, out, err = sim_node.run(f"pct start {vmid} && pct set {vmid} --dev0 /dev/nvidia0,gid=44,mode=0660 "
+                                    f"&& pct pending {vmid} && pct exec {vmid} -- stat -c '%t:%T %a %G' /dev/nvidia0")
+        assert rc == 0, err
+        assert "cur dev0: /dev/nvidia0,gid=44,mode=0660" in out
+        assert out.splitlines()[-1] == "c3:0 660 video"
+    finally:
+        sim_node.destroy_ct(vmid)
