@@ -21,6 +21,7 @@ from ..redact import register
 from .schema import HostFile, Secret
 
 KeyPath = tuple[str | int, ...]
+MAX_DEPTH = 32  # host files are ~5 levels deep
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Loaded:
 def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) -> Any:
     """Turn a composed YAML node into Python data, recording each key's line."""
     lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:  # also ends an alias that contains itself (`a: &x [*x]`)
+        raise ConfigError("nested too deeply (an alias that refers to itself?)", file=file,
+                          line=node.start_mark.line + 1, key=_dotted(path[:MAX_DEPTH]) or None,
+                          fix="host files are a few levels deep; remove the self-reference")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -53,7 +58,12 @@ def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: 
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, path + (i,), lines, file) for i, v in enumerate(node.value)]
     # Scalars: reuse the safe loader's tag resolution (ints, bools, null...).
-    return yaml.safe_load(yaml.serialize(node))
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except Exception as exc:  # noqa: BLE001 - PyYAML raises anything on odd tags (`!`, `!!int abc`, `!!timestamp x`)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"cannot read this value: {problem}", file=file, line=node.start_mark.line + 1,
+                          key=_dotted(path) or None, fix="quote the value, or remove the tag") from None
 
 
 def _dotted(path: KeyPath) -> str:
@@ -205,6 +215,13 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
         raise ConfigError(f"not valid YAML: {exc.problem}", file=file,
                           line=mark.line + 1 if mark else None,
                           fix="check indentation and quoting around this line") from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", file=file, line=1,
+                          fix="host files are a few levels deep") from None
+    except yaml.reader.ReaderError as exc:  # a control character: not a Marked error
+        raise ConfigError(f"not valid YAML: {exc.reason} (character #x{exc.character:04x})", file=file,
+                          line=text.count("\n", 0, exc.position) + 1,
+                          fix="remove the control character") from None
     if root is None:
         raise ConfigError("the file is empty", file=file, fix="start from an example in inventories/")
     lines: dict[KeyPath, int] = {}
