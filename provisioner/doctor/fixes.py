@@ -26,7 +26,8 @@ from ..errors import RemoteError
 from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT
 from ..operations.container import pct_set
 from ..operations.driver import DriverStep
-from ..operations.passthrough import GpuHostStep, desired_device_paths
+from ..facts.nvidia import BOOT
+from ..operations.passthrough import UVM_NODES, GpuHostStep, desired_device_paths
 from .checks_container import _DEV_KEY, _effective, _new_entries, dev_path
 from .context import DoctorContext
 from .findings import Finding
@@ -83,8 +84,13 @@ def _devices_fix(d: DoctorContext) -> Fix | None:
         return None
     entries = _new_entries(d, missing)
     vmid = d.ct.vmid
+    boot = d.fact(BOOT.name)
+    modprobe = shlex.quote((boot.nvidia_modprobe if boot else None) or "nvidia-modprobe")
+    uvm = " ".join(p for p in missing if p in UVM_NODES)
 
     def apply(actx: ApplyContext) -> None:
+        if uvm:  # PVE refuses a devN whose host node is missing; uvm's come and go with the module
+            actx.ssh.run(f"for p in {uvm}; do [ -c $p ] || {modprobe} -u -c=0; done")
         pct_set(actx, vmid, entries, [])
 
     return Fix(["container.devices"], "pct set " + " ".join(f"--{k} {v}" for k, v in entries.items()), apply)
