@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-from .ssh import SSH, Result
+from .ssh import SSH, Result, atomic_write_command
 
 
 class CT:
@@ -25,10 +25,6 @@ class CT:
 
     def put(self, data: bytes, path: str, *, mode: str = "0644", owner: str | None = None) -> Result:
         """Write a file inside the container atomically; data on stdin, never on argv."""
-        q = shlex.quote(path)
-        tmp = shlex.quote(path + ".provision-tmp")
-        chown = f" && chown {shlex.quote(owner)} {tmp}" if owner else ""
-        inner = (f"umask 077 && mkdir -p \"$(dirname {q})\" && cat > {tmp} && chmod {mode} {tmp}{chown} "
-                 f"&& mv -f {tmp} {q}")
+        inner = atomic_write_command(path, mode, owner)
         cmd = f"pct exec {self.vmid} -- sh -c {shlex.quote(inner)}"
         return self.ssh.run(cmd, stdin=data).check(f"writing {path} in CT {self.vmid}", vmid=self.vmid)

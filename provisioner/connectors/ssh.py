@@ -177,12 +177,19 @@ class SSH:
 
     def put(self, data: bytes, path: str, *, mode: str = "0644", owner: str | None = None) -> Result:
         """Write ``data`` to ``path`` atomically (temp file + rename) through stdin."""
-        q = shlex.quote(path)
-        tmp = shlex.quote(path + ".provision-tmp")
-        chown = f" && chown {shlex.quote(owner)} {tmp}" if owner else ""
-        cmd = (f"umask 077 && mkdir -p \"$(dirname {q})\" && cat > {tmp} && chmod {mode} {tmp}{chown} "
-               f"&& mv -f {tmp} {q}")
-        return self.run(cmd, stdin=data).check(f"writing {path}", host=self.target.host)
+        return self.run(atomic_write_command(path, mode, owner), stdin=data).check(
+            f"writing {path}", host=self.target.host)
+
+
+def atomic_write_command(path: str, mode: str = "0644", owner: str | None = None) -> str:
+    """A shell command that writes its stdin to ``path`` atomically (temp file + rename)."""
+    if not mode.isdigit() or len(mode) > 4:
+        raise ValueError(f"file mode must be octal digits, not {mode!r}")
+    q = shlex.quote(path)
+    tmp = shlex.quote(path + ".provision-tmp")
+    chown = f" && chown {shlex.quote(owner)} {tmp}" if owner else ""
+    return (f"umask 077 && mkdir -p \"$(dirname {q})\" && cat > {tmp} && chmod {mode} {tmp}{chown} "
+            f"&& mv -f {tmp} {q}")
 
 
 def _drain(chan: paramiko.Channel, timeout: float | None,
