@@ -12,6 +12,8 @@ llama-server's native endpoint has known gaps, fixed here:
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from provisioner.gateway import messages_translate
@@ -87,12 +89,13 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
 
     async def pump(stream: UpstreamStream, channel: SseChannel) -> None:
         rest = b""
-        async for chunk in stream.raw_chunks():
-            frames = (rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-            rest = frames.pop()
-            out = b"".join(_rewrite(f, model, request) for f in frames if f.strip())
-            if out:
-                await channel.send(out)
+        async with contextlib.aclosing(stream.raw_chunks()) as chunks:
+            async for chunk in chunks:
+                frames = (rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+                rest = frames.pop()
+                out = b"".join(_rewrite(f, model, request) for f in frames if f.strip())
+                if out:
+                    await channel.send(out)
 
     return await serve_stream(request, opener=state.upstream.open_stream(MESSAGES_PATH, payload),
                               first_frame=None, pump=pump)

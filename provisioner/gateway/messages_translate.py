@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from provisioner.gateway.api_errors import ApiError
@@ -23,24 +25,25 @@ async def _pump(translator: StreamTranslator, stream: UpstreamStream, channel: S
     """Translate the upstream stream; write to ``channel`` or, without one, return the bytes."""
     record = record_of(request)
     collected: list[bytes] = []
-    async for batch in stream.data_batches():
-        out: list[bytes] = []
-        try:
-            for data in batch:
-                translator.feed(data, out)
-        except ApiError:
-            if out and channel is not None:
-                await channel.send(b"".join(out))  # what came before the error still counts
-            raise
-        if out:
-            if translator.first_token:
-                record.mark_first_token()
-            if channel is not None:
-                await channel.send(b"".join(out))
-            else:
-                collected.extend(out)
-        if translator.stopped:
-            break  # a stop sequence matched: closing the stream stops the upstream
+    async with contextlib.aclosing(stream.data_batches()) as batches:
+        async for batch in batches:
+            out: list[bytes] = []
+            try:
+                for data in batch:
+                    translator.feed(data, out)
+            except ApiError:
+                if out and channel is not None:
+                    await channel.send(b"".join(out))  # what came before the error still counts
+                raise
+            if out:
+                if translator.first_token:
+                    record.mark_first_token()
+                if channel is not None:
+                    await channel.send(b"".join(out))
+                else:
+                    collected.extend(out)
+            if translator.stopped:
+                break  # a stop sequence matched: closing the stream stops the upstream
     if not (translator.done or translator.stopped or translator.finish_reason):
         raise protocol_error("the model server ended the stream early")
     out = []

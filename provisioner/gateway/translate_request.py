@@ -212,7 +212,7 @@ def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None, coun
     disable_parallel = choice.get("disable_parallel_tool_use", False)
     if not isinstance(disable_parallel, bool):
         raise field_error("tool_choice.disable_parallel_tool_use", "a boolean", disable_parallel)
-    if kind in TOOL_CHOICES:
+    if isinstance(kind, str) and kind in TOOL_CHOICES:
         payload["tool_choice"] = TOOL_CHOICES[kind]
     elif kind == "tool":
         name = string_field(choice, "name", "tool_choice")
