@@ -65,17 +65,18 @@ def host(sim_node, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("services")
     data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
         "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
-        "model": {"path": str(assets.smollm2_model()), "name": "smollm2"},
+        # a models dir of our own on the host: the first up creates it and pushes the model
+        "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(tmp / "host-models")},
         "server": {"host": "0.0.0.0", "ctx_size": 32768, "threads": 2, "health_timeout": 300,
                    "override_kv": ["llama.context_length=int:32768"]},
         "clients": {"pi": True, "claude_code_router": True, "output_dir": str(tmp / "clients")},
     })
     path = write(tmp / "host.yaml", data)
-    binary = llama_server()
     # the container (with its models bind mount) first, then llama-server where the llama step puts it
     first = report(provision("--json", "up", str(path), "--yes", only=("--only", "container,model")))
     steps = [(s, a) for s, a, _ in applied(first)]
     assert ("container", "create") in steps, steps
+    binary = llama_server()
     code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {json.dumps(install_script('test1'))}",
                                   stdin=binary.read_bytes())
     assert code == 0, err
