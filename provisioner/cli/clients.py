@@ -26,7 +26,12 @@ def clients(file: Path = typer.Argument(..., help="The host file (YAML)."),
     from ..connectors.pct import CT
     from ..engine import run
     from ..facts.pve import gather_pve
-    from ..operations.clients import client_inputs, reachability_warnings, render_clients, write_clients
+    from ..operations.clients import (
+        client_inputs,
+        reachability_warnings,
+        render_clients,
+        write_clients,
+    )
 
     out: Output = current()
     loaded = _load(out, file)

@@ -207,7 +207,7 @@ def services_command(cfg: HostFile) -> str:
              "echo \"ip $(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4,a,\"/\"); print a[1]; exit}')\""]
     for unit, files in service_inputs(cfg).items():
         lines.append(f"echo \"inputs {unit} $({inputs_snippet(unit, files)})\"")
-    local = lambda host: "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: E731
+    local = lambda host: "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     lines.append(_health(f"http://{local(cfg.server.host)}:{cfg.server.port}/health", "llama"))
     if cfg.gateway.enabled:
         lines.append(_health(f"http://{local(cfg.gateway.host)}:{cfg.gateway.port}/health", "gateway"))

@@ -120,10 +120,10 @@ def client_inputs(cfg: HostFile, ct: CT) -> ClientInputs:
 
 def render_clients(cfg: HostFile, inputs: ClientInputs, output_dir: Path) -> list[ClientFile]:
     """Every client file the config asks for, rendered."""
-    values = dict(base_url=inputs.base_url, openai_url=inputs.openai_url, gateway_key=inputs.gateway_key,
-                  server_key=inputs.server_key, model_id=inputs.model_id, n_ctx=inputs.n_ctx,
-                  max_output=max_output(inputs.n_ctx), provider=PROVIDER,
-                  reasoning=cfg.server.reasoning != "off")
+    values = {"base_url": inputs.base_url, "openai_url": inputs.openai_url, "gateway_key": inputs.gateway_key,
+              "server_key": inputs.server_key, "model_id": inputs.model_id, "n_ctx": inputs.n_ctx,
+              "max_output": max_output(inputs.n_ctx), "provider": PROVIDER,
+              "reasoning": cfg.server.reasoning != "off"}
     files: list[ClientFile] = []
     if cfg.clients.claude_code:
         settings = "claude-code/settings.json"

@@ -23,7 +23,13 @@ from ..engine.plan import Change
 from ..errors import ConfigError
 from ..facts.services import FileState, ModelFacts, model_facts
 from . import container
-from .model_transfer import fetch_script, hub_source, local_source, push_local, run_fetch
+from .model_transfer import (
+    fetch_script,
+    hub_source,
+    local_source,
+    push_local,
+    run_fetch,
+)
 from .scripts import runner
 
 STEP = "model"

@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 import shlex
-import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import paramiko
@@ -163,7 +163,7 @@ def stream_file(ssh: SSH, local: Path, remote_part: str, *, vmid: int | None,
             code = chan.recv_exit_status()
             err = chan.recv_stderr(65536).decode("utf-8", "replace") if chan.recv_stderr_ready() else ""
             chan.close()
-        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
             ssh.close()
             raise SSHError(f"the SSH connection dropped while pushing {local.name}: {exc}", host=ssh.target.host,
                            vmid=vmid, fix="re-run: the push resumes where it stopped") from None

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..connectors.ssh import Result
 from ..engine.context import ApplyContext
-from ..templating import _env, render as _render
+from ..templating import _env
+from ..templating import render as _render
 
 _SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@-]+$")
 

@@ -12,17 +12,32 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from .. import __version__
 from ..config import read_secret
 from ..config.schema import HostFile, Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
-from ..facts.services import (CONF_DIR, GATEWAY_INSTALLED, GATEWAY_KEY, GATEWAY_ROOT, GATEWAY_UNIT, GATEWAY_USER,
-                              GATEWAY_VENV, LLAMA_UNIT, LLAMA_USER, SERVER_KEY, STATE_DIR, VERIFY_FLAG,
-                              ServiceFacts, UnitState, inputs_snippet, recorded_path, service_inputs,
-                              services_facts)
+from ..facts.services import (
+    CONF_DIR,
+    GATEWAY_INSTALLED,
+    GATEWAY_KEY,
+    GATEWAY_ROOT,
+    GATEWAY_UNIT,
+    GATEWAY_USER,
+    GATEWAY_VENV,
+    LLAMA_USER,
+    SERVER_KEY,
+    STATE_DIR,
+    VERIFY_FLAG,
+    ServiceFacts,
+    UnitState,
+    inputs_snippet,
+    recorded_path,
+    service_inputs,
+    services_facts,
+)
 from ..redact import register
 from .apt import prelude as apt_prelude
 from .scripts import render

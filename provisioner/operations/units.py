@@ -10,8 +10,18 @@ import json
 from dataclasses import dataclass
 
 from ..config.schema import HostFile
-from ..facts.services import (GATEWAY_CONF, GATEWAY_KEY, GATEWAY_UNIT, GATEWAY_USER, GATEWAY_VENV, LLAMA_BIN,
-                              LLAMA_UNIT, LLAMA_USER, SERVER_KEY, model_paths)
+from ..facts.services import (
+    GATEWAY_CONF,
+    GATEWAY_KEY,
+    GATEWAY_UNIT,
+    GATEWAY_USER,
+    GATEWAY_VENV,
+    LLAMA_BIN,
+    LLAMA_UNIT,
+    LLAMA_USER,
+    SERVER_KEY,
+    model_paths,
+)
 from .scripts import render, systemd_quote
 
 #: RestartSteps= / RestartMaxDelaySec= exist from systemd 254 (Debian 12 ships 252)

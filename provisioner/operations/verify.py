@@ -13,8 +13,15 @@ from ..config.schema import HostFile
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import RemoteError
-from ..facts.services import (GATEWAY_KEY, GATEWAY_UNIT, LLAMA_UNIT, SERVER_KEY, VERIFY_FLAG, ServiceFacts,
-                              services_facts)
+from ..facts.services import (
+    GATEWAY_KEY,
+    GATEWAY_UNIT,
+    LLAMA_UNIT,
+    SERVER_KEY,
+    VERIFY_FLAG,
+    ServiceFacts,
+    services_facts,
+)
 from .scripts import render
 from .units import local_host
 

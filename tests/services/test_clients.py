@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import ProvisionError
-from provisioner.operations.clients import (ClientInputs, max_output, parse_inputs, reachability_warnings,
-                                            render_clients, write_clients)
+from provisioner.operations.clients import (
+    ClientInputs,
+    max_output,
+    parse_inputs,
+    reachability_warnings,
+    render_clients,
+    write_clients,
+)
 
 from .helpers import config
 
@@ -60,7 +66,7 @@ def test_claude_local_refuses_when_the_gateway_is_down(tmp_path: Path) -> None:
     (fake_bin / "claude").write_text("#!/bin/sh\necho CLAUDE-RAN\n")
     (fake_bin / "claude").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
-    proc = subprocess.run([str(tmp_path / "bin" / "claude-local")], capture_output=True, text=True, env=env)
+    proc = subprocess.run([str(tmp_path / "bin" / "claude-local")], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 1 and "not healthy" in proc.stderr and "CLAUDE-RAN" not in proc.stdout
 
 

@@ -91,7 +91,7 @@ def test_interrupted_download_resumes_with_a_range_request(tmp_path: Path, blob:
             run_fetch(local_run, script.replace("--retry 5 ", "--retry 0 "), "downloading", lambda s: None)
         part = tmp_path / "tiny.gguf.part"
         assert part.stat().st_size == 1024 * 1024
-        sha, size = fetch(SPEC, dest, hub)
+        _, size = fetch(SPEC, dest, hub)
         ranges = [r for m, p, a, r in hub.requests if p.startswith("/cdn/") and r]
     finally:
         hub.close()

@@ -9,7 +9,12 @@ import pytest
 from provisioner.config.schema import ModelFile
 from provisioner.facts.services import FileState, ModelFacts, parse_model
 from provisioner.operations.container import desired_config
-from provisioner.operations.model import MODEL_MOUNT_KEY, ModelHostDirStep, ModelStep, why_fetch
+from provisioner.operations.model import (
+    MODEL_MOUNT_KEY,
+    ModelHostDirStep,
+    ModelStep,
+    why_fetch,
+)
 from provisioner.operations.model_transfer import hub_source, hub_url
 
 from .helpers import config, ctx

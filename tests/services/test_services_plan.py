@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 
 from provisioner import __version__
-from provisioner.facts.services import ServiceFacts, UnitState, parse_services, services_command
+from provisioner.facts.services import (
+    ServiceFacts,
+    UnitState,
+    parse_services,
+    services_command,
+)
 from provisioner.operations.services import ServicesStep, sha
 from provisioner.operations.units import desired_units
 from provisioner.operations.verify import VerifyStep, why_verify
