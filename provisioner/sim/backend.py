@@ -9,6 +9,7 @@ Snapshots are full rootfs copies, so every storage of the sim supports them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +27,9 @@ class LxcBackend:
         self.sim_root = Path(sim_root)
         self.lxcpath = self.sim_root / "lxc"
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        #: "" for the default node "pve" (PVE's veth names), else a short tag of SIM_ROOT
+        self.node_tag = "" if self.sim_root.name == "pve" else \
+            hashlib.sha1(str(self.sim_root).encode()).hexdigest()[:3]
         #: the node's own /dev (shown at /dev in the sim namespace); devN paths resolve here
         self.host_dev = self.sim_root / "host" / "dev"
 
@@ -76,7 +80,7 @@ class LxcBackend:
         text = lxcconf.render(vmid, conf, rootfs=root, dev_lines=dev_lines,
                               nvidia_proc=nvidia_proc if devices.has_nvidia(conf)
                               and nvidia_proc.is_dir() else None,
-                              log_file=ctdir / "lxc.log")
+                              log_file=ctdir / "lxc.log", node_tag=self.node_tag)
         (ctdir / "config").write_text(text)
         (ctdir / "lxc.log").unlink(missing_ok=True)
         proc = self._start_outside_fake_view(vmid)

@@ -8,6 +8,8 @@ Needs root, lxc and debootstrap: without them the fixture fails loudly.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import socket
@@ -23,6 +25,7 @@ from provisioner.sim import manage, rootfs
 from provisioner.sim.backend import LxcBackend
 from provisioner.sim.faults import Faults
 from provisioner.sim.host import BRIDGE_IP
+from provisioner.sim.lxcconf import veth_name
 from provisioner.sim.pveconf import ConfStore, PveConf, Section
 
 STALE = re.compile(r"pt(\d+)")
@@ -70,13 +73,19 @@ class SimNode:
             text_out, text_err = out.read().decode(), err.read().decode()
             return out.channel.recv_exit_status(), text_out, text_err
 
+    def ip_for(self, vmid: int) -> str:
+        """A 10.0.3.x address for CT ``vmid`` that no other simulated node on this machine uses."""
+        return allocate_ip(self.name, vmid)
+
     def create_ct(self, vmid: int, **conf: str) -> dict[str, str]:
         """Write the PVE config and materialise the rootfs, as the API's create task does."""
+        ip = allocate_ip(self.name, vmid)
+        digest = hashlib.sha1(f"{self.sim_root}/{vmid}".encode()).hexdigest().upper()
+        mac = "BC:24:11:" + ":".join(digest[i:i + 2] for i in (0, 2, 4))
         values = {"arch": "amd64", "ostype": "debian", "hostname": f"ct{vmid}", "memory": "1024",
                   "swap": "512", "cores": "1", "rootfs": f"local-lvm:vm-{vmid}-disk-0,size=8G",
                   "unprivileged": "1",
-                  "net0": f"name=eth0,bridge=vmbr0,ip={BRIDGE_IP[:-1]}{vmid % 200 + 20}/24,"
-                          f"gw={BRIDGE_IP},hwaddr=BC:24:11:00:{vmid // 256 % 256:02X}:{vmid % 256:02X},type=veth"}
+                  "net0": f"name=eth0,bridge=vmbr0,ip={ip}/24,gw={BRIDGE_IP},hwaddr={mac},type=veth"}
         values.update(conf)
         ConfStore(self.sim_root).save(vmid, PveConf(main=Section(values=dict(values))))
         self.backend.create(vmid, values, rootfs.ensure_template(), lambda _: None)
@@ -87,6 +96,33 @@ class SimNode:
         conf = store.load(vmid).values if store.exists(vmid) else {}
         self.backend.destroy(vmid, conf, lambda _: None)
         store.remove(vmid)
+
+
+LEASES = manage.BASE / ".ip-leases"
+
+
+def allocate_ip(node_name: str, vmid: int) -> str:
+    """A free 10.0.3.x for a test CT, unique across the simulated nodes running on this machine
+    (they share the bridge). Leases of nodes whose SIM_ROOT is gone are reused."""
+    manage.BASE.mkdir(parents=True, exist_ok=True)
+    with open(LEASES, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        leases = [line.split() for line in fh.read().splitlines() if len(line.split()) == 3]
+        live = [entry for entry in leases if (manage.BASE / entry[1]).exists()]
+        for ip, name, owner in live:
+            if name == node_name and owner == str(vmid):
+                return ip
+        used = {entry[0] for entry in live}
+        for host in range(100, 250):
+            ip = f"{BRIDGE_IP[:-1]}{host}"
+            if ip not in used:
+                live.append([ip, node_name, str(vmid)])
+                fh.seek(0)
+                fh.truncate()
+                fh.write("".join(" ".join(entry) + "\n" for entry in live))
+                return ip
+    raise RuntimeError("no free test address on the sim bridge (10.0.3.100-249)")
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -141,7 +177,7 @@ def leftovers(node: SimNode, vmids: list[int]) -> list[str]:
     found += [f"process: {line.strip()}" for line in ps.splitlines() if str(node.sim_root) in line]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for vmid in vmids:
-        if f"veth{vmid}i" in links:
+        if veth_name(vmid, 0, node.backend.node_tag) in links:
             found.append(f"veth of CT {vmid}")
     return found
 

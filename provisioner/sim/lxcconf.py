@@ -81,8 +81,15 @@ def _mib(conf: dict[str, str], key: str, default: int) -> int:
         return default
 
 
+def veth_name(vmid: int, index: int, node_tag: str) -> str:
+    """PVE's host-side name ``veth<vmid>i<n>``; other sim nodes add a tag so that several
+    nodes on one machine can run the same vmid (interface names are global, max 15 chars)."""
+    name = f"veth{vmid}i{index}" if not node_tag else f"v{node_tag}{vmid}i{index}"
+    return name[:15]
+
+
 def render(vmid: int, conf: dict[str, str], *, rootfs: Path, dev_lines: list[str],
-           nvidia_proc: Path | None, log_file: Path) -> str:
+           nvidia_proc: Path | None, log_file: Path, node_tag: str = "") -> str:
     """The LXC config text for ``vmid``; ``dev_lines`` come from devices.prepare()."""
     unpriv = conf.get("unprivileged", "0") == "1"
     features = parse_prop(conf.get("features", ""))
@@ -117,7 +124,7 @@ def render(vmid: int, conf: dict[str, str], *, rootfs: Path, dev_lines: list[str
     for nif in net_ifs(conf):
         n = f"lxc.net.{nif.index}"
         lines += [f"{n}.type = veth", f"{n}.link = {SIM_BRIDGE}", f"{n}.name = {nif.name}",
-                  f"{n}.veth.pair = veth{vmid}i{nif.index}", f"{n}.flags = up"]
+                  f"{n}.veth.pair = {veth_name(vmid, nif.index, node_tag)}", f"{n}.flags = up"]
         if nif.hwaddr:
             lines.append(f"{n}.hwaddr = {nif.hwaddr}")
     for host, ct, ro in bind_mounts(conf):
