@@ -38,6 +38,17 @@ def check_exists(d: DoctorContext) -> list[Finding]:
     return [ok("container.running", f"CT {d.ct.vmid} is running", ev)]
 
 
+def check_exec(d: DoctorContext) -> list[Finding]:
+    """The container runs, but commands in it (``pct exec``) gave nothing back."""
+    if not d.ct_facts or d.fact(CT_NODES.name) is not None:
+        return []
+    return [fail("container.exec", f"could not run commands in CT {d.vmid} (pct exec)",
+                 Evidence(d.in_ct("true"), "(no output from the container part of the facts script)"),
+                 fix=f"run `pct exec {d.vmid} -- true` on the host to see the error; a container still booting "
+                     "or without bash cannot be checked",
+                 detail="the driver, CUDA, DNS and service checks need it; they are skipped")]
+
+
 def _effective(d: DoctorContext) -> dict[str, str]:
     ct = d.ct
     assert ct is not None
@@ -173,4 +184,4 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
     return findings
 
 
-CHECKS = [check_exists, check_devices, check_pending, check_node_access]
+CHECKS = [check_exists, check_exec, check_devices, check_pending, check_node_access]

@@ -139,3 +139,12 @@ def test_node_missing_inside():
     text = "\n".join(ln for ln in raw("doctor.ct_nodes").splitlines() if "nvidiactl" not in ln)
     f = one(cc.check_node_access(context(raw={"doctor.ct_nodes": text})), "container.node_access")
     assert f.status == "fail" and "missing in the container: /dev/nvidiactl" in f.title
+
+
+def test_pct_exec_gave_nothing_back():
+    d = context()
+    d.plan.facts = {k: v for k, v in d.plan.facts.items() if k.startswith(("nvidia.", "kernel.", "doctor.vram",
+                                                                          "doctor.host"))}
+    f = one(cc.check_exec(d), "container.exec")
+    assert f.status == "fail" and f"pct exec {VMID} -- true" in f.fix
+    assert cc.check_exec(context()) == []
