@@ -224,6 +224,7 @@ class ContainerStep:
                 f"unprivileged: {str(ctx.cfg.container.unprivileged).lower()}; PVE cannot change this on an "
                 "existing container (back it up and re-create it to switch)")
         if set_keys or deletes:
+            _note_root_path(ctx, set_keys, deletes, effective)
             diff = {k: (effective.get(k), v) for k, v in set_keys.items()}
             diff.update({k: (effective.get(k), None) for k in deletes})
 
@@ -272,6 +273,20 @@ class ContainerStep:
 
         target = f"ct {ctx.vmid}" if ctx.vmid else "ct (new)"
         return Change(STEP, "start", target, "start the container", apply, refresh=True)
+
+
+def _note_root_path(ctx: PlanContext, keys: dict[str, str], deletes: list[str], current: dict[str, str]) -> None:
+    """Say which path root-only keys take (the preflight the user reads in the plan)."""
+    unpriv = ctx.cfg.container.unprivileged
+    root = sorted([k for k, v in keys.items() if is_root_only(k, v, unpriv)] +
+                  [k for k in deletes if is_root_only(k, current.get(k, ""), unpriv)])
+    if not root:
+        return
+    if ctx.root_path == "api":
+        ctx.notes.append(f"{', '.join(root)}: root-only keys, set through the API as root@pam")
+    else:
+        ctx.notes.append(f"{', '.join(root)}: root-only keys (an API token never counts as root), "
+                         "set with `pct set` over SSH as root")
 
 
 def _is_our_mount(ctx: PlanContext, value: str) -> bool:
