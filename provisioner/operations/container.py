@@ -187,6 +187,7 @@ class ContainerStep:
     def _create(self, ctx: PlanContext) -> Change:
         c = ctx.cfg.container
         want = desired_config(ctx)
+        _note_root_path(ctx, want, [], {})
         diff = {k: (None, v) for k, v in want.items()}
         diff.update({"unprivileged": (None, _bool(c.unprivileged)),
                      "rootfs": (None, f"{c.storage}:{c.disk_gb}")})
