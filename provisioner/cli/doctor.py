@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -53,7 +52,7 @@ def render(out: Output, report, *, verbose: bool) -> None:
 @app.command()
 @guarded
 def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
-           vmid: Optional[int] = typer.Option(None, "--vmid", help="Check this container; FILE is used for the "
+           vmid: int | None = typer.Option(None, "--vmid", help="Check this container; FILE is used for the "
                                               "connection only."),
            fix: bool = typer.Option(False, "--fix", help="Apply the safe fixes (shown first)."),
            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before fixing."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import ProvisionError
 from ..facts.nvidia import DEVICES, DRIVER, DeviceNodes
 from ..facts.services import LLAMA_USER
 from ..operations.passthrough import desired_device_paths, owns_dev
@@ -18,7 +19,7 @@ NOBODY = 65534
 
 def dev_path(value: str) -> str:
     first = value.split(",", 1)[0]
-    return first[5:] if first.startswith("path=") else first
+    return first.removeprefix("path=")
 
 
 def check_exists(d: DoctorContext) -> list[Finding]:
@@ -67,7 +68,7 @@ def check_devices(d: DoctorContext) -> list[Finding]:
         return []
     try:
         want = desired_device_paths(d.plan)  # type: ignore[arg-type]
-    except Exception as exc:  # ConfigError from gpu.select
+    except ProvisionError as exc:  # ConfigError from gpu.select
         return [fail("container.devices", f"cannot tell which GPUs to pass through: {exc}",
                      fix=getattr(exc, "fix", None) or "fix gpu.select")]
     eff = _effective(d)
@@ -174,7 +175,7 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
     elif nobody:
         findings.append(warn(
             "container.node_access", f"owned by nobody/nogroup in this unprivileged container: {', '.join(nobody)}",
-            ev, fix=f"use devN entries with uid=0,gid=0 (`provision up` does) instead of lxc.mount.entry binds",
+            ev, fix="use devN entries with uid=0,gid=0 (`provision up` does) instead of lxc.mount.entry binds",
             detail="unmapped owners: the container cannot chown or chmod these nodes; access relies on the "
                    "host's mode"))
     if not findings:

@@ -30,7 +30,7 @@ def check_resolv(d: DoctorContext) -> list[Finding]:
                             f"`chattr -i /var/lib/lxc/{vmid}/rootfs/etc/resolv.conf`, `pct unmount {vmid}`)")]
     if not r.lsattr_ok:
         return [warn("dns.immutable", "could not read the attributes of /etc/resolv.conf (lsattr failed)", ev,
-                     fix=f"check on the host: lsattr the container's /etc/resolv.conf")]
+                     fix="check on the host: lsattr the container's /etc/resolv.conf")]
     findings = [ok("dns.immutable", "/etc/resolv.conf is not immutable", ev)]
     if not r.pve_managed and not r.ignored and r.exists:
         findings.append(warn("dns.pve_ignore", f"/etc/resolv.conf has custom content but no {MARKER}", ev,

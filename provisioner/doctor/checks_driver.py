@@ -4,7 +4,6 @@ and no kernel-module packages inside the container."""
 from __future__ import annotations
 
 from ..errors import ProvisionError
-from ..facts.nvidia import DRIVER
 from ..facts.nvidia_ct import DRIVER_CT, PIN_PATH, DriverUserspace
 from ..operations.driver import FORBIDDEN, DriverStep, host_version
 from .context import DoctorContext

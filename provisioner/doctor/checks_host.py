@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from ..errors import ProvisionError
 from ..facts import kernel as kernel_facts
-from ..facts.nvidia import BOOT, BOOT_UNIT, DEVICES, DRIVER, GPUS, MODULES_CONF_PATH, DeviceNodes
+from ..facts.nvidia import (
+    BOOT,
+    BOOT_UNIT,
+    DEVICES,
+    DRIVER,
+    GPUS,
+    MODULES_CONF_PATH,
+    DeviceNodes,
+)
 from ..operations.passthrough import UVM_NODES, GpuHostStep, select_gpus
 from .context import DoctorContext
 from .findings import Evidence, Finding, fail, ok, warn
@@ -58,7 +67,7 @@ def _host_plan(d: DoctorContext) -> list:
     """The gpu.host step's changes now: what `up` (and `doctor --fix`) would do on the host."""
     try:
         return GpuHostStep().plan(d.plan)  # type: ignore[arg-type]
-    except Exception:  # a config error (gpu.select) is reported by the container checks
+    except ProvisionError:  # a config error (gpu.select) is reported by the container checks
         return []
 
 
@@ -71,7 +80,7 @@ def check_device_nodes(d: DoctorContext) -> list[Finding]:
     devices: DeviceNodes = d.fact(DEVICES.name) or DeviceNodes()
     try:
         gpus = select_gpus(d.fact(GPUS.name) or [], d.cfg.gpu.select)
-    except Exception:
+    except ProvisionError:
         gpus = d.fact(GPUS.name) or []
     want = [g.device for g in gpus] + ["/dev/nvidiactl", *UVM_NODES]
     missing = [p for p in want if not devices.has(p)]

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import json
 
-from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT, LLAMA_USER, ModelFacts, ServiceFacts, UnitState, model_paths
+from ..facts.services import (
+    GATEWAY_UNIT,
+    LLAMA_UNIT,
+    LLAMA_USER,
+    ModelFacts,
+    ServiceFacts,
+    UnitState,
+    model_paths,
+)
 from .context import DoctorContext
 from .facts import ServerProbe, Vram
 from .findings import Evidence, Finding, fail, ok, warn

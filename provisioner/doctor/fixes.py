@@ -6,7 +6,7 @@
 | ``host.boot_unit``           | gpu.host step: write and enable the boot unit            |
 | ``container.devices`` (missing devN) | ``pct set`` of the missing entries (container.pct_set, as root over SSH) |
 | ``driver.userspace``, ``driver.pins`` | driver step: repository, pin, reinstall + hold at the host version |
-| ``dns.immutable``            | ``chattr -i`` on the container's resolv.conf, from the host |
+| ``dns.immutable``            | resolv step: ``chattr -i`` inside, else from the host via /proc/<pid>/root |
 | ``services.*_unit`` failed   | ``systemctl restart`` of that unit in the container      |
 
 Anything else (purging packages, restarting the container, rebuilding) is left to the user:
@@ -16,18 +16,18 @@ those findings carry the command instead.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..connectors.ssh import SSH
 from ..engine.context import ApplyContext
 from ..engine.plan import Change
-from ..errors import RemoteError
+from ..facts.nvidia import BOOT
 from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT
 from ..operations.container import pct_set
 from ..operations.driver import DriverStep
-from ..facts.nvidia import BOOT
 from ..operations.passthrough import UVM_NODES, GpuHostStep, desired_device_paths
+from ..operations.resolv import ResolvStep
 from .checks_container import _DEV_KEY, _effective, _new_entries, dev_path
 from .context import DoctorContext
 from .findings import Finding
@@ -43,27 +43,6 @@ class Fix:
 
 def _from_changes(ids: list[str], changes: list[Change]) -> list[Fix]:
     return [Fix(ids, f"{c.step}: {c.summary}", c.apply) for c in changes]
-
-
-def resolv_script(vmid: int) -> str:
-    """Clear the immutable flag from the host: through /proc/<pid>/root while the CT runs, else
-    with `pct mount` (REFERENCE §1: the CT itself may not, an unprivileged CT lacks the capability)."""
-    v = int(vmid)
-    return (f"pid=$(lxc-info -n {v} -p -H 2>/dev/null)\n"
-            f"if [ -n \"$pid\" ]; then chattr -i \"/proc/$pid/root/etc/resolv.conf\"\n"
-            f"else pct mount {v} >/dev/null && {{ chattr -i /var/lib/lxc/{v}/rootfs/etc/resolv.conf; rc=$?; "
-            f"pct unmount {v}; exit $rc; }}\nfi")
-
-
-def _resolv_fix(vmid: int) -> Fix:
-    def apply(actx: ApplyContext) -> None:
-        script = resolv_script(vmid)
-        r = actx.ssh.run("bash -s", stdin=script.encode())
-        if not r.ok:
-            raise RemoteError("clearing the immutable flag of /etc/resolv.conf failed", command=script,
-                              exit_code=r.exit_code, output=r.stderr or r.stdout, vmid=vmid, step="doctor")
-
-    return Fix(["dns.immutable"], f"chattr -i /etc/resolv.conf of CT {vmid} (from the host)", apply)
 
 
 def _restart_fix(fid: str, unit: str, vmid: int) -> Fix:
@@ -113,7 +92,7 @@ def plan_fixes(d: DoctorContext, findings: list[Finding]) -> list[Fix]:
         if fix:
             fixes.append(fix)
     if "dns.immutable" in bad and d.ct is not None:
-        fixes.append(_resolv_fix(d.ct.vmid))
+        fixes += _from_changes(["dns.immutable"], ResolvStep().plan(d.plan))
     if bad & {"driver.userspace", "driver.pins"}:
         fixes += _from_changes(sorted(bad & {"driver.userspace", "driver.pins"}), DriverStep().plan(d.plan))
     for fid, unit in (("services.llama_unit", LLAMA_UNIT), ("services.gateway_unit", GATEWAY_UNIT)):

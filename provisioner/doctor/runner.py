@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from ..config.schema import HostFile
 from ..engine.context import PlanContext
@@ -20,7 +21,15 @@ from ..errors import ProvisionError
 from ..facts.base import Fact, gather
 from ..facts.pve import PveFacts, gather_pve
 from ..facts.services import RESOLV_FACT, model_facts, services_facts
-from . import checks_access, checks_container, checks_cuda, checks_dns, checks_driver, checks_host, checks_services
+from . import (
+    checks_access,
+    checks_container,
+    checks_cuda,
+    checks_dns,
+    checks_driver,
+    checks_host,
+    checks_services,
+)
 from .context import Access, DoctorContext, Probe
 from .facts import ServerProbe, doctor_facts
 from .findings import DoctorReport, Finding, Skipped

@@ -51,7 +51,8 @@ def test_immutable_resolv_conf_is_fixable_from_the_host():
     assert f.status == "fail" and f.fixable and "Operation not permitted" in f.detail
     assert f"chattr -i /var/lib/lxc/{VMID}/rootfs/etc/resolv.conf" in f.detail
     fixes = plan_fixes(d, [f])
-    assert [x.summary for x in fixes] == [f"chattr -i /etc/resolv.conf of CT {VMID} (from the host)"]
+    assert [x.summary for x in fixes] == ["resolv: remove the immutable flag from /etc/resolv.conf "
+                                         "(it would stop the next start)"]
 
 
 def test_custom_resolv_without_marker():
@@ -103,7 +104,7 @@ def test_services_healthy():
 def test_failed_unit_is_restarted_by_fix():
     d = up_ctx(raw={"services.ct": UP.replace("llama-server active", "llama-server failed")})
     f = one(cs.check_units(d), "services.llama_unit")
-    assert f.status == "fail" and f.fixable and f"journalctl -u llama-server" in f.fix
+    assert f.status == "fail" and f.fixable and "journalctl -u llama-server" in f.fix
     assert [x.summary for x in plan_fixes(d, [f])] == [f"restart llama-server.service in CT {VMID}"]
 
 

@@ -9,7 +9,16 @@ import pytest
 
 from provisioner.cli.doctor import render
 from provisioner.cli.output import Output
-from provisioner.doctor.findings import AREAS, DoctorReport, Evidence, exit_code, fail, ok, warn, worst
+from provisioner.doctor.findings import (
+    AREAS,
+    DoctorReport,
+    Evidence,
+    exit_code,
+    fail,
+    ok,
+    warn,
+    worst,
+)
 from provisioner.doctor.gguf import kv_cache_bytes, read_metadata, shape_from_metadata
 from provisioner.doctor.runner import CHECKS, all_facts, run_checks, target_config
 from provisioner.redact import register
@@ -103,7 +112,7 @@ def _kv(key: str, vtype: int, payload: bytes) -> bytes:
 
 
 def test_gguf_built_by_hand_with_gqa_and_explicit_key_length():
-    s = lambda t: struct.pack("<Q", len(t)) + t.encode()  # noqa: E731
+    s = lambda t: struct.pack("<Q", len(t)) + t.encode()
     kvs = [_kv("general.architecture", 8, s("qwen3")), _kv("qwen3.block_count", 4, struct.pack("<I", 48)),
            _kv("qwen3.embedding_length", 4, struct.pack("<I", 2048)),
            _kv("qwen3.attention.head_count", 4, struct.pack("<I", 32)),

@@ -9,13 +9,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "gateway"))
 
-from gw_harness import API_KEY, Harness  # noqa: E402
+from gw_harness import API_KEY, Harness
 
-from provisioner.doctor import checks_services as cs  # noqa: E402
-from provisioner.doctor.probes import ct_ip_from_config, gateway_url, run_probes  # noqa: E402
+from provisioner.doctor import checks_services as cs
+from provisioner.doctor.probes import ct_ip_from_config, gateway_url, run_probes
 
-from .recorded_ctx import config, context, one  # noqa: E402
-from .test_checks_dns_services_access import UP, server_raw  # noqa: E402
+from .recorded_ctx import config, context, one
+from .test_checks_dns_services_access import UP, server_raw
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ port conflicts; a stopped service is reported and restarted by `doctor --fix`.""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -66,7 +65,7 @@ def served(sim_node, tmp_path_factory):
 
 
 def test_running_service_is_healthy(served):
-    code, data = doctor_json(served)
+    _, data = doctor_json(served)
     for fid in ("services.llama_unit", "services.llama_health", "services.model_file", "services.ports"):
         assert finding(data, fid)["status"] == "ok", finding(data, fid)
     ctx = finding(data, "services.context")
