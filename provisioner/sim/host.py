@@ -12,7 +12,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /proc/driver       | SIM_ROOT/host/proc/driver                |
 | /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
 | /lib/modules       | SIM_ROOT/host/lib/modules                |
-| /usr/local/sbin    | SIM_ROOT/host/bin (pct, pveversion, nvidia-smi, nvidia-modprobe) |
+| /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
@@ -93,6 +93,7 @@ ms=$(cat {sim_root}/faults/ssh_delay_ms 2>/dev/null || echo 0)
 exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
 """)
     _write_exec(bindir / "pct", _python_tool("provisioner.sim.pct", "", sim_root))
+    _write_exec(bindir / "pvesh", _python_tool("provisioner.sim.pvesh", "", sim_root))
     version = settings.get("version", "9.1")
     manager = {"8.4": "8.4.1/2a5fa54a8503f96d", "9.1": "9.1.1/42db4a6cf33dac83"}.get(version, f"{version}.0/0")
     _write_exec(bindir / "pveversion", f'#!/bin/sh\necho "pve-manager/{manager} (running kernel: $(uname -r))"\n')

@@ -100,3 +100,17 @@ def test_snapshot_rollback_delete(sim_node):
             be.rollback(vmid, "before", log)
     finally:
         sim_node.destroy_ct(vmid)
+
+
+def test_pvesh_acts_as_root_at_pam(sim_node):
+    vmid = VMID + 3
+    sim_node.create_ct(vmid)
+    try:
+        rc, out, err = sim_node.run(f"pvesh set /nodes/{sim_node.node}/lxc/{vmid}/config --dev0 /dev/nvidia0,gid=44 "
+                                    f"&& pvesh get /nodes/{sim_node.node}/lxc/{vmid}/config --output-format json")
+        assert rc == 0, err
+        assert '"dev0": "/dev/nvidia0,gid=44"' in out
+        rc, _, err = sim_node.run(f"pvesh set /nodes/{sim_node.node}/lxc/{vmid}/config --dev1 /dev/nvidia9")
+        assert (rc, err.strip()) == (255, "Device /dev/nvidia9 does not exist")
+    finally:
+        sim_node.destroy_ct(vmid)
