@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,7 +25,7 @@ def _fail(exc: ProvisionError) -> None:
 @app.command()
 def start(name: str = NAME,
           pve_version: str = typer.Option("9.1", "--pve-version", help="8.4 or 9.1."),
-          gpu: Optional[List[str]] = typer.Option(
+          gpu: list[str] | None = typer.Option(
               None, "--gpu", help='"NAME,COMPUTE_CAP,VRAM_MIB[,PCI_BUS_ID]"; repeat for more GPUs.'),
           driver: str = typer.Option("580.95.05", "--driver", help="Loaded host driver version."),
           api_port: int = typer.Option(8006, "--api-port"),
@@ -112,6 +111,15 @@ def fault_upgrade_driver(version: str = typer.Argument(..., help="New loaded dri
 def fault_drop_uvm(name: str = NAME) -> None:
     """Unload nvidia_uvm and remove /dev/nvidia-uvm* (as after a reboot)."""
     _faults(name).drop_uvm()
+
+
+@fault_app.command("newer-kernel")
+def fault_newer_kernel(kver: str = typer.Argument(..., help="e.g. 6.17.2-1-pve"),
+                       without_module: bool = typer.Option(False, "--without-module",
+                                                           help="DKMS did not build nvidia.ko for it."),
+                       name: str = NAME) -> None:
+    """Install a newer (not running) kernel, with or without the NVIDIA module built for it."""
+    _faults(name).set_newer_kernel(kver, has_module=not without_module)
 
 
 @fault_app.command("dpkg-lock")

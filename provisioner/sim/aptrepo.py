@@ -139,9 +139,10 @@ def build(repo_root: Path, base_url: str) -> Path:
         files: dict[str, tuple[str | bytes, int]] = {
             f"/usr/local/cuda-{cuda}/sim/{name}.version": (ver + "\n", 0o644)}
         if name.startswith("cuda-nvcc"):
-            files[f"/usr/local/cuda-{cuda}/bin/nvcc"] = (
-                "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver (provision-sim placeholder)'\n"
-                f"echo 'Cuda compilation tools, release {cuda}, V{ver.rsplit('-', 1)[0]}'\n", 0o755)
+            release = ver.rsplit("-", 1)[0]
+            script = ("#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver (provision-sim placeholder)'\n"
+                      f"echo 'Cuda compilation tools, release {cuda}, V{release}'\n")
+            files[f"/usr/local/cuda-{cuda}/bin/nvcc"] = (script, 0o755)
         _deb(out, name, ver, files, description=f"CUDA {cuda} toolkit placeholder")
     _index(out, home)
     return out
@@ -166,7 +167,7 @@ def _index(out: Path, home: Path) -> None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -15,8 +15,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from provisioner.sim.backend_base import SimTaskError
 from provisioner.sim.lxcconf import ID_SHIFT, parse_prop
@@ -96,6 +96,6 @@ def hotplug(value: str, *, unpriv: bool, passthrough: Path, host_dev: Path,
     if not unpriv:
         lxc("cgroup", "devices.allow", f"{kind} {major}:{minor} {_access(entry)}")
     proc = subprocess.run([sys.executable, "-m", "provisioner.sim.mountinject", str(node),
-                           str(init_pid), path], capture_output=True, text=True)
+                           str(init_pid), path], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SimTaskError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "mount failed")

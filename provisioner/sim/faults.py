@@ -56,7 +56,7 @@ class Faults:
         host.save(st)
         host.refresh(st)
 
-    def hold_dpkg_lock(self, vmid: int, seconds: float) -> "DpkgLock":
+    def hold_dpkg_lock(self, vmid: int, seconds: float) -> DpkgLock:
         """Hold the CT's dpkg frontend lock for ``seconds``; returns once it is held."""
         proc = subprocess.Popen(
             ["lxc-attach", "-P", str(self.root / "lxc"), "-n", str(vmid), "--clear-env", "--",
@@ -117,7 +117,7 @@ class DpkgLock:
     def release(self) -> None:
         if self.proc.poll() is None:
             subprocess.run(["lxc-attach", "-P", str(self.root / "lxc"), "-n", str(self.vmid), "--",
-                            "kill", str(self.ct_pid)], capture_output=True)
+                            "kill", str(self.ct_pid)], capture_output=True, check=False)
             self.proc.wait(timeout=10)
 
 

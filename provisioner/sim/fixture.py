@@ -14,9 +14,9 @@ import os
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import paramiko
 import pytest
@@ -173,9 +173,9 @@ def leftovers(node: SimNode, vmids: list[int]) -> list[str]:
     mounts = Path("/proc/self/mounts").read_text()
     if str(node.sim_root) in mounts:
         found.append("mounts under SIM_ROOT")
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
     found += [f"process: {line.strip()}" for line in ps.splitlines() if str(node.sim_root) in line]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
     for vmid in vmids:
         if veth_name(vmid, 0, node.backend.node_tag) in links:
             found.append(f"veth of CT {vmid}")

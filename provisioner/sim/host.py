@@ -178,11 +178,11 @@ class HostProcess:
         self.apt = aptrepo.serve(root / "apt-repo", BRIDGE_IP, apt_port)
         Path("/run/sshd").mkdir(exist_ok=True)
         cfg = write_sshd_config(root, int(self.settings["ssh_port"]))
-        log = open(root / "log" / "sshd.log", "ab")
+        log = open(root / "log" / "sshd.log", "ab")  # noqa: SIM115 - the child keeps it
         self.children["sshd"] = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)],
                                                  stdout=log, stderr=log)
         if os.environ.get("PROVISION_SIM_NO_API") != "1":
-            log = open(root / "log" / "api.log", "ab")
+            log = open(root / "log" / "api.log", "ab")  # noqa: SIM115 - the child keeps it
             self.children["api"] = subprocess.Popen(
                 [sys.executable, "-m", "provisioner.sim.api", "--root", str(root)],
                 stdout=log, stderr=log)

@@ -73,9 +73,9 @@ def check_prerequisites() -> None:
 def ensure_bridge() -> None:
     """lxc-net's lxcbr0 (10.0.3.1/24, dnsmasq, NAT) stands in for PVE's vmbr0."""
     if BRIDGE_IP in subprocess.run(["ip", "-4", "addr", "show", "lxcbr0"], capture_output=True,
-                                   text=True).stdout:
+                                   text=True, check=False).stdout:
         return
-    proc = subprocess.run(["/usr/libexec/lxc/lxc-net", "start"], capture_output=True, text=True)
+    proc = subprocess.run(["/usr/libexec/lxc/lxc-net", "start"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SimError(f"could not bring up lxcbr0: {proc.stderr.strip()}")
 
@@ -87,6 +87,20 @@ def ensure_subids() -> None:
         if "root:100000:65536" not in text.split():
             with open(f, "a") as fh:
                 fh.write(("" if text.endswith("\n") or not text else "\n") + "root:100000:65536\n")
+
+
+def _check_chattr(directory: Path) -> None:
+    """The immutable-resolv.conf scenario needs chattr on the containers' filesystem."""
+    probe = directory / ".chattr-probe"
+    probe.write_text("")
+    try:
+        proc = subprocess.run(["chattr", "+i", str(probe)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SimError(f"chattr does not work on {directory}: {proc.stderr.strip()}",
+                           fix="put /var/lib/provision-sim on ext4/xfs/btrfs (PROVISION_SIM_BASE)")
+        subprocess.run(["chattr", "-i", str(probe)], check=True)
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def host_pid(root: Path) -> int | None:
@@ -126,6 +140,7 @@ def start(opts: StartOptions, log=print) -> dict:
     (root / "secrets").chmod(0o700)
     ensure_bridge()
     ensure_subids()
+    _check_chattr(root / "storage")
     t0 = time.monotonic()
     rootfs.ensure_template(log)
     log(f"rootfs cache ready ({time.monotonic() - t0:.1f}s)")
@@ -144,7 +159,7 @@ def start(opts: StartOptions, log=print) -> dict:
     for port in (opts.api_port, opts.ssh_port):
         if _port_open(port):
             raise SimError(f"port {port} is already in use", fix="pick other ports (--api-port/--ssh-port)")
-    out = open(root / "log" / "host.log", "ab")
+    out = open(root / "log" / "host.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
          "provisioner.sim.host", "run", "--root", str(root)],
@@ -207,7 +222,7 @@ def cleanup(root: Path, *, keep_state: bool) -> list[str]:
                 backend.stop(int(ct.name), lambda _: None)
                 done.append(f"stopped CT {ct.name}")
     for mnt in reversed(_mounts_under(root)):
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
+        subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
         done.append(f"unmounted {mnt}")
     if (root / "host" / "nvidia.json").exists():
         NvidiaHost(root).remove_nodes()
@@ -215,7 +230,7 @@ def cleanup(root: Path, *, keep_state: bool) -> list[str]:
     (root / "run" / "host.pid").unlink(missing_ok=True)
     (root / "run" / "host.ready").unlink(missing_ok=True)
     if not keep_state and root.exists():
-        subprocess.run(["chattr", "-R", "-i", "-a", str(root)], capture_output=True)
+        subprocess.run(["chattr", "-R", "-i", "-a", str(root)], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
         done.append(f"removed {root}")
     return done

@@ -75,7 +75,7 @@ class Pct:
         try:
             with open(src, "rb") as fh:
                 proc = subprocess.run(self.attach(vmid, ["/bin/sh", "-c", script, "push", dst, owner, mode]),
-                                      stdin=fh)
+                                      stdin=fh, check=False)
         except FileNotFoundError:
             raise PctError(f"failed to open {src} for reading") from None
         if proc.returncode != 0:
@@ -85,7 +85,7 @@ class Pct:
     def pull(self, vmid: int, src: str, dst: str) -> int:
         self.need_running(vmid)
         with open(dst + ".pct-pull", "wb") as fh:
-            proc = subprocess.run(self.attach(vmid, ["/bin/cat", "--", src]), stdout=fh)
+            proc = subprocess.run(self.attach(vmid, ["/bin/cat", "--", src]), stdout=fh, check=False)
         if proc.returncode != 0:
             os.unlink(dst + ".pct-pull")
             raise PctError(f"failed to open {src} for reading")
@@ -218,7 +218,7 @@ def _parse_set(args: list[str]) -> tuple[dict[str, str], list[str], list[str], s
     it = iter(args)
     for arg in it:
         if not arg.startswith("-"):
-            raise PctError(f"400 too many arguments\npct set <vmid> [OPTIONS]")
+            raise PctError("400 too many arguments\npct set <vmid> [OPTIONS]")
         key = arg.lstrip("-")
         value = next(it, None)
         if value is None:
@@ -242,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     pct = Pct(Path(argv[1]))
     rest = argv[2:]
     if not rest or rest[0] in ("help", "-h", "--help"):
-        print("USAGE: pct <COMMAND> [ARGS] [OPTIONS]\n  commands: " + ", ".join(
-            ["config", "exec", "list", "mount", "pending", "pull", "push", "set", "shutdown",
-             "start", "status", "stop", "unmount"]))
+        print("USAGE: pct <COMMAND> [ARGS] [OPTIONS]\n  commands: config, exec, list, mount, "
+              "pending, pull, push, set, shutdown, start, status, stop, unmount")
         return 0
     cmd, args = rest[0], rest[1:]
     try:

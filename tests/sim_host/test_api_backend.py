@@ -55,7 +55,7 @@ def test_create_start_and_fail_through_the_api(sim_node, api):
         # devN is root-only: set it as root over SSH, then the start task fails like PVE's
         rc, _, err = sim_node.run(f"pct set {VMID} --dev0 /dev/nvidia0 && rm /dev/nvidia0")
         assert rc == 0, err
-        status, log = _wait(api, api.lxc(VMID).status.start.post())
+        status, _log = _wait(api, api.lxc(VMID).status.start.post())
         assert status == "Could not get mode or device ID of /dev/nvidia0"
     finally:
         sim_node.faults.upgrade_host_driver("580.95.05")  # puts /dev/nvidia0 back

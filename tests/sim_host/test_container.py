@@ -17,7 +17,7 @@ def ct(sim_node):
     t0 = time.monotonic()
     sim_node.create_ct(VMID, hostname="simct")
     created = time.monotonic() - t0
-    rc, out, err = sim_node.run(f"pct start {VMID}")
+    rc, _out, err = sim_node.run(f"pct start {VMID}")
     assert rc == 0, err
     yield created
     sim_node.destroy_ct(VMID)

@@ -41,7 +41,7 @@ def test_host_view(sim_node):
 def test_uvm_node_has_the_hosts_dynamic_major(sim_node, gpu_ct):
     major = _uvm_major(sim_node)
     assert major not in (195,) and 234 <= major <= 254
-    rc, out, _ = sim_node.run(f"pct exec {gpu_ct} -- stat -c '%t:%T' /dev/nvidia-uvm /dev/nvidia0")
+    _rc, out, _ = sim_node.run(f"pct exec {gpu_ct} -- stat -c '%t:%T' /dev/nvidia-uvm /dev/nvidia0")
     assert out.split() == [f"{major:x}:0", "c3:0"]
 
 
