@@ -1,0 +1,135 @@
+"""Snapshots and rollback on the simulated node: the real CLI, real API tasks, real LXC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner.config import load
+from provisioner.engine import run
+from provisioner.facts.pve import MARKER_LINE
+from provisioner.sim.hostfile import write_host_file
+
+pytestmark = pytest.mark.sim
+VMID = 181
+CLI = "import sys; from provisioner.cli.main import run; run(sys.argv[1:])"
+
+
+def provision(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # the installed entry point's way in (`-m provisioner.cli.main` would not see commands that
+    # register themselves on provisioner.cli.main.app, such as rollback)
+    proc = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
+    return proc
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def with_changes(path: Path, tmp: Path, name: str, **container) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data["container"].update(container)
+    out = tmp / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def snapshots(path: Path, vmid: int) -> list[dict]:
+    conn = run.connect(load(path).config)
+    try:
+        return [s for s in conn.pve.get(conn.pve.ct(vmid, "snapshot")) if s["name"] != "current"]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def host(sim_node, tmp_path_factory) -> Path:
+    path = write_host_file(tmp_path_factory.mktemp("snap") / "host.yaml", sim_node.conn, vmid=VMID, gpu=False,
+                           extra={"container": {"snapshots_keep": 2}})
+    first = as_json(provision("--json", "up", str(path), "--yes", "--only", "container"))
+    assert [c["action"] for c in first["applied"]] == ["create", "start"]
+    assert snapshots(path, VMID) == []  # nothing to protect yet: no snapshot of a new CT
+    yield path
+    provision("down", str(path), "--yes", check=False)
+
+
+def test_up_takes_a_snapshot_before_changing_and_keeps_the_last_n(sim_node, host, tmp_path):
+    conn = run.connect(load(host).config)
+    try:  # the user's own snapshot: listed, never pruned
+        conn.pve.wait_task(conn.pve.post(conn.pve.ct(VMID, "snapshot"), snapname="before-upgrade",
+                                         description="mine"))
+    finally:
+        conn.close()
+    taken = []
+    for i, mem in enumerate((1536, 2048, 2560)):
+        report = as_json(provision("--json", "up", str(with_changes(host, tmp_path, f"m{i}", memory_mb=mem)),
+                                   "--yes", "--only", "container"))
+        assert [c["action"] for c in report["applied"]] == ["update"]
+        note = next(n for n in report["notes"] if "snapshot provision-" in n)
+        taken.append(note.split("snapshot ")[1].split()[0])
+    names = [s["name"] for s in snapshots(host, VMID)]
+    assert "before-upgrade" in names
+    assert sorted(n for n in names if n.startswith("provision-")) == sorted(taken[-2:])
+    newest = next(s for s in snapshots(host, VMID) if s["name"] == taken[-1])
+    assert "taken by provision" in newest["description"] and "container 1" in newest["description"]
+    # a converged run changes nothing and takes no snapshot
+    same = as_json(provision("--json", "up", str(tmp_path / "m2.yaml"), "--yes", "--only", "container"))
+    assert same["applied"] == [] and len(snapshots(host, VMID)) == 3
+
+
+def test_rollback_shows_a_plan_then_returns_to_the_newest(sim_node, host, tmp_path):
+    newest = max(s["name"] for s in snapshots(host, VMID) if s["name"].startswith("provision-"))
+    code, _, err = sim_node.run(f"pct exec {VMID} -- touch /root/written-after-the-snapshot")
+    assert code == 0, err
+    refused = provision("rollback", str(host), check=False)  # no terminal, no --yes: refuse
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    done = provision("rollback", str(host), "--yes")
+    assert f"to snapshot {newest}" in done.stderr and "stopped, rolled back and started" in done.stderr
+    assert "memory: 2048 → 2560" in done.stderr  # what changed since (config)
+    code, _, _ = sim_node.run(f"pct exec {VMID} -- test -e /root/written-after-the-snapshot")
+    assert code == 1  # the file written after the snapshot is gone
+    code, out, _ = sim_node.run(f"pct status {VMID}")
+    assert "running" in out
+    code, out, _ = sim_node.run(f"cat /etc/pve/lxc/{VMID}.conf")
+    assert out.split("\n[")[0].count("memory: 2048") == 1
+
+
+def test_rollback_to_a_named_snapshot_and_unknown_name(host):
+    bad = provision("rollback", str(host), "--to", "nope", "--yes", check=False)
+    assert bad.returncode == 1 and "has no snapshot 'nope'" in bad.stderr and "before-upgrade" in bad.stderr
+    ok = as_json(provision("--json", "rollback", str(host), "--to", "before-upgrade", "--yes"))
+    assert ok["snapshot"] == "before-upgrade" and ok["ok"]
+
+
+def test_bind_mount_means_no_snapshot_and_up_goes_on(sim_node, tmp_path):
+    vmid = VMID + 1
+    shared = sim_node.sim_root / "shared-models"
+    shared.mkdir(exist_ok=True)
+    sim_node.create_ct(vmid, tags="provision", description=f"{MARKER_LINE}\n", hostname=f"llm-{vmid}",
+                       mp0=f"{shared},mp=/srv/models")
+    path = write_host_file(tmp_path / "bind.yaml", sim_node.conn, vmid=vmid, gpu=False,
+                           extra={"container": {"mounts": [{"host": str(shared), "path": "/srv/models"}]}})
+    try:
+        report = as_json(provision("--json", "up", str(path), "--yes", "--only", "container"))
+        assert report["applied"], report
+        assert any(f"mp0 is a bind mount ({shared})" in n and "continuing without one" in n
+                   for n in report["notes"]), report["notes"]
+        assert snapshots(path, vmid) == []
+    finally:
+        provision("down", str(path), "--yes", check=False)
+
+
+def test_snapshot_off_takes_none(sim_node, host, tmp_path):
+    before = len(snapshots(host, VMID))
+    off = with_changes(host, tmp_path, "off", snapshot=False, cores=1)
+    report = as_json(provision("--json", "up", str(off), "--yes", "--only", "container"))
+    assert report["applied"] and len(snapshots(host, VMID)) == before
+    assert not any("snapshot" in n for n in report["notes"])
