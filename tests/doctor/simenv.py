@@ -22,8 +22,8 @@ from provisioner.operations.passthrough import GpuHostStep
 from provisioner.sim.hostfile import write_host_file
 
 
-def host_file(tmp: Path, conn: dict[str, Any], vmid: int, **extra: Any) -> Loaded:
-    path = write_host_file(tmp / f"host-{vmid}.yaml", conn, vmid=vmid, extra=extra)
+def host_file(tmp: Path, conn: dict[str, Any], vmid: int, *, auth: str = "token", **extra: Any) -> Loaded:
+    path = write_host_file(tmp / f"host-{vmid}-{auth}.yaml", conn, vmid=vmid, auth=auth, extra=extra)
     return load(path)
 
 

@@ -223,3 +223,12 @@ def test_context_too_small_for_claude_code(env, sim_node, tmp_path):
     ok_file = simenv.host_file(tmp_path, sim_node.conn, VMID, model=model, server=lifted)
     _, data = doctor_json(ok_file)
     assert finding(data, "services.context")["status"] == "ok"
+
+
+def test_root_path_with_a_root_pam_password(env, sim_node, tmp_path):
+    loaded = simenv.host_file(tmp_path, sim_node.conn, VMID, auth="password")
+    _, data = doctor_json(loaded)
+    f = finding(data, "access.root_path")
+    assert f["status"] == "ok" and "through the API as root@pam" in f["title"]
+    assert finding(data, "access.api")["status"] == "ok"
+    assert sim_node.root_password not in json.dumps(data)
