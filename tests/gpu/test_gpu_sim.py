@@ -20,7 +20,8 @@ from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CO
 from provisioner.sim.hostfile import write_host_file
 from provisioner.sim.nvidia import NvidiaHost
 
-pytestmark = pytest.mark.sim
+# the CPU build takes ~5 min on 2 idle cores and much longer when other builds share them
+pytestmark = [pytest.mark.sim, pytest.mark.timeout(3600)]
 
 VMID = 643  # LXC names and bridge IPs are shared by every sim node on this machine: keep it unusual
 STEPS = "gpu,container,driver,cuda,llama"
