@@ -182,3 +182,21 @@ def test_cpu_build_of_llama_server_then_skipped(sim_node, host_file: Path, passt
                                     "llama_step_seconds": rep["timings"].get("llama"),
                                     "second_run_seconds": round(time.monotonic() - t1, 1),
                                     "second_run_applied": again["applied"]}))
+
+
+def test_failed_build_leaves_the_previous_build_serving(sim_node, host_file: Path, tmp_path: Path) -> None:
+    """A build that fails (here: the server target switched off) shows its tail; `current` stays."""
+    code, before = ct(sim_node, "readlink /opt/provision/llama.cpp/current")
+    assert code == 0 and before.startswith("builds/"), before
+    data = yaml.safe_load(host_file.read_text())
+    data["llama_cpp"]["cmake_flags"] = ["-DLLAMA_BUILD_SERVER=OFF"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    proc = provision("up", str(bad), "--yes", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "building llama-server failed during 'build'" in proc.stderr
+    assert "keeps serving from /opt/provision/llama.cpp/current" in proc.stderr
+    assert "output (tail):" in proc.stderr and "llama-server" in proc.stderr.split("output (tail):")[1]
+    code, after = ct(sim_node, "readlink /opt/provision/llama.cpp/current && "
+                               "/opt/provision/llama.cpp/current/bin/llama-server --version")
+    assert code == 0 and after.splitlines()[0] == before.strip(), after
