@@ -32,8 +32,8 @@ class ApiError(ProvisionError):
 
 
 def invalid_request(message: str) -> ApiError:
-    """400 invalid_request_error."""
-    return ApiError(400, "invalid_request_error", message)
+    """400 invalid_request_error (the message is cut short: it may quote what the client sent)."""
+    return ApiError(400, "invalid_request_error", message if len(message) <= 500 else message[:497] + "...")
 
 
 def not_found(message: str) -> ApiError:

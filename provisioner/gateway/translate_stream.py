@@ -122,6 +122,8 @@ class StreamTranslator:
         if data == b"[DONE]":
             self.done = True
             return
+        if self.stopped:
+            return  # a stop sequence ended the answer; the rest of this batch is discarded
         try:
             chunk = loads(data)
         except (ValueError, RecursionError) as exc:

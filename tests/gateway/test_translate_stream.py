@@ -83,6 +83,13 @@ def test_stop_sequence_split_across_chunks_and_false_start():
                              ("text_delta", 0, " b "), ("stop", 0), ("end", "stop_sequence", "<<END")]
 
 
+def test_nothing_after_a_stop_sequence_in_the_same_batch():
+    events = run([d(content="ok STOP"), d(tool_calls=[call(0, "c", "f", "{}")]), d(content="more")],
+                 stop_sequences=("STOP",))
+    assert short(events) == [("start", 0, "text"), ("text_delta", 0, "ok "), ("stop", 0),
+                             ("end", "stop_sequence", "STOP")]
+
+
 def test_held_back_text_is_flushed_at_the_end():
     events = run([d(content="ends with <"), d(finish="stop")], stop_sequences=("<<END",))
     assert short(events) == [("start", 0, "text"), ("text_delta", 0, "ends with "), ("text_delta", 0, "<"),
@@ -142,3 +149,54 @@ def test_message_from_events_folds_the_translator_output():
     message = message_from_events(b"".join(out))
     assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use"]
     assert message["content"][2]["input"] == {"a": [1]} and message["stop_reason"] == "tool_use"
+
+
+# --- property: any chunk sequence yields a contract-conforming event stream (or a clean ApiError) ---
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+DELTA_FOR = {"text": "text_delta", "thinking": ("thinking_delta", "signature_delta"), "tool_use": "input_json_delta"}
+texts = st.sampled_from(["", "a", " ", "STOP", "ST", "OP", "{", "}", '{"k":1}', "\n", "é"]) | st.text(max_size=5)
+tool_calls = st.lists(st.fixed_dictionaries({"index": st.integers(0, 2)}, optional={
+    "id": st.sampled_from(["c1", "c2", ""]), "function": st.fixed_dictionaries({}, optional={
+        "name": st.sampled_from(["f", "g", ""]), "arguments": texts})}), max_size=2)
+deltas = st.fixed_dictionaries({}, optional={"content": texts | st.none(), "reasoning_content": texts,
+                                             "tool_calls": tool_calls})
+chunks = st.one_of(
+    st.builds(lambda d, f: {"choices": [{"index": 0, "delta": d, "finish_reason": f}]}, deltas,
+              st.sampled_from([None, None, None, "stop", "length", "tool_calls", "weird"])),
+    st.just({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2,
+                                      "prompt_tokens_details": {"cached_tokens": 3}}}),
+    st.just({"choices": "nonsense"}), st.just({"choices": [None]}))
+
+
+def check_contract(events: list[dict]) -> None:
+    open_block, next_index, kinds, tool_seen = None, 0, {}, False
+    for e in events[:-1]:
+        if e["type"] == "content_block_start":
+            assert open_block is None and e["index"] == next_index
+            open_block, next_index = e["index"], next_index + 1
+            kinds[e["index"]] = e["content_block"]["type"]
+            tool_seen |= kinds[e["index"]] == "tool_use"
+        elif e["type"] == "content_block_delta":
+            assert e["index"] == open_block
+            allowed = DELTA_FOR[kinds[open_block]]
+            assert e["delta"]["type"] in (allowed if isinstance(allowed, tuple) else (allowed,))
+        elif e["type"] == "content_block_stop":
+            assert e["index"] == open_block
+            open_block = None
+    assert open_block is None
+    end = events[-1]
+    assert end["type"] == "message_delta" and end["delta"]["stop_reason"] in (
+        "end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal")
+    assert (end["delta"]["stop_reason"] == "tool_use") == tool_seen
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(chunks, max_size=12), st.sampled_from([(), ("STOP",)]))
+def test_any_chunk_sequence_keeps_the_streaming_contract(sequence, stops):
+    try:
+        events = run(sequence + ["[DONE]"], stop_sequences=stops)
+    except ApiError:
+        return
+    check_contract(events)
