@@ -116,7 +116,9 @@ class DriverStep:
             changes.append(Change(STEP, "write", target, f"pin NVIDIA driver packages to {version}",
                                   lambda a: install_pin(a, pin, pinning, stale_pinning),
                                   diff={PIN_PATH: (ct and ct.pin_sha256 and "other pin", f"version {version}-1*"),
-                                        **({p: ("installed", None) for p in stale_pinning})}))
+                                        **({p: ("installed", None) for p in stale_pinning})},
+                                  # the apt lists now know NVIDIA's repo: the CUDA step's choice depends on it
+                                  refresh=True))
         wrong = self._wrong_packages(ct, version, packages)
         if wrong:
             changes.append(Change(STEP, "install", target,
