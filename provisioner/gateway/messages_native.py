@@ -7,23 +7,26 @@ llama-server's native endpoint has known gaps, fixed here:
 - only ``thinking.type = "enabled"`` is honoured → ``adaptive`` becomes ``enabled``
   (budget: ``max_tokens - 1``), ``disabled`` is removed;
 - the response names the upstream model → ``model`` is rewritten to the requested name;
+- a thinking block may close without a ``signature_delta`` → one is added;
 - fields it rejects and Claude Code's billing header are removed (:mod:`sanitize`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 from aiohttp import web
 
 from provisioner.gateway import messages_translate
+from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.jsonfast import dumps, loads
 from provisioner.gateway.sanitize import sanitize_native_body
 from provisioner.gateway.sse_channel import SseChannel
 from provisioner.gateway.state import record_of, state_of
 from provisioner.gateway.stream_serve import serve_stream
 from provisioner.gateway.translate_request import Translated
-from provisioner.gateway.translate_stream import frame
+from provisioner.gateway.translate_stream import frame, thinking_signature
 from provisioner.gateway.upstream import UpstreamStream
 from provisioner.gateway.upstream_errors import protocol_error
 
@@ -43,28 +46,67 @@ def native_body(body: dict, upstream_model: str) -> dict:
     return out
 
 
-def _rewrite(raw: bytes, model: str, request: web.Request) -> bytes:
-    """Fix one upstream SSE frame: our model name, an ``event:`` line that matches, usage for the log."""
-    if raw.startswith(b"event:") and b'"message_start"' not in raw and b'"message_delta"' not in raw:
-        return raw + b"\n\n"
-    data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-    if not data:
-        return b""
-    try:
-        event = loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise protocol_error("the model server sent an event that is not JSON") from exc
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        return b""
-    if event["type"] == "message_start" and isinstance(event.get("message"), dict):
-        event["message"]["model"] = model
-    elif event["type"] == "message_delta":
-        record = record_of(request)
-        record.stop_reason = (event.get("delta") or {}).get("stop_reason")
-        record.set_usage(event.get("usage"))
-    elif event["type"] in ("content_block_delta", "content_block_start"):
-        record_of(request).mark_first_token()
-    return frame(event)
+class NativeRelay:
+    """Fixes the frames of a native Anthropic stream on their way through.
+
+    Text and tool deltas pass untouched (the hot path); ``message_start`` gets the
+    requested model name, ``message_delta`` feeds the access log, and a thinking
+    block that closes without a ``signature_delta`` gets one (clients require it).
+    """
+
+    def __init__(self, model: str, record: AccessRecord) -> None:
+        self.model = model
+        self.record = record
+        self.rest = b""
+        self.thinking_index: int | None = None
+        self.signed = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Frames completed by ``chunk``, fixed, ready to send."""
+        frames = (self.rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        self.rest = frames.pop()
+        return b"".join(self._frame(f) for f in frames if f.strip())
+
+    def _frame(self, raw: bytes) -> bytes:
+        if raw.startswith(b"event: content_block_delta"):
+            if self.record.first_token_at is None:
+                self.record.mark_first_token()
+            if self.thinking_index is not None and b'"signature_delta"' in raw:
+                self.signed = True
+            return raw + b"\n\n"
+        data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            return b""  # comments (llama-server's ":" pings) and empty frames
+        try:
+            event = loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise protocol_error("the model server sent an event that is not JSON") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return b""
+        kind, prefix = event["type"], b""
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            event["message"]["model"] = self.model
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            self.record.stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+            self.record.set_usage(event.get("usage") if isinstance(event.get("usage"), dict) else None)
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "thinking":
+                self.thinking_index, self.signed = event.get("index"), False
+                block.setdefault("signature", "")
+        elif kind == "content_block_delta":  # sent without an "event:" line
+            delta = event.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "signature_delta":
+                self.signed = True
+        elif kind == "content_block_stop" and self.thinking_index is not None \
+                and event.get("index") == self.thinking_index:
+            if not self.signed:
+                digest = hashlib.sha256(f"{self.record.request_id}:{self.thinking_index}".encode())
+                prefix = frame({"type": "content_block_delta", "index": self.thinking_index,
+                                "delta": {"type": "signature_delta", "signature": thinking_signature(digest)}})
+            self.thinking_index = None
+        return prefix + frame(event)
 
 
 async def handle(request: web.Request, body: dict, translated: Translated, upstream_model: str
@@ -88,12 +130,10 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
                             headers={"request-id": record_of(request).request_id})
 
     async def pump(stream: UpstreamStream, channel: SseChannel) -> None:
-        rest = b""
+        relay = NativeRelay(model, record_of(request))
         async with contextlib.aclosing(stream.raw_chunks()) as chunks:
             async for chunk in chunks:
-                frames = (rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-                rest = frames.pop()
-                out = b"".join(_rewrite(f, model, request) for f in frames if f.strip())
+                out = relay.feed(chunk)
                 if out:
                     await channel.send(out)
 

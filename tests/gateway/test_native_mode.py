@@ -87,3 +87,26 @@ def test_native_relay_handles_split_frames_llama_pings_and_errors(make_gw):
     assert [f.split("\n")[0] for f in frames] == ["event: message_start", "event: content_block_start",
                                                    "event: content_block_delta", "event: error"]
     assert '"model":"claude-x"' in frames[0]
+
+
+def renumber(step: tuple) -> tuple:
+    """The canned text block moved to index 1."""
+    return ("raw", step[1].replace(b'"index": 0', b'"index": 1'))
+
+
+def test_native_thinking_block_gets_a_signature(make_gw):
+    gw = make_gw(mode="native")
+    gw.script([NATIVE_STREAM[0],
+               sse({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "thinking", "thinking": ""}}),
+               sse({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+               sse({"type": "content_block_stop", "index": 0})]
+              + [renumber(step) for step in NATIVE_STREAM[1:]])
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, messages=[{"role": "user", "content": "q"}],
+                                     thinking={"type": "enabled", "budget_tokens": 32}) as stream:
+        events = [e.type for e in stream]
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "hm" and message.content[0].signature.startswith("local.")
+    assert events.index("signature") < events.index("content_block_stop")
