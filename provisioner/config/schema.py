@@ -165,6 +165,8 @@ class Mount(Section):
     @field_validator("host", "path")
     @classmethod
     def _paths(cls, v: str) -> str:
+        if "," in v:  # it would end the path inside PVE's `mpN: <host>,mp=<path>` property string
+            raise ValueError("must not contain ',' (PVE's mount point syntax cannot carry it)")
         return _abs_path(v) or v
 
 

@@ -188,3 +188,16 @@ def test_the_analysis_catches_injections():
         assert skeleton(quoted(bad)) == skeleton(quoted(SAFE))
     for bad in ("$(id)", "`id`", "${HOME}"):
         assert skeleton(double_quoted(bad)) != skeleton(double_quoted(SAFE))
+
+
+def test_a_mount_path_cannot_inject_into_the_pve_property_string():
+    """`/srv/a,mp=/etc` would turn one mount into another: the schema refuses a ',' in mount paths."""
+    import pytest
+
+    from provisioner.errors import ConfigError
+
+    base = ("proxmox:\n  endpoint: https://pve.lan:8006\n  node: pve\n"
+            "  auth: {token_id: root@pam!p, token_secret: {env: T}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_text(base + "container:\n  mounts: [{host: '/srv/a,mp=/etc', path: /mnt/a}]\n", "h.yaml")
+    assert "container.mounts[0].host" in str(err.value) and "','" in str(err.value)
