@@ -145,3 +145,44 @@ def test_length_finish_is_max_tokens(gw):
     with gw.client().messages.stream(model="claude-x", max_tokens=2,
                                      messages=[{"role": "user", "content": "x"}]) as stream:
         assert stream.get_final_message().stop_reason == "max_tokens"
+
+
+def claude_code_body(cch: str) -> dict:
+    return {
+        "model": "claude-sonnet-x", "max_tokens": 32000, "stream": True,
+        "metadata": {"user_id": "user_abc_account__session_1"},
+        "thinking": {"type": "adaptive"},
+        "system": [{"type": "text",
+                    "text": f"x-anthropic-billing-header: cc_version=2.1.330.abc; cc_entrypoint=cli; cch={cch};"},
+                   {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "Bash", "description": "Run a command", "strict": True,
+                   "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
+                                    "required": ["command"], "additionalProperties": False,
+                                    "$schema": "http://json-schema.org/draft-07/schema#"}},
+                  {"name": "mcp__x__y", "defer_loading": True, "input_schema": {"type": "object"},
+                   "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+            {"type": "text", "text": "list files", "cache_control": {"type": "ephemeral"}}]}]}
+
+
+def test_claude_code_request_prefix_is_stable_across_billing_headers(gw):
+    import requests
+    from gw_harness import API_KEY
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
+               "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming"}
+    sent = []
+    for cch in ("a1b2c", "ffff0"):
+        gw.script(text_script(["ok"]))
+        with requests.post(gw.url + "/v1/messages?beta=true", json=claude_code_body(cch), headers=headers,
+                           stream=True) as response:
+            assert response.status_code == 200 and response.text.endswith('{"type":"message_stop"}\n\n')
+        sent.append(json.dumps(gw.last_request()))
+    assert sent[0] == sent[1]
+    upstream = json.loads(sent[0])
+    assert upstream["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+    assert upstream["messages"][1] == {"role": "user",
+                                       "content": "<system-reminder>ctx</system-reminder>\n\nlist files"}
+    assert [t["function"]["name"] for t in upstream["tools"]] == ["Bash", "mcp__x__y"]
+    assert "cache_control" not in sent[0] and "defer_loading" not in sent[0] and "strict" not in sent[0]
+    assert upstream["chat_template_kwargs"] == {"enable_thinking": True} and upstream["max_tokens"] == 32000
