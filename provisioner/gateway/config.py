@@ -1,36 +1,38 @@
 """Gateway settings: one immutable record, loaded from a JSON file plus flags.
 
 ``provision-gateway --config gw.json`` reads a JSON object with these keys
-(all optional; unknown keys are an error so typos do not pass silently):
+(all optional; unknown keys are an error so typos do not pass silently)::
 
-=========================== ======================= ==============================================
-key                         default                 meaning
-=========================== ======================= ==============================================
-``listen_host``             ``"127.0.0.1"``         address the gateway listens on
-``listen_port``             ``8082``                port the gateway listens on
-``upstream_url``            ``"http://127.0.0.1:8080"``  llama-server base URL (no ``/v1``)
-``mode``                    ``"translate"``         ``translate``: Anthropic → OpenAI chat completions;
-                                                    ``native``: forward to the upstream's own
-                                                    ``/v1/messages`` (fixing its known gaps)
-``api_key_file``            ``null``                file holding the key clients must send
-                                                    (``x-api-key`` or ``Authorization: Bearer``);
-                                                    ``null`` = no authentication
-``upstream_api_key_file``   ``null``                file holding the key sent to the upstream
-``local_model_id``          ``"local"``             the model id the upstream serves
-``model_aliases``           ``{}``                  requested name → upstream model id
-``accept_claude_models``    ``true``                any ``claude-*`` name maps to ``local_model_id``
-``max_request_bytes``       ``33554432``            larger request bodies get 413 request_too_large
-``ping_interval_s``         ``5.0``                 SSE ``ping`` after this many idle seconds
-``upstream_timeout_s``      ``600.0``               longest silence from the upstream (prefill included)
-``upstream_connect_timeout_s`` ``10.0``             TCP connect timeout to the upstream
-``header_wait_s``           ``0.25``                how long a stream waits for the upstream's status
-                                                    before committing to HTTP 200 (so a quick 503
-                                                    still becomes an HTTP 529 the client retries)
-``max_upstream_connections`` ``64``                 size of the upstream connection pool
-``log_level``               ``"info"``              level of the gateway's own log (stderr)
-``event_loop``              ``"auto"``              ``auto``: uvloop when installed (faster), else asyncio;
-                                                    ``uvloop`` (required) or ``asyncio``
-=========================== ======================= ==============================================
+    listen_host                "127.0.0.1"   address the gateway listens on
+    listen_port                8082          port the gateway listens on
+    upstream_url               "http://127.0.0.1:8080"
+                                             llama-server base URL (no /v1)
+    mode                       "translate"   translate: Anthropic -> OpenAI chat completions;
+                                             native: the upstream's own /v1/messages, gaps fixed
+    api_key_file               null          file with the key clients must send (x-api-key or
+                                             Authorization: Bearer); null = no authentication
+    upstream_api_key_file      null          file with the key sent to the upstream (Bearer)
+    local_model_id             "local"       the model id the upstream serves
+    model_aliases              {}            requested name -> upstream model id
+    accept_claude_models       true          any claude-* name maps to local_model_id
+    max_request_bytes          33554432      larger bodies get 413 request_too_large
+    ping_interval_s            5.0           SSE ping after this many idle seconds
+    upstream_timeout_s         600.0         longest silence from the upstream, prefill included
+    upstream_connect_timeout_s 10.0          TCP connect timeout to the upstream
+    header_wait_s              0.25          how long a stream waits for the upstream's status
+                                             before committing to HTTP 200 (so a quick 503 still
+                                             becomes an HTTP 529 the client retries; llama-server
+                                             sends no headers until prefill is done)
+    max_upstream_connections   64            size of the upstream connection pool
+    log_level                  "info"        debug | info | warning | error (stderr)
+    event_loop                 "auto"        auto: uvloop when installed, else asyncio;
+                                             uvloop (required) | asyncio
+
+Example (what a systemd unit's ``provision-gateway --config /etc/provision/gateway.json`` reads)::
+
+    {"listen_host": "0.0.0.0", "listen_port": 8082, "upstream_url": "http://127.0.0.1:8080",
+     "api_key_file": "/etc/provision/gateway.key", "local_model_id": "smollm2",
+     "model_aliases": {"smollm2-fast": "smollm2"}}
 
 Key files hold the key on their first line; they are read at start-up and the
 keys are registered with :mod:`provisioner.redact` so they never reach a log.

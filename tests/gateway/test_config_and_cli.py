@@ -90,3 +90,12 @@ def test_bad_config_exits_2(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "cannot read the key file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_setting_is_documented_in_the_config_docstring():
+    import dataclasses
+    import re
+
+    from provisioner.gateway import config
+    documented = set(re.findall(r"^    ([a-z_]+) {2,}", config.__doc__, re.M))
+    assert documented == {f.name for f in dataclasses.fields(config.GatewaySettings)}
