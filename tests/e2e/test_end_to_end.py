@@ -1,0 +1,225 @@
+"""The whole mission on the simulated node, the way a user runs it (issue 8).
+
+`provision sim start`, then `provision up inventories/sim.yaml`: a real LXC container,
+the simulated GPU passed through, the driver userspace pinned from the simulated NVIDIA
+repository, a real CPU build of llama-server from the llama.cpp tree of the
+llama-cpp-python 0.3.36 sdist, SmolLM2-135M as the model, both units started. Then real
+clients against the live services: the anthropic SDK (streaming and a tool-use round
+trip) through the gateway, the openai SDK straight to llama-server, Claude Code's CLI
+through the gateway with the settings `provision clients` wrote; a second `up` that
+changes nothing; a host driver upgrade that the container follows; a clean doctor.
+
+The tests of this module run in order and share one node; phase times are written to
+bench/results/e2e_phases.json and printed (the CI log shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.sim, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventories" / "sim.yaml"
+SIM_ROOT = Path("/var/lib/provision-sim/pve")
+VMID = 200
+CT_IP = "10.0.3.200"
+CLAUDE_VERSION = "2.1.330"
+PHASES: dict[str, float] = {}
+
+
+def provision(*args: str, env: dict | None = None, timeout: float = 3000, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stderr[-6000:]}\n{proc.stdout[-3000:]}")
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def host(cmd: str) -> str:
+    """A command on the simulated host, over its real SSH."""
+    proc = subprocess.run(["ssh", "-i", str(SIM_ROOT / "ssh/id_ed25519"), "-o",
+                           f"UserKnownHostsFile={SIM_ROOT / 'ssh/known_hosts'}", "-o", "BatchMode=yes",
+                           "-p", "2222", "root@127.0.0.1", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def node():
+    from provisioner.sim import assets
+
+    t0 = time.monotonic()
+    provision("sim", "stop", check=False)
+    provision("sim", "start")
+    assets.llama_source()
+    assets.smollm2_model()
+    PHASES["sim node + assets"] = time.monotonic() - t0
+    yield SIM_ROOT
+    out = ROOT / "bench" / "results" / "e2e_phases.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({k: round(v, 1) for k, v in PHASES.items()}, indent=2))
+    print("\nend-to-end phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in PHASES.items()))
+    provision("sim", "stop", check=False)
+
+
+@pytest.fixture(scope="module")
+def deployed(node) -> dict:
+    t0 = time.monotonic()
+    report = last_json(provision("--json", "up", str(INVENTORY), "--yes"))
+    PHASES["first up (total)"] = time.monotonic() - t0
+    for step, seconds in report["timings"].items():
+        PHASES[f"first up: {step}"] = seconds
+    return report
+
+
+@pytest.fixture(scope="module")
+def keys(deployed) -> dict[str, str]:
+    return {"gateway": host(f"pct exec {VMID} -- cat /etc/provision/gateway.key").strip(),
+            "server": host(f"pct exec {VMID} -- cat /etc/provision/llama-server.key").strip()}
+
+
+def test_first_up_built_everything(deployed: dict) -> None:
+    steps = {c["step"] for c in deployed["applied"]}
+    assert {"container", "driver", "llama"} <= steps, steps
+    assert any(s.startswith("gpu") for s in steps), steps
+    assert host(f"pct exec {VMID} -- systemctl is-active llama-server provision-gateway").split() == \
+        ["active", "active"]
+    conf = host(f"cat /etc/pve/lxc/{VMID}.conf")
+    assert "/dev/nvidia0" in conf and "/dev/nvidia-uvm" in conf
+    version = host(f"pct exec {VMID} -- /opt/provision/llama.cpp/current/bin/llama-server --version 2>&1")
+    assert "b11312" in version or "version" in version
+
+
+def test_driver_userspace_is_the_host_version(deployed: dict) -> None:
+    smi = host(f"pct exec {VMID} -- nvidia-smi --query-gpu=driver_version --format=csv,noheader")
+    assert smi.strip() == "580.95.05"
+    held = host(f"pct exec {VMID} -- apt-mark showhold")
+    assert "libcuda1" in held
+
+
+def test_anthropic_sdk_streams_through_the_gateway(keys: dict) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=f"http://{CT_IP}:4000", api_key=keys["gateway"], max_retries=0,
+                                 timeout=300)
+    t0 = time.monotonic()
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=24,
+                                messages=[{"role": "user", "content": "Say hello in one short sentence."}]) as s:
+        events = [e.type for e in s]
+        final = s.get_final_message()
+    PHASES["anthropic stream"] = time.monotonic() - t0
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    assert final.content and final.content[0].type == "text" and final.content[0].text.strip()
+    assert final.usage.output_tokens > 0
+
+
+def test_tool_use_round_trip(keys: dict) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=f"http://{CT_IP}:4000", api_key=keys["gateway"], max_retries=0,
+                                 timeout=300)
+    tools = [{"name": "get_weather", "description": "Get the weather for a city.",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}]
+    messages = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, tools=tools, messages=messages,
+                                tool_choice={"type": "tool", "name": "get_weather"}) as s:
+        first = s.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and isinstance(call.input, dict)
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                               "content": "Sunny, 21 °C"}]}]
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=32, tools=tools, messages=messages) as s:
+        final = s.get_final_message()
+    assert final.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert final.content
+
+
+def test_openai_sdk_directly_against_llama_server(keys: dict) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{CT_IP}:8080/v1", api_key=keys["server"], max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="smollm2-135m", max_tokens=16,
+                                           messages=[{"role": "user", "content": "Say hi."}])
+    assert reply.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"http://{CT_IP}:8080/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def _claude_binary() -> str:
+    found = os.environ.get("PROVISION_TEST_CLAUDE") or shutil.which("claude")
+    prefix = Path(f"/var/cache/provision-sim/npm-claude-{CLAUDE_VERSION}")
+    if not found and not (prefix / "bin" / "claude").exists():
+        subprocess.run(["npm", "install", "-g", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                        f"@anthropic-ai/claude-code@{CLAUDE_VERSION}"], check=True, timeout=600)
+    return found or str(prefix / "bin" / "claude")
+
+
+def test_claude_code_answers_through_the_gateway(deployed: dict, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    written = provision("clients", str(INVENTORY), "--write", env={"HOME": str(home)})
+    settings_path = home / ".config/provision/clients/claude-code/settings.json"
+    assert settings_path.exists(), written.stderr
+    settings = json.loads(settings_path.read_text())
+    env = settings["env"]
+    assert env["ANTHROPIC_BASE_URL"] == f"http://{CT_IP}:4000"
+    (home / ".claude").mkdir()
+    shutil.copy(settings_path, home / ".claude" / "settings.json")
+    claude = _claude_binary()
+    t0 = time.monotonic()
+    proc = subprocess.run([claude, "-p", "Reply with the single word: pong"], capture_output=True, text=True,
+                          timeout=1500, cwd=tmp_path,
+                          env={"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16",
+                               "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+    PHASES["claude -p"] = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert proc.stdout.strip(), "claude printed no answer"
+
+
+def test_second_up_changes_nothing_within_seconds(deployed: dict) -> None:
+    t0 = time.monotonic()
+    report = last_json(provision("--json", "up", str(INVENTORY), "--yes"))
+    PHASES["second up"] = time.monotonic() - t0
+    assert report["applied"] == [], [c["summary"] for c in report["applied"]]
+    assert report["ssh_round_trips"] <= 3 and report["api_calls"] <= 10
+    assert PHASES["second up"] < 30
+
+
+def test_host_driver_upgrade_moves_the_container(deployed: dict) -> None:
+    provision("sim", "fault", "upgrade-driver", "595.71.05")
+    plan = provision("plan", str(INVENTORY), "--exit-code", check=False)
+    assert plan.returncode == 2, plan.stderr
+    t0 = time.monotonic()
+    provision("up", str(INVENTORY), "--yes")
+    PHASES["driver upgrade up"] = time.monotonic() - t0
+    smi = host(f"pct exec {VMID} -- nvidia-smi --query-gpu=driver_version --format=csv,noheader")
+    assert smi.strip() == "595.71.05"
+    libs = host(f"pct exec {VMID} -- sh -c 'ls /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.*'")
+    assert "libnvidia-ml.so.595.71.05" in libs and "580.95.05" not in libs
+    assert last_json(provision("--json", "up", str(INVENTORY), "--yes"))["applied"] == []
+
+
+def test_doctor_is_clean_at_the_end(deployed: dict) -> None:
+    proc = provision("--json", "doctor", str(INVENTORY), check=False)
+    data = json.loads(proc.stdout)
+    bad = [f for f in data["findings"] if f["status"] == "fail"]
+    assert proc.returncode == 0 and not bad, json.dumps(bad, indent=1)
