@@ -89,17 +89,21 @@ class LxcBackend:
         self._lxc("wait", vmid, "-s", "RUNNING", "-t", "30")
 
     def _start_outside_fake_view(self, vmid: int) -> subprocess.CompletedProcess[str]:
-        """lxc-start, in a child mount namespace without the sim host's overmounts.
+        """lxc-start in a private child mount namespace without the sim host's overmounts.
 
         The kernel lets an unprivileged CT mount a fresh proc/sysfs only if the
-        existing ones are fully visible; the fake /proc/devices and /sys/module
-        of the sim namespace hide parts of them, so they are dropped first.
+        existing ones are fully visible; the fake /proc/devices, /sys/module and /dev
+        of the sim namespace hide parts of them, so they are dropped first. The
+        private namespace is used even outside the sim namespace: started from a
+        namespace with other propagation, LXC's autodev binds were seen to fail.
         """
-        cmd = ["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid)]
-        if FAKE_VIEW_MOUNTS & _mountpoints():
-            drop = " ".join(sorted(FAKE_VIEW_MOUNTS))
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   f'for m in {drop}; do umount -l "$m" 2>/dev/null; done; exec "$@"', "sh", *cmd]
+        mounts = _mount_types()
+        # /dev is always a mount point; it is the sim's own only when it is not the devtmpfs
+        fake = {m for m in FAKE_VIEW_MOUNTS if m in mounts and (m != "/dev" or mounts[m] != "devtmpfs")}
+        drop = " ".join(sorted(fake))
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'for m in {drop}; do umount -l "$m" 2>/dev/null; done; exec "$@"', "sh",
+               "lxc-start", "-P", str(self.lxcpath), "-n", str(vmid)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
     def stop(self, vmid: int, log: Log) -> None:
@@ -216,6 +220,12 @@ def _same_dir(a: Path, b: Path) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _mount_types() -> dict[str, str]:
+    """mount point -> file system type of the mount on top."""
+    with open("/proc/self/mounts") as fh:
+        return {parts[1]: parts[2] for parts in (line.split() for line in fh)}
 
 
 def _mountpoints() -> set[str]:

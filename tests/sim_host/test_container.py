@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import paramiko
@@ -112,5 +113,19 @@ def test_pvesh_acts_as_root_at_pam(sim_node):
         assert '"dev0": "/dev/nvidia0,gid=44"' in out
         rc, _, err = sim_node.run(f"pvesh set /nodes/{sim_node.node}/lxc/{vmid}/config --dev1 /dev/nvidia9")
         assert (rc, err.strip()) == (255, "Device /dev/nvidia9 does not exist")
+    finally:
+        sim_node.destroy_ct(vmid)
+
+
+def test_backend_start_from_outside_the_sim_namespace(sim_node):
+    """The API and pct start CTs inside the sim namespace; tests may call the backend directly."""
+    vmid = VMID + 4
+    conf = sim_node.create_ct(vmid)
+    try:
+        sim_node.backend.start(vmid, conf, lambda _: None)
+        proc = subprocess.run(["lxc-attach", "-P", str(sim_node.backend.lxcpath), "-n", str(vmid), "--",
+                               "systemctl", "is-system-running", "--wait"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.stdout.strip() == "running", proc.stderr
     finally:
         sim_node.destroy_ct(vmid)
