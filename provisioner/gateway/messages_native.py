@@ -8,6 +8,7 @@ llama-server's native endpoint has known gaps, fixed here:
   (budget: ``max_tokens - 1``), ``disabled`` is removed;
 - the response names the upstream model → ``model`` is rewritten to the requested name;
 - a thinking block may close without a ``signature_delta`` → one is added;
+- a matched stop sequence comes with ``stop_reason: end_turn`` → ``stop_sequence``;
 - fields it rejects and Claude Code's billing header are removed (:mod:`sanitize`).
 """
 
@@ -44,6 +45,12 @@ def native_body(body: dict, upstream_model: str) -> dict:
         elif thinking.get("type") == "adaptive":
             out["thinking"] = {"type": "enabled", "budget_tokens": max(1, int(out["max_tokens"]) - 1)}
     return out
+
+
+def fix_stop_reason(holder: dict) -> None:
+    """llama-server reports a matched stop sequence with ``stop_reason: end_turn``; Anthropic says ``stop_sequence``."""
+    if holder.get("stop_sequence") and holder.get("stop_reason") in ("end_turn", None):
+        holder["stop_reason"] = "stop_sequence"
 
 
 class NativeRelay:
@@ -88,6 +95,8 @@ class NativeRelay:
             event["message"]["model"] = self.model
         elif kind == "message_delta":
             delta = event.get("delta")
+            if isinstance(delta, dict):
+                fix_stop_reason(delta)
             self.record.stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
             self.record.set_usage(event.get("usage") if isinstance(event.get("usage"), dict) else None)
         elif kind == "content_block_start":
@@ -122,6 +131,7 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
         message = await state.upstream.request_json("POST", MESSAGES_PATH, payload)
         if isinstance(message, dict):
             message["model"] = model
+            fix_stop_reason(message)
             record = record_of(request)
             record.stop_reason = message.get("stop_reason")
             record.set_usage(message.get("usage") if isinstance(message.get("usage"), dict) else None)

@@ -60,13 +60,15 @@ def test_native_named_tool_choice_falls_back_to_translate(make_gw):
 
 def test_native_non_streaming(make_gw):
     gw = make_gw(mode="native")
+    # as llama-server answers when a stop sequence matched
     gw.script([("json", {"id": "msg_2", "type": "message", "role": "assistant", "model": "smollm2",
                          "content": [{"type": "text", "text": "yo"}], "stop_reason": "end_turn",
-                         "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}})])
+                         "stop_sequence": "5", "usage": {"input_tokens": 3, "output_tokens": 1}})])
     message = gw.client().messages.create(model="claude-x", max_tokens=8,
                                           thinking={"type": "disabled"},
                                           messages=[{"role": "user", "content": "t"}])
     assert (message.model, message.content[0].text) == ("claude-x", "yo")
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "5")
     assert "thinking" not in gw.last_request("/v1/messages")
 
 
