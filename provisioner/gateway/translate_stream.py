@@ -66,7 +66,7 @@ def thinking_signature(digest: "hashlib._Hash") -> str:
 
 
 class _Tool:
-    __slots__ = ("openai_index", "id", "name", "args", "block", "closed")
+    __slots__ = ("openai_index", "id", "name", "args", "block", "closed", "_checked")
 
     def __init__(self, openai_index: int) -> None:
         self.openai_index = openai_index
@@ -75,8 +75,12 @@ class _Tool:
         self.args: list[str] = []
         self.block: int | None = None  # Anthropic index once started
         self.closed = False
+        self._checked = -1  # len(args) when last found incomplete: interleaving would re-parse each time
 
     def args_complete(self) -> bool:
+        if self._checked == len(self.args):
+            return False
+        self._checked = len(self.args)
         text = "".join(self.args)
         try:
             loads(text)
