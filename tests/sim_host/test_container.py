@@ -123,9 +123,14 @@ def test_backend_start_from_outside_the_sim_namespace(sim_node):
     conf = sim_node.create_ct(vmid)
     try:
         sim_node.backend.start(vmid, conf, lambda _: None)
-        proc = subprocess.run(["lxc-attach", "-P", str(sim_node.backend.lxcpath), "-n", str(vmid), "--",
-                               "systemctl", "is-system-running", "--wait"],
-                              capture_output=True, text=True, timeout=120, check=False)
+        deadline = time.monotonic() + 60
+        while True:  # until systemd's bus is up, systemctl cannot even ask
+            proc = subprocess.run(["lxc-attach", "-P", str(sim_node.backend.lxcpath), "-n", str(vmid),
+                                   "--", "systemctl", "is-system-running", "--wait"],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            if "Failed to connect to bus" not in proc.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert proc.stdout.strip() == "running", proc.stderr
     finally:
         sim_node.destroy_ct(vmid)
