@@ -73,6 +73,17 @@ class SimNode:
             text_out, text_err = out.read().decode(), err.read().decode()
             return out.channel.recv_exit_status(), text_out, text_err
 
+    def wait_systemd(self, vmid: int, timeout: int = 120) -> str:
+        """Wait for the CT's systemd to settle; returns is-system-running's answer.
+
+        Right after a start systemctl cannot connect yet ("Failed to connect to bus"),
+        so wait for systemd's private socket first.
+        """
+        _, out, _ = self.run(
+            f"pct exec {vmid} -- sh -c 'i=0; while [ ! -S /run/systemd/private ] && [ $i -lt {timeout * 10} ]; "
+            f"do sleep 0.1; i=$((i+1)); done; systemctl is-system-running --wait'", timeout=timeout + 30)
+        return out.strip()
+
     def ip_for(self, vmid: int) -> str:
         """A 10.0.3.x address for CT ``vmid`` that no other simulated node on this machine uses."""
         return allocate_ip(self.name, vmid)

@@ -49,8 +49,7 @@ def test_create_start_and_fail_through_the_api(sim_node, api):
     try:
         assert _wait(api, api.lxc(VMID).status.start.post())[0] == "OK"
         assert api.lxc(VMID).status.current.get()["status"] == "running"
-        rc, out, _ = sim_node.run(f"pct exec {VMID} -- systemctl is-system-running --wait", timeout=120)
-        assert out.strip() == "running"
+        assert sim_node.wait_systemd(VMID) == "running"
         assert _wait(api, api.lxc(VMID).status.stop.post())[0] == "OK"
         # devN is root-only: set it as root over SSH, then the start task fails like PVE's
         rc, _, err = sim_node.run(f"pct set {VMID} --dev0 /dev/nvidia0 && rm /dev/nvidia0")

@@ -25,8 +25,7 @@ def ct(sim_node):
 
 
 def test_systemd_reaches_running(sim_node, ct):
-    rc, out, err = sim_node.run(f"pct exec {VMID} -- systemctl is-system-running --wait", timeout=120)
-    assert (rc, out.strip()) == (0, "running"), err
+    assert sim_node.wait_systemd(VMID) == "running"
     assert ct < 30  # created from the cache, not debootstrapped
 
 
