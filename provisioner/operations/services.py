@@ -42,7 +42,8 @@ from ..redact import register
 from .apt import prelude as apt_prelude
 from .scripts import render
 from .units import desired_units
-from .wheel import build_wheel, source_sha
+from .model_transfer import Progress, stream_file
+from .wheel import build_wheelhouse, source_sha
 
 STEP = "services"
 
@@ -148,18 +149,18 @@ class ServicesStep:
     @staticmethod
     def _install(want: dict[str, str]) -> Callable[[ApplyContext], None]:
         def apply(actx: ApplyContext) -> None:
-            wheel = build_wheel()
+            house = build_wheelhouse()
             ct = actx.ct()
-            remote = f"{GATEWAY_ROOT}/wheels/{wheel.name}"
-            # put() creates missing parents 0700; the gateway's user must traverse these
-            ct.run(f"install -d -m 0755 /opt/provision {GATEWAY_ROOT} {GATEWAY_ROOT}/wheels").check(
+            remote = f"{GATEWAY_ROOT}/{house.name}"
+            # put()/cat create missing parents 0700; the gateway's user must traverse these
+            ct.run(f"install -d -m 0755 /opt/provision {GATEWAY_ROOT}").check(
                 f"creating {GATEWAY_ROOT}", vmid=actx.vmid, step=STEP)
-            actx.status(f"pushing {wheel.name}")
-            ct.put(wheel.read_bytes(), remote, mode="0644")
-            installed = dict(want, wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel=wheel.name)
-            script = render("scripts/gateway-install.sh.j2", root=GATEWAY_ROOT, venv=GATEWAY_VENV, wheel=remote,
-                            wheel_name=wheel.name, installed=GATEWAY_INSTALLED,
-                            installed_json=json.dumps(installed, sort_keys=True), apt_prelude=apt_prelude())
+            progress = Progress(f"pushing {house.name}", actx.status)
+            stream_file(actx.ssh, house, remote + ".part", vmid=actx.vmid, on_bytes=progress.bytes)
+            installed = dict(want, wheelhouse_sha256=hashlib.sha256(house.read_bytes()).hexdigest())
+            script = render("scripts/gateway-install.sh.j2", root=GATEWAY_ROOT, venv=GATEWAY_VENV,
+                            wheelhouse=remote + ".part", version=__version__, installed=GATEWAY_INSTALLED,
+                            installed_json=json.dumps(installed, sort_keys=True))
             ct.run(script, timeout=1800, on_line=lambda ln: ln.startswith("status ") and actx.status(ln[7:])) \
                 .check("installing the gateway", vmid=actx.vmid, step=STEP)
         return apply

@@ -6,6 +6,12 @@ package version plus a hash of the code the gateway runs from (``source_sha``:
 locally and cheaply at plan time, so an edit elsewhere in the package does not
 restart the gateway. The wheel is built (``pip wheel``) only when the container's
 copy differs, and cached by that hash.
+
+The container gets a *wheelhouse*: the wheel plus every dependency as a binary
+wheel for CPython 3.11 on manylinux x86_64 (Debian 12's Python), downloaded here
+with ``pip download`` and installed there with ``--no-index``. So the container
+needs no access to PyPI (nor trust in whatever proxy this machine uses), and it
+gets the dependency versions resolved here.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import tarfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,3 +78,29 @@ def build_wheel() -> Path:
         raise ProvisionError(f"building the wheel failed: {proc.stderr.strip()[-800:]}",
                              fix="check that `pip wheel --no-deps .` works in the checkout")
     return found[-1]
+
+
+#: the container's Python: Debian 12 ships CPython 3.11 (PVE's templates are amd64)
+TARGET = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+          "--abi", "abi3", "--abi", "none", "--platform", "manylinux2014_x86_64",
+          "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--platform", "any"]
+
+
+def build_wheelhouse() -> Path:
+    """A tar of the wheel and all its dependencies' wheels (cached by ``source_sha``)."""
+    wheel = build_wheel()
+    out = wheel.parent / f"wheelhouse-{source_sha()[:16]}.tar"
+    if out.exists():
+        return out
+    house = wheel.parent / "house"
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+                           "-d", str(house), *TARGET, str(wheel)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ProvisionError(f"downloading the gateway's dependencies failed: {proc.stderr.strip()[-800:]}",
+                             fix="check that pip can reach its index from this machine")
+    tmp = out.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for p in sorted(house.glob("*.whl")):
+            tar.add(p, arcname=p.name)
+    tmp.replace(out)
+    return out

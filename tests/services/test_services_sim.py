@@ -10,6 +10,7 @@ built once on this machine is laid out in the CT the way that step lays it out.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def write(path: Path, data: dict) -> Path:
 
 
 def ct(sim_node, command: str) -> str:
-    code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {json.dumps(command)}")
+    code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {shlex.quote(command)}")
     assert code == 0, f"{command}: {err or out}"
     return out.strip()
 
@@ -77,7 +78,7 @@ def host(sim_node, tmp_path_factory) -> dict:
     steps = [(s, a) for s, a, _ in applied(first)]
     assert ("container", "create") in steps, steps
     binary = llama_server()
-    code, _, err = sim_node.run(f"pct exec {VMID} -- sh -c {json.dumps(install_script('test1'))}",
+    code, _, err = sim_node.run(f"pct exec {VMID} -- sh -c {shlex.quote(install_script('test1'))}",
                                   stdin=binary.read_bytes())
     assert code == 0, err
     first = report(provision("--json", "up", str(path), "--yes"))
