@@ -10,6 +10,7 @@ Snapshots are full rootfs copies, so every storage of the sim supports them.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import time
@@ -190,7 +191,7 @@ class LxcBackend:
         devN: the node appears in the CT with the host's current major:minor
         (bind mount injected into the CT's mount namespace, as PVE 9 does).
         netN: accepted; the simulator applies it at the next start (a deviation).
-        mpN: not simulated.
+        mpN with a host path: bind-mounted into the running CT (volumes: not simulated).
         """
         if key.startswith("dev"):
             pid = int(self._lxc("info", vmid, "-p", "-H").stdout.strip())
@@ -199,7 +200,15 @@ class LxcBackend:
                             host_dev=self.host_dev,
                             lxc=lambda tool, *args: self._lxc(tool, vmid, *args), init_pid=pid)
         elif key.startswith("mp"):
-            raise SimTaskError("hot-plugging mount points is not simulated; stop the CT first")
+            mps = lxcconf.bind_mounts({key: value})
+            if not mps:
+                raise SimTaskError("hot-plugging storage volumes is not simulated; use a host path")
+            host, ct, ro = mps[0]
+            if not os.path.isdir(host):
+                raise SimTaskError(f"mount point '{host}' does not exist")
+            pid = int(self._lxc("info", vmid, "-p", "-H").stdout.strip())
+            self._lxc("attach", vmid, "--", "mkdir", "-p", ct)
+            devices.inject_mount(host, pid, ct, read_only=ro)
 
     def provide_template(self, name: str, dest: Path, log: Log) -> None:
         """The API's aplinfo download: copy our debootstrapped template to ``dest``."""
@@ -242,7 +251,10 @@ def _remove_tree(path: Path) -> None:
 
 
 def _tail(log_file: Path, lines: int = 5) -> str:
+    """The LXC log's first ERROR lines (the cause comes before the generic aftermath)."""
     try:
-        return " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-lines:])
+        rows = log_file.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
+    errors = [r for r in rows if " ERROR " in r] or rows[-lines:]
+    return " | ".join(errors[:lines])

@@ -95,7 +95,13 @@ def hotplug(value: str, *, unpriv: bool, passthrough: Path, host_dev: Path,
     lxc("attach", "--", "/bin/sh", "-c", f'mkdir -p "$(dirname {path})" && touch {path}')
     if not unpriv:
         lxc("cgroup", "devices.allow", f"{kind} {major}:{minor} {_access(entry)}")
-    proc = subprocess.run([sys.executable, "-m", "provisioner.sim.mountinject", str(node),
-                           str(init_pid), path], capture_output=True, text=True, check=False)
+    inject_mount(str(node), init_pid, path)
+
+
+def inject_mount(src: str, init_pid: int, dst: str, *, read_only: bool = False) -> None:
+    """Bind ``src`` (host) onto ``dst`` inside the running CT whose init is ``init_pid``."""
+    cmd = [sys.executable, "-m", "provisioner.sim.mountinject", src, str(init_pid), dst]
+    proc = subprocess.run(cmd + (["ro"] if read_only else []), capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise SimTaskError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "mount failed")

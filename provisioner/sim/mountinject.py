@@ -15,15 +15,17 @@ import os
 import sys
 
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # x86_64
-OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, 0o2000000
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, AT_RECURSIVE = 1, 0o2000000, 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND = 0x1, 0x20, 0x1000
 
 
-def inject(src: str, pid: int, dst: str) -> None:
+def inject(src: str, pid: int, dst: str, read_only: bool = False) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, src.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    fd = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, src.encode(),
+                      OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
     if fd < 0:
         raise OSError(ctypes.get_errno(), f"open_tree {src}")
     ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
@@ -33,7 +35,11 @@ def inject(src: str, pid: int, dst: str) -> None:
     if libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, dst.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"move_mount onto {dst}: {os.strerror(err)}")
+    # a read-only remount of the bind, made from inside the CT's namespace
+    if read_only and libc.mount(None, dst.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"remount {dst} read-only: {os.strerror(err)}")
 
 
 if __name__ == "__main__":
-    inject(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    inject(sys.argv[1], int(sys.argv[2]), sys.argv[3], read_only=sys.argv[4:] == ["ro"])

@@ -133,3 +133,23 @@ def test_backend_start_from_outside_the_sim_namespace(sim_node):
         assert proc.stdout.strip() == "running", proc.stderr
     finally:
         sim_node.destroy_ct(vmid)
+
+
+def test_bind_mounts_at_start_and_hotplugged(sim_node):
+    vmid = VMID + 5
+    # a path the CT's (unprivileged) root can traverse, as a PVE storage path would be
+    tmp_path = sim_node.sim_root / "test-binds"
+    (tmp_path / "models").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models" / "m.gguf").write_text("weights")
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    sim_node.create_ct(vmid, mp0=f"{tmp_path}/models,mp=/models,ro=1")
+    try:
+        rc, out, err = sim_node.run(
+            f"pct start {vmid} && pct exec {vmid} -- cat /models/m.gguf && "
+            f"! pct exec {vmid} -- touch /models/x 2>/dev/null && "
+            f"pct set {vmid} --mp1 {tmp_path}/cache,mp=/var/cache/llm && pct pending {vmid} && "
+            f"pct exec {vmid} -- ls -d /var/cache/llm")
+        assert rc == 0, err
+        assert "weights" in out and "cur mp1: " in out and "/var/cache/llm" in out
+    finally:
+        sim_node.destroy_ct(vmid)
