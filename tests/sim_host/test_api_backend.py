@@ -51,6 +51,14 @@ def test_create_start_and_fail_through_the_api(sim_node, api):
         assert api.lxc(VMID).status.current.get()["status"] == "running"
         assert sim_node.wait_systemd(VMID) == "running"
         assert _wait(api, api.lxc(VMID).status.stop.post())[0] == "OK"
+        sim_node.faults.fail_next_task("vzstart", "injected: start refused")
+        assert _wait(api, api.lxc(VMID).status.start.post())[0] == "injected: start refused"
+        assert api.lxc(VMID).status.current.get()["status"] == "stopped"
+        sim_node.faults.set_api_delay(400)
+        t0 = time.monotonic()
+        api.lxc(VMID).status.current.get()
+        assert time.monotonic() - t0 >= 0.4
+        sim_node.faults.set_api_delay(0)
         # devN is root-only: set it as root over SSH, then the start task fails like PVE's
         rc, _, err = sim_node.run(f"pct set {VMID} --dev0 /dev/nvidia0 && rm /dev/nvidia0")
         assert rc == 0, err
