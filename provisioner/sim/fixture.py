@@ -28,7 +28,7 @@ from provisioner.sim.host import BRIDGE_IP
 from provisioner.sim.lxcconf import veth_name
 from provisioner.sim.pveconf import ConfStore, PveConf, Section
 
-STALE = re.compile(r"pt(\d+)")
+STALE = re.compile(r"pt(\d+)x?")
 
 
 @dataclass
