@@ -117,6 +117,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     translated = translate_request(body, upstream_model=upstream_model)
     record_of(request).stream = translated.stream
     if state_of(request).settings.mode == "native":
+        assert isinstance(body, dict)  # translate_request accepted it
         return await messages_native.handle(request, body, translated, upstream_model)
     return await messages_translate.handle(request, translated)
 

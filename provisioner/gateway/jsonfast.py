@@ -7,8 +7,10 @@ Both variants reject NaN/Infinity on input (they are not JSON) and return bytes.
 from __future__ import annotations
 
 import json
+from types import ModuleType
 from typing import Any
 
+_orjson: ModuleType | None
 try:  # optional speed-up; behaviour is the same without it
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment

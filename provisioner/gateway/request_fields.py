@@ -13,11 +13,14 @@ def field_error(path: str, expected: str, found: Any) -> ApiError:
     return invalid_request(f"{path}: expected {expected}, found {type(found).__name__}")
 
 
-def string_field(obj: dict, key: str, path: str, *, required: bool = True) -> str | None:
-    """``obj[key]`` as a string (None when absent and not required)."""
+def optional_string(obj: dict, key: str, path: str) -> str | None:
+    """``obj[key]`` as a string, or None when absent."""
+    return None if obj.get(key) is None else string_field(obj, key, path)
+
+
+def string_field(obj: dict, key: str, path: str) -> str:
+    """``obj[key]`` as a string (required)."""
     value = obj.get(key)
-    if value is None and not required:
-        return None
     if not isinstance(value, str):
         raise (invalid_request(f"{path}.{key}: field required") if value is None
                else field_error(f"{path}.{key}", "a string", value))

@@ -17,7 +17,8 @@ from typing import Any
 
 from provisioner.gateway.api_errors import invalid_request
 from provisioner.gateway.jsonfast import dumps
-from provisioner.gateway.request_fields import as_blocks, field_error, number_field, string_field
+from provisioner.gateway.request_fields import (as_blocks, field_error, number_field, optional_string,
+                                                  string_field)
 from provisioner.gateway.sanitize import is_billing_header
 
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -61,7 +62,7 @@ def _text_of(block: dict, path: str) -> str:
     if kind == "tool_reference":  # Claude Code's tool search: the tool is now available
         return f"[tool available: {string_field(block, 'tool_name', path)}]"
     if kind == "search_result":
-        title = string_field(block, "title", path, required=False) or ""
+        title = optional_string(block, "title", path) or ""
         parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
                            for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
                            if b["type"] == "text"]
@@ -193,7 +194,7 @@ def _tools(body: dict) -> list[dict] | None:
         if not isinstance(schema, dict):
             raise field_error(f"tools.{i}.input_schema", "an object", schema)
         function: dict[str, Any] = {"name": name, "parameters": schema}
-        description = string_field(tool, "description", f"tools.{i}", required=False)
+        description = optional_string(tool, "description", f"tools.{i}")
         if description:
             function["description"] = description
         out.append({"type": "function", "function": function})

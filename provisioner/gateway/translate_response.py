@@ -34,7 +34,8 @@ def from_openai(response: Any, *, model: str) -> dict:
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise protocol_error("the model server's response has no choices")
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    raw_message = choice.get("message")
+    message: dict = raw_message if isinstance(raw_message, dict) else {}
     content: list[dict] = []
     reasoning = message.get("reasoning_content")
     if isinstance(reasoning, str) and reasoning:

@@ -223,11 +223,12 @@ class StreamTranslator:
 
     def _start_tool(self, tool: _Tool, out: list[bytes]) -> None:
         tool.id = tool.id or new_id("toolu_")
-        tool.block = self._open({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}, out)
+        block = self._open({"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}, out)
+        tool.block = block
         self.open_tool = tool
         self.tool_started = True
         if tool.args:
-            out.append(_delta(tool.block, "input_json_delta", "partial_json", "".join(tool.args)))
+            out.append(_delta(block, "input_json_delta", "partial_json", "".join(tool.args)))
 
     def _tool_delta(self, call: dict, out: list[bytes]) -> None:
         self.first_token = True
@@ -246,7 +247,7 @@ class StreamTranslator:
         args = args if isinstance(args, str) else ""
         if tool.closed:
             return  # a finished call's JSON can only gain whitespace
-        if tool is self.open_tool:
+        if tool is self.open_tool and tool.block is not None:
             if args:
                 tool.args.append(args)
                 out.append(_delta(tool.block, "input_json_delta", "partial_json", args))

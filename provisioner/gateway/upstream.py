@@ -13,7 +13,7 @@ Every failure leaves this module as an :class:`~provisioner.gateway.api_errors.A
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 import aiohttp
 
@@ -48,7 +48,7 @@ class UpstreamStream:
         else:
             self.response.close()
 
-    async def data_batches(self) -> AsyncIterator[list[bytes]]:
+    async def data_batches(self) -> AsyncGenerator[list[bytes], None]:
         """SSE ``data:`` payloads, in batches of what arrived together (fewer writes downstream)."""
         rest = b""
         try:
@@ -70,7 +70,7 @@ class UpstreamStream:
         if rest.startswith(b"data:"):
             yield [rest[5:].strip()]
 
-    async def raw_chunks(self) -> AsyncIterator[bytes]:
+    async def raw_chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives (for relaying a native Anthropic stream)."""
         try:
             async for chunk in self.response.content.iter_any():
