@@ -20,9 +20,9 @@ from provisioner.gateway.jsonfast import dumps
 from provisioner.gateway.request_fields import (as_blocks, field_error, number_field, optional_string,
                                                   string_field)
 from provisioner.gateway.sanitize import is_billing_header
+from provisioner.gateway.translate_tools import apply_tool_choice, translate_tools
 
 MAX_TOKENS_LIMIT = 2**31 - 1
-TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 @dataclass(frozen=True)
@@ -177,60 +177,6 @@ def _system_text(system: Any) -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
-def _tools(body: dict) -> list[dict] | None:
-    tools = body.get("tools")
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise field_error("tools", "a list", tools)
-    out = []
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise field_error(f"tools.{i}", "an object", tool)
-        name = string_field(tool, "name", f"tools.{i}")
-        schema = tool.get("input_schema")
-        if schema is None and tool.get("type") not in (None, "custom"):
-            continue  # a server tool (web search, ...): nothing a local backend can run
-        if not isinstance(schema, dict):
-            raise field_error(f"tools.{i}.input_schema", "an object", schema)
-        function: dict[str, Any] = {"name": name, "parameters": schema}
-        description = optional_string(tool, "description", f"tools.{i}")
-        if description:
-            function["description"] = description
-        out.append({"type": "function", "function": function})
-    return out
-
-
-def _apply_tool_choice(body: dict, payload: dict, tools: list[dict] | None, count_only: bool) -> None:
-    choice = body.get("tool_choice")
-    if choice is None:
-        if tools:
-            payload["parallel_tool_calls"] = True  # Anthropic's default; llama-server's is off
-        return
-    if not isinstance(choice, dict):
-        raise field_error("tool_choice", "an object", choice)
-    kind = choice.get("type")
-    disable_parallel = choice.get("disable_parallel_tool_use", False)
-    if not isinstance(disable_parallel, bool):
-        raise field_error("tool_choice.disable_parallel_tool_use", "a boolean", disable_parallel)
-    if isinstance(kind, str) and kind in TOOL_CHOICES:
-        payload["tool_choice"] = TOOL_CHOICES[kind]
-    elif kind == "tool":
-        name = string_field(choice, "name", "tool_choice")
-        chosen = [t for t in tools or () if t["function"]["name"] == name]
-        if not chosen:
-            raise invalid_request(f"tool_choice.name: no tool named {name!r} in tools")
-        # Backends differ on named choices; "required" over a one-tool list means the same
-        # everywhere and is enforced by grammar in llama-server.
-        if not count_only:  # counting tokens counts every tool, as Anthropic does
-            payload["tools"] = chosen
-        payload["tool_choice"] = "required"
-    else:
-        raise invalid_request(f"tool_choice.type: expected auto, any, tool or none, found {kind!r}")
-    if tools and kind != "none":
-        payload["parallel_tool_calls"] = not disable_parallel
-
-
 def _thinking(body: dict, payload: dict) -> None:
     thinking = body.get("thinking")
     if thinking is None:
@@ -277,10 +223,10 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     messages = _messages(body)
     system = _system_text(body.get("system"))
     payload["messages"] = ([{"role": "system", "content": system}] if system else []) + messages
-    tools = _tools(body)
+    tools = translate_tools(body)
     if tools:
         payload["tools"] = tools
-    _apply_tool_choice(body, payload, tools, count_only)
+    apply_tool_choice(body, payload, tools, count_only)
     _thinking(body, payload)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
