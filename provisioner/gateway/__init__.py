@@ -4,11 +4,15 @@ Claude Code and the ``anthropic`` SDK talk to it as if it were the Anthropic API
 In ``translate`` mode (default) requests become OpenAI chat completions; in
 ``native`` mode they go to llama-server's own ``/v1/messages`` with its gaps fixed.
 
-Layout: ``config`` (settings), ``translate_request`` / ``translate_stream`` /
-``translate_response`` (the protocol mapping), ``upstream`` (+ ``upstream_errors``,
-the one place upstream failures are mapped), ``stream_serve`` + ``sse_channel``
-(streaming, pings, disconnects), ``app`` (routes, auth, errors, access log),
-``__main__`` (the ``provision-gateway`` command).
+Layout: ``config`` (settings and their documentation), ``translate_request`` +
+``translate_tools`` + ``request_fields`` (Anthropic request → OpenAI, validated),
+``translate_stream`` + ``stop_matcher`` (OpenAI SSE → Anthropic SSE),
+``translate_response`` (non-streaming), ``upstream`` + ``upstream_errors`` (the
+upstream client; the one place its failures are mapped), ``stream_serve`` +
+``sse_channel`` (streaming, pings, disconnects), ``messages_translate`` /
+``messages_native`` (the two modes), ``app`` (routes, auth, errors), ``access_log``,
+``sanitize`` (billing header, fields backends reject), ``__main__`` (the
+``provision-gateway`` command).
 """
 
 from provisioner.gateway.app import build_app
