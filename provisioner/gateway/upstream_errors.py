@@ -7,6 +7,7 @@ Mapping (what Claude Code then does in brackets):
 - silence longer than ``upstream_timeout_s``       → 504 api_error (retries)
 - context exceeded                                 → 400 "prompt is too long: N tokens > M maximum"
                                                      (Claude Code compacts on this text)
+- "not supported" (images on a text-only model)    → 400 invalid_request_error (not retried)
 - other 4xx                                        → 400 invalid_request_error
 - 401/403                                          → 500 api_error; the gateway's upstream key is
                                                      wrong, which the client can do nothing about
@@ -59,6 +60,10 @@ def error_from_upstream(status: int, body: Any) -> ApiError:
         if isinstance(n_prompt, int) and isinstance(n_ctx, int):
             return invalid_request(f"prompt is too long: {n_prompt} tokens > {n_ctx} maximum")
         return invalid_request(f"prompt is too long: {message}")
+    if "not supported" in lower or "unsupported" in lower:
+        # e.g. llama-server's 500 "image input is not supported" on a text-only model: the request
+        # cannot succeed, so it must not be retried like a server failure
+        return invalid_request(f"the model server cannot serve this request: {message}")
     if status == 404:
         return ApiError(502, "api_error", f"the model server has no such endpoint: {message}")
     if 400 <= status < 500:

@@ -200,3 +200,23 @@ def test_any_chunk_sequence_keeps_the_streaming_contract(sequence, stops):
     except ApiError:
         return
     check_contract(events)
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+     (529, "overloaded_error", "the model server is busy: Loading model")),
+    (500, {"error": {"code": 500, "type": "server_error", "message": "image input is not supported - hint: "
+                     "if this is unexpected, you may need to provide the mmproj"}},
+     (400, "invalid_request_error", "the model server cannot serve this request: image input is not supported"
+                                    " - hint: if this is unexpected, you may need to provide the mmproj")),
+    (400, {"error": {"code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": 3031, "n_ctx": 2048,
+                     "message": "the request exceeds the available context size, try increasing it"}},
+     (400, "invalid_request_error", "prompt is too long: 3031 tokens > 2048 maximum")),
+    (401, {"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}},
+     (500, "api_error", "the model server rejected the gateway's credentials; check upstream_api_key_file")),
+    (500, "plain text failure", (500, "api_error", "the model server failed: plain text failure")),
+])
+def test_upstream_error_mapping(status, body, expected):
+    from provisioner.gateway.upstream_errors import error_from_upstream
+    error = error_from_upstream(status, body)
+    assert (error.status, error.error_type, error.message) == expected
