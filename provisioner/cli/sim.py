@@ -101,10 +101,12 @@ def _faults(name: str):
 
 
 @fault_app.command("upgrade-driver")
-def fault_upgrade_driver(version: str = typer.Argument(..., help="New loaded driver, e.g. 595.71.05."),
+def fault_upgrade_driver(version: str = typer.Argument(..., help="New driver, e.g. 595.71.05."),
+                         no_reboot: bool = typer.Option(False, "--no-reboot",
+                                                        help="Installed but not loaded yet."),
                          name: str = NAME) -> None:
     """Upgrade the host driver (containers keep their userspace)."""
-    _faults(name).upgrade_host_driver(version)
+    _faults(name).upgrade_host_driver(version, reboot=not no_reboot)
 
 
 @fault_app.command("drop-uvm")

@@ -2,7 +2,8 @@
 
 Every fault changes real state the provisioner will meet:
 - ``upgrade_host_driver``: the loaded module version and every fake host file
-  change (containers keep their userspace: the classic mismatch).
+  change (containers keep their userspace: the classic mismatch). With
+  ``reboot=False`` only the on-disk module (modinfo) and the host userspace change.
 - ``drop_uvm``: nvidia_uvm unloaded, /dev/nvidia-uvm* gone (as after a reboot);
   ``nvidia-modprobe -u -c=0`` on the host brings them back.
 - ``hold_dpkg_lock``: a process in the CT holds the fcntl lock on
@@ -42,8 +43,9 @@ class Faults:
         self.root = Path(sim_root)
         (self.root / "faults").mkdir(parents=True, exist_ok=True)
 
-    def upgrade_host_driver(self, version: str) -> None:
-        NvidiaHost(self.root).set_driver(version)
+    def upgrade_host_driver(self, version: str, *, reboot: bool = True) -> None:
+        """Install ``version`` on the host; without ``reboot`` the old module stays loaded."""
+        NvidiaHost(self.root).set_driver(version, loaded=reboot)
 
     def drop_uvm(self) -> None:
         NvidiaHost(self.root).drop_uvm()

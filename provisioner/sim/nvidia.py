@@ -55,6 +55,10 @@ class NvidiaState:
     #: a newer installed kernel (as after `apt upgrade` before a reboot); "" for none
     newer_kernel: str = ""
     newer_kernel_has_module: bool = True
+    #: version of the installed (on-disk) module and host userspace; "" = same as ``driver``.
+    #: Differs after a driver upgrade without reboot: modinfo and the host's nvidia-smi
+    #: then show the new one while /sys/module/nvidia/version keeps the loaded one.
+    ondisk_driver: str = ""
 
 
 def parse_gpu(spec: str) -> Gpu:
@@ -106,7 +110,7 @@ class NvidiaHost:
         """Rewrite every file and node from the state (files in place: they are bind-mounted)."""
         st = st or self.load()
         self._write_files(st)
-        self._write_tools()
+        self._write_tools(st)
         self.make_nodes(st)
 
     # -- files -------------------------------------------------------------
@@ -154,16 +158,17 @@ class NvidiaHost:
             if kver == st.running_kernel or st.newer_kernel_has_module:
                 for mod in ("nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"):
                     (dkms / f"{mod}.ko").write_text(
-                        f"sim kernel module {mod} version {st.driver} for kernel {kver}\n")
+                        f"version={st.ondisk_driver or st.driver}\nvermagic={kver} SMP mod_unload\n")
 
     def _real_devices(self) -> str:
         # Inside the sim namespace /proc/devices is our own file: keep its real rows.
         return (self.host / "proc/devices").read_text()
 
-    def _write_tools(self) -> None:
+    def _write_tools(self, st: NvidiaState) -> None:
         bindir = self.host / "bin"
         bindir.mkdir(parents=True, exist_ok=True)
-        _write_exec(bindir / "nvidia-smi", smi_script("host"))
+        _write_exec(bindir / "nvidia-smi", smi_script(st.ondisk_driver or st.driver))
+        _write_exec(bindir / "modinfo", MODINFO)
         _write_exec(bindir / "nvidia-modprobe",
                     _python_tool("provisioner.sim.nvidia", "modprobe", self.host.parent))
 
@@ -191,9 +196,12 @@ class NvidiaHost:
         shutil.rmtree(self.dev / "nvidia-caps", ignore_errors=True)
 
     # -- changes (faults and tools) ----------------------------------------
-    def set_driver(self, version: str) -> None:
+    def set_driver(self, version: str, *, loaded: bool = True) -> None:
+        """Install driver ``version``; ``loaded=False``: not rebooted yet (old module still loaded)."""
         st = self.load()
-        st.driver = version
+        st.ondisk_driver = version
+        if loaded:
+            st.driver, st.ondisk_driver = version, ""
         self.save(st)
         self.refresh(st)
 
@@ -211,6 +219,40 @@ class NvidiaHost:
         st.uvm_loaded = True
         self.save(st)
         self.refresh(st)
+
+
+MODINFO = r"""#!/bin/sh
+# provision-sim: modinfo for the simulated NVIDIA modules (reads the on-disk module markers)
+kver=$(uname -r); field=""; mod=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -k) kver=$2; shift ;;
+        -F) field=$2; shift ;;
+        --field=*) field=${1#--field=} ;;
+        -*) ;;
+        *) mod=$1 ;;
+    esac
+    shift
+done
+file=/lib/modules/$kver/updates/dkms/$(echo "$mod" | tr _ -).ko
+if [ -z "$mod" ] || [ ! -f "$file" ]; then
+    echo "modinfo: ERROR: Module $mod not found." >&2
+    exit 1
+fi
+version=$(sed -n 's/^version=//p' "$file")
+vermagic=$(sed -n 's/^vermagic=//p' "$file")
+case "$field" in
+    "") printf 'filename:       %s
+version:        %s
+license:        Dual MIT/GPL
+vermagic:       %s
+'             "$file" "$version" "$vermagic" ;;
+    filename) echo "$file" ;;
+    version) echo "$version" ;;
+    vermagic) echo "$vermagic" ;;
+    license) echo "Dual MIT/GPL" ;;
+esac
+"""
 
 
 def _outside_fake() -> bool:

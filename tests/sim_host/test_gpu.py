@@ -108,3 +108,30 @@ def test_new_dev_hotplugs_into_running_ct_on_pve9(sim_node, unprivileged):
         assert out.splitlines()[-1] == "c3:0 660 video"
     finally:
         sim_node.destroy_ct(vmid)
+
+
+def test_driver_upgrade_before_and_after_reboot(sim_node):
+    check = ("cat /sys/module/nvidia/version; modinfo -F version nvidia; "
+             "nvidia-smi --query-gpu=driver_version --format=csv,noheader; echo rc=$?")
+    sim_node.faults.upgrade_host_driver("580.95.05")  # baseline, whatever ran before
+    try:
+        sim_node.faults.upgrade_host_driver("580.105.08", reboot=False)
+        _, out, _ = sim_node.run(check)
+        assert out.splitlines() == ["580.95.05", "580.105.08",
+                                    "Failed to initialize NVML: Driver/library version mismatch",
+                                    "NVML library version: 580.105", "rc=18"]
+        sim_node.faults.upgrade_host_driver("580.105.08")
+        _, out, _ = sim_node.run(check)
+        assert out.splitlines() == ["580.105.08", "580.105.08", "580.105.08", "rc=0"]
+    finally:
+        sim_node.faults.upgrade_host_driver("580.95.05")
+
+
+def test_newer_kernel_without_module(sim_node):
+    try:
+        sim_node.faults.set_newer_kernel("6.99.1-1-pve", has_module=False)
+        rc, out, err = sim_node.run("ls /lib/modules; modinfo -k 6.99.1-1-pve nvidia")
+        assert rc == 1 and "6.99.1-1-pve" in out
+        assert err.strip() == "modinfo: ERROR: Module nvidia not found."
+    finally:
+        sim_node.faults.set_newer_kernel("", has_module=True)
