@@ -12,7 +12,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /proc/driver       | SIM_ROOT/host/proc/driver                |
 | /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
 | /lib/modules       | SIM_ROOT/host/lib/modules                |
-| /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe) |
+| /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the

@@ -8,8 +8,9 @@ mount namespace, see ``provisioner.sim.host``):
 - ``proc/driver/nvidia/gpus/<bus>/information``  like the real driver's
 - ``proc/driver/nvidia/sim-gpus``          sim extra: what nvidia-smi reports (index|name|cc|MiB|bus|used|uuid)
 - ``proc/devices``                         the real list plus nvidia (195), nvidia-uvm, nvidia-caps
-- ``lib/modules/<kver>/updates/dkms/nvidia.ko``  markers "module built for kernel <kver>"
-- ``bin/nvidia-smi``, ``bin/nvidia-modprobe``
+- ``lib/modules/<kver>/updates/dkms/nvidia.ko``  markers (version=, vermagic=) of the on-disk
+  module for the running kernel (real ``uname -r``) and optionally a newer installed one
+- ``bin/nvidia-smi``, ``bin/nvidia-modprobe``, ``bin/modinfo`` (answers for the nvidia modules only)
 - ``nvidia.json``                          the simulator's state of all the above
 
 Device nodes are real char nodes in ``SIM_ROOT/host/dev``, the node's own /dev
