@@ -18,7 +18,8 @@ from aiohttp import web
 
 class HubServer:
     def __init__(self, files: dict[str, Path], *, token: str | None = None, etag: str | None = None,
-                 cut_after: int | None = None) -> None:
+                 cut_after: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.files = files  # "repo/file" -> local path
         self.token = token
         self.etag_override = etag
@@ -69,7 +70,7 @@ class HubServer:
         app.router.add_get("/cdn/{key:.+}", self._cdn)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._ready.set()
@@ -77,7 +78,7 @@ class HubServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def close(self) -> None:
         async def stop() -> None:

@@ -10,7 +10,9 @@ built once on this machine is laid out in the CT the way that step lays it out.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ import yaml
 from provisioner.sim import assets
 from provisioner.sim.hostfile import host_data
 
+from .hub_server import HubServer
 from .llama_bin import install_script, llama_server
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3000)]
@@ -31,12 +34,28 @@ VMID = 181
 ONLY = ("--only", "container,resolv,model,services,verify")
 
 
-def provision(*args: str, check: bool = True, timeout: int = 2400,
-              only: tuple[str, str] = ONLY) -> subprocess.CompletedProcess[str]:
+#: a copy of the code taken when the module starts: the working tree is shared with engineers who edit it
+#: meanwhile, and an edit of the gateway's code rightly re-deploys the gateway (not what these tests test)
+SNAPSHOT: list[Path] = []
+
+
+def snapshot(dest: Path) -> Path:
+    repo = Path(__file__).resolve().parents[2]
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(repo / "provisioner", dest / "provisioner", ignore=ignore)
+    shutil.copytree(repo / "templates", dest / "templates", ignore=ignore)
+    shutil.copy(repo / "pyproject.toml", dest / "pyproject.toml")
+    (dest / "README.md").write_text("snapshot\n")
+    return dest
+
+
+def provision(*args: str, check: bool = True, timeout: int = 2400, only: tuple[str, str] = ONLY,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     if "up" in args:
         args = (*args, *only)
     proc = subprocess.run([sys.executable, "-c", "from provisioner.cli.main import run; run()", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False, cwd=SNAPSHOT[0],
+                          env={**os.environ, "PYTHONPATH": str(SNAPSHOT[0]), **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
     return proc
@@ -64,6 +83,7 @@ def ct(sim_node, command: str) -> str:
 @pytest.fixture(scope="module")
 def host(sim_node, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("services")
+    SNAPSHOT[:] = [snapshot(tmp / "src")]
     data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
         "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
         # a models dir of our own on the host: the first up creates it and pushes the model
@@ -86,6 +106,7 @@ def host(sim_node, tmp_path_factory) -> dict:
     for expected in [("model.host_dir", "create"), ("model", "push"), ("services", "install"),
                      ("services", "start"), ("verify", "verify")]:
         assert expected in steps, steps
+    print(f"\nfirst up: {first['seconds']} s, timings {first['timings']}")  # measured figures (-s)
     return {"path": path, "data": data, "tmp": tmp, "first": first}
 
 
@@ -105,6 +126,7 @@ def test_second_up_restarts_nothing_within_budget(sim_node, host) -> None:
     rep = report(provision("--json", "up", str(host["path"]), "--yes"))
     assert rep["applied"] == []
     assert rep["ssh_round_trips"] <= 3
+    print(f"\nno-op up: {rep['seconds']} s, {rep['api_calls']} API calls, {rep['ssh_round_trips']} SSH round trips")
     assert ct(sim_node, "systemctl show -p MainPID --value llama-server") == pid
 
 
@@ -171,3 +193,27 @@ def test_immutable_resolv_conf_is_found_and_fixed(sim_node, host) -> None:
     assert ("container", "start") in [(s, a) for s, a, _ in applied(rep)]
     assert any("from the host (pct mount)" in n for n in rep["notes"]), rep["notes"]
     assert ct(sim_node, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
+
+
+def test_hub_download_inside_the_container_restarts_llama_server_once(sim_node, host, tmp_path) -> None:
+    """location: container, a hub repo (HF_ENDPOINT: a hub-like server on the bridge): curl in the CT."""
+    hub = HubServer({"HuggingFaceTB/SmolLM2-GGUF/smollm2-q4.gguf": assets.smollm2_model()}, host="10.0.3.1")
+    try:
+        data = yaml.safe_load(host["path"].read_text())
+        data["model"] = {"repo": "HuggingFaceTB/SmolLM2-GGUF", "file": "smollm2-q4.gguf", "name": "smollm2",
+                         "location": "container", "dir": "/srv/models-ct"}
+        changed = write(tmp_path / "hub.yaml", data)
+        rep = report(provision("--json", "up", str(changed), "--yes", env={"HF_ENDPOINT": hub.url}))
+        steps = [(s, a) for s, a, _ in applied(rep)]
+        assert ("model", "download") in steps and steps.count(("services", "restart")) == 1, steps
+        assert steps[-1] == ("verify", "verify")
+        side = json.loads(ct(sim_node, "cat /srv/models-ct/smollm2-q4.gguf.provision.json"))
+        assert side["sha256"] == assets.sha256(assets.smollm2_model()) and side["verified"] == "sha256"
+        assert "/srv/models-ct/smollm2-q4.gguf" in ct(
+            sim_node, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
+        again = report(provision("--json", "up", str(changed), "--yes", env={"HF_ENDPOINT": hub.url}))
+        assert [(s, a) for s, a, _ in applied(again)] == []  # present and verified: no second download
+        assert sum(1 for m, p, a, r in hub.requests if p.startswith("/cdn/") and m == "GET") == 1
+    finally:
+        hub.close()
+        report(provision("--json", "up", str(host["path"]), "--yes"))  # back to the module's config
