@@ -19,6 +19,7 @@ from ..config import read_secret
 from ..config.schema import HostFile, Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
+from ..errors import ProvisionError
 from ..facts.services import (
     CONF_DIR,
     GATEWAY_INSTALLED,
@@ -27,6 +28,8 @@ from ..facts.services import (
     GATEWAY_UNIT,
     GATEWAY_USER,
     GATEWAY_VENV,
+    LLAMA_BIN,
+    LLAMA_UNIT,
     LLAMA_USER,
     SERVER_KEY,
     STATE_DIR,
@@ -39,10 +42,9 @@ from ..facts.services import (
     services_facts,
 )
 from ..redact import register
-from .apt import prelude as apt_prelude
+from .model_transfer import Progress, stream_file
 from .scripts import render
 from .units import desired_units
-from .model_transfer import Progress, stream_file
 from .wheel import build_wheelhouse, source_sha
 
 STEP = "services"
@@ -50,6 +52,21 @@ STEP = "services"
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def llama_rebuild_planned(ctx: PlanContext) -> bool:
+    """Will the llama step build a new llama-server in this run? (Facts are not re-gathered after it.)"""
+    from ..facts.llama import LLAMA_CT
+    from .llama import build_spec
+
+    have = ctx.fact(LLAMA_CT.name)
+    if have is None:  # the llama step is not part of this run, or the CT is not running yet
+        return False
+    try:
+        spec = build_spec(ctx)
+    except ProvisionError:
+        return False  # the llama step reports it
+    return have.hash != spec.hash or not have.binary
 
 
 def _key_owner(path: str) -> str:
@@ -92,8 +109,8 @@ class ServicesStep:
             if have != want:
                 changes.append(Change(STEP, "install", target,
                                       f"install provision {__version__} into {GATEWAY_VENV}", self._install(want),
-                                      diff={"gateway venv": (have.get("version"), f"{__version__} "
-                                                             f"({want['source_sha'][:12]})")}))
+                                      diff={"gateway venv": (have.get("version"),
+                                                             f"{__version__} ({want['source_sha'][:12]})")}))
                 touched.add(GATEWAY_INSTALLED)
 
         for path, content in desired_units(cfg, sf.systemd_version).items():
@@ -103,9 +120,12 @@ class ServicesStep:
                                       diff={path: (before[:12] if before else None, sha(content)[:12])}))
                 touched.add(path)
 
+        if llama_rebuild_planned(ctx):
+            touched.add(LLAMA_BIN)
         restarts = []
         for unit, inputs in service_inputs(cfg).items():
-            change = self._restart(unit, inputs, sf, touched, target)
+            change = self._restart(unit, inputs + ([LLAMA_BIN] if unit == LLAMA_UNIT else []), sf, touched,
+                                   target)
             if change:
                 restarts.append(change)
         if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
@@ -180,7 +200,8 @@ class ServicesStep:
         changed = sorted(set(inputs) & touched)
         reasons = []
         if changed:
-            reasons.append("changed: " + ", ".join(p.rsplit("/", 1)[-1] for p in changed))
+            reasons.append("changed: " + ", ".join("the llama-server build" if p == LLAMA_BIN else p.rsplit("/", 1)[-1]
+                                                   for p in changed))
         elif sf.recorded.get(unit) != sf.inputs.get(unit) and state.active == "active":
             reasons.append("what it runs from changed since it started (binary, model or files)")
         if state.active != "active":

@@ -121,3 +121,15 @@ proxmox: {endpoint: "https://pve.lan:8006", node: pve, auth: {token_id: "root@pa
 container: {vmid: 120}
 """)
     assert ServicesStep(cfg).facts == [] and ServicesStep(cfg).plan(ctx(cfg)) == []
+
+
+def test_a_planned_llama_rebuild_restarts_llama_server_in_the_same_run() -> None:
+    """The llama step does not re-gather facts after building: services plans the restart from its fact."""
+    from provisioner.facts.llama import LlamaBuild
+
+    cfg = config({"llama_cpp": {"backend": "cpu"}})
+    facts = converged(cfg)
+    old_build = LlamaBuild(stamp={"hash": "0ld"}, current="0ld", binary=True)
+    changes = ServicesStep(cfg).plan(ctx(cfg, {"services.ct": facts, "ct.llama": old_build}))
+    assert [(c.action, c.summary) for c in changes] == [("restart", "restart llama-server (changed: the llama-server build)")]
+    assert plan(cfg, facts) == []  # without the llama step's fact (not in this run): nothing
