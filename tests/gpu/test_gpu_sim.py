@@ -184,6 +184,28 @@ def test_cpu_build_of_llama_server_then_skipped(sim_node, host_file: Path, passt
                                     "second_run_applied": again["applied"]}))
 
 
+
+def test_changed_flags_rebuild_with_ccache_and_prune(sim_node, host_file: Path, tmp_path: Path) -> None:
+    """Another flag → another stamp → a rebuild (ccache hits); keep_builds: 1 prunes the old build."""
+    code, old = ct(sim_node, "readlink /opt/provision/llama.cpp/current")
+    data = yaml.safe_load(host_file.read_text())
+    data["llama_cpp"]["cmake_flags"] = ["-DPROVISION_TEST_FLAG=1"]
+    data["llama_cpp"]["keep_builds"] = 1
+    changed = tmp_path / "flags.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    t0 = time.monotonic()
+    rep = report(provision("--json", "up", str(changed), "--yes"))
+    rebuild_s = time.monotonic() - t0
+    assert ("llama", "build") in applied(rep)
+    code, out = ct(sim_node, "readlink /opt/provision/llama.cpp/current; ls -1 /opt/provision/llama.cpp/builds; "
+                             "CCACHE_DIR=/var/cache/provision/ccache ccache -s")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] != old.strip() and lines[1] == lines[0].split("/", 1)[1], out  # only the new build is left
+    saved = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
+    MEASURED.write_text(json.dumps({**saved, "rebuild_with_ccache_seconds": round(rebuild_s, 1),
+                                    "ccache_stats": " | ".join(ln.strip() for ln in lines[2:8])}))
+
 def test_failed_build_leaves_the_previous_build_serving(sim_node, host_file: Path, tmp_path: Path) -> None:
     """A build that fails (here: the server target switched off) shows its tail; `current` stays."""
     code, before = ct(sim_node, "readlink /opt/provision/llama.cpp/current")
