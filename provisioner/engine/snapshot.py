@@ -176,6 +176,9 @@ def before_first_change(actx: "ApplyContext", first: Any) -> str | None:
     if ct is None or not c.snapshot:
         return None
     pve, notes, timeout = actx.pve, actx.plan.notes, actx.cfg.proxmox.task_timeout
+    if ct.config.get("lock"):  # PVE refuses snapshots of a locked CT (e.g. a create that never finished)
+        notes.append(f"CT {ct.vmid} is locked ({ct.config['lock']}); continuing without a snapshot")
+        return None
     try:
         can = supported(pve, ct.vmid)
         if can is None:
