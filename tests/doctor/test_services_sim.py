@@ -59,9 +59,24 @@ def served(sim_node, tmp_path_factory):
         f"pct push {VMID} {binary} {LLAMA_BIN} --perms 0755", timeout=300)
     assert rc == 0, err
     _apply_services(loaded)
-    _wait_health(sim_node)
     yield loaded
     sim_node.destroy_ct(VMID)
+
+
+def test_missing_shared_library_is_found_then_installed(served, sim_node):
+    # The static CPU build still links libgomp (OpenMP); the llama step's build deps bring it,
+    # this container has none yet: llama-server crash-loops and doctor says why.
+    _, data = doctor_json(served)
+    f = finding(data, "cuda.links")
+    assert f["status"] == "fail" and f["title"] == "llama-server cannot load libgomp.so.1", f
+    assert "libgomp.so.1 => not found" in f["evidence"]["output"]
+    assert finding(data, "services.llama_unit")["status"] in ("fail", "warn")
+    rc, out, err = sim_node.run(f"pct exec {VMID} -- sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                                "apt-get install -y -q --no-install-recommends libgomp1'", timeout=600)
+    assert rc == 0, out[-1500:] + err[-1500:]
+    _wait_health(sim_node)
+    _, data = doctor_json(served)
+    assert finding(data, "cuda.links")["status"] == "ok"
 
 
 def test_running_service_is_healthy(served):
@@ -86,14 +101,21 @@ def test_stopped_service_is_restarted_by_fix(served, sim_node):
     _wait_health(sim_node)
 
 
+SQUATTER = ("systemctl stop llama-server\n"
+            "systemd-run --unit squatter perl -MIO::Socket::INET "
+            # no '$' in the script: systemd-run would expand it; the for loop keeps the socket alive
+            "-e 'for (IO::Socket::INET->new(LocalPort => 8080, Listen => 1, ReuseAddr => 1) || die) { sleep 600 }'\n"
+            "sleep 1\n")
+
+
 def test_port_held_by_another_program(served, sim_node):
-    rc, _, err = sim_node.run(f"pct exec {VMID} -- sh -c 'systemctl stop llama-server && "
-                              "systemd-run --unit squatter python3 -m http.server 8080 && sleep 1'")
+    rc, _, err = sim_node.run(f"pct exec {VMID} -- bash -s", stdin=SQUATTER.encode())
     assert rc == 0, err
     try:
         _, data = doctor_json(served)
         f = finding(data, "services.ports")
-        assert f["status"] == "fail" and "port 8080 (server) is held by" in f["title"] and "python3" in f["title"]
+        assert f["status"] == "fail" and "port 8080 (server) is held by" in f["title"], f
+        assert '(("perl"' in f["title"] and "server.port" in f["fix"]
     finally:
         sim_node.run(f"pct exec {VMID} -- sh -c 'systemctl stop squatter; systemctl start llama-server'")
     _wait_health(sim_node)
