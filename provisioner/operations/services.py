@@ -42,6 +42,7 @@ from ..facts.services import (
     services_facts,
 )
 from ..redact import register
+from .apt import prelude as apt_prelude
 from .model_transfer import Progress, stream_file
 from .scripts import render
 from .units import desired_units
@@ -180,7 +181,7 @@ class ServicesStep:
             installed = dict(want, wheelhouse_sha256=hashlib.sha256(house.read_bytes()).hexdigest())
             script = render("scripts/gateway-install.sh.j2", root=GATEWAY_ROOT, venv=GATEWAY_VENV,
                             wheelhouse=remote + ".part", version=__version__, installed=GATEWAY_INSTALLED,
-                            installed_json=json.dumps(installed, sort_keys=True))
+                            installed_json=json.dumps(installed, sort_keys=True), apt_prelude=apt_prelude())
             ct.run(script, timeout=1800, on_line=lambda ln: ln.startswith("status ") and actx.status(ln[7:])) \
                 .check("installing the gateway", vmid=actx.vmid, step=STEP)
         return apply

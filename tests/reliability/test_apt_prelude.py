@@ -138,9 +138,10 @@ def test_services_and_model_scripts_use_the_prelude():
     from provisioner.operations.scripts import render
 
     fetch = fetch_script(ModelFile(repo="a/b", file="m.gguf"), "/srv/models/m.gguf", token=None, install_curl=True)
-    gw = render("scripts/gateway-install.sh.j2", root="/opt/g", venv="/opt/g/venv", wheel="/opt/g/w.whl",
-                wheel_name="w.whl", installed="/opt/g/installed.json", installed_json="{}",
-                apt_prelude=prelude())
+    gw = render("scripts/gateway-install.sh.j2", root="/opt/g", venv="/opt/g/venv", wheelhouse="/opt/g/h.tar.part",
+                version="0.1.0", installed="/opt/g/installed.json", installed_json="{}", apt_prelude=prelude())
+    from provisioner.operations import services
+    assert "apt_prelude=apt_prelude()" in Path(services.__file__).read_text()  # the real call passes it
     for script in (fetch, gw):
         assert "apt_get() {" in script and "dpkg_recover\n" in script.replace("  dpkg_recover  #", "dpkg_recover\n")
         assert not re.search(r"^\s*(DEBIAN_FRONTEND=\S+ )?apt-get ", script, re.M)
