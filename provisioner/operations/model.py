@@ -113,7 +113,8 @@ class ModelHostDirStep:
 
         def apply(actx: ApplyContext) -> None:
             q = shlex.quote(m.host_dir)
-            actx.ssh.run(f"mkdir -p {q} && chmod 0755 {q}").check(f"creating {m.host_dir}",
+            # parents 0755 too: an unprivileged CT's mapped root must traverse them for the bind mount
+            actx.ssh.run(f"umask 022 && mkdir -p {q} && chmod 0755 {q}").check(f"creating {m.host_dir}",
                                                                    host=actx.ssh.target.host, step=self.name)
 
         return [Change(self.name, "create", "host", f"create the models directory {m.host_dir}", apply,

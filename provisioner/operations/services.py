@@ -125,8 +125,7 @@ class ServicesStep:
             touched.add(LLAMA_BIN)
         restarts = []
         for unit, inputs in service_inputs(cfg).items():
-            change = self._restart(unit, inputs + ([LLAMA_BIN] if unit == LLAMA_UNIT else []), sf, touched,
-                                   target)
+            change = self._restart(unit, inputs, sf, touched, target)
             if change:
                 restarts.append(change)
         if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
@@ -198,7 +197,8 @@ class ServicesStep:
     @staticmethod
     def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
         state = sf.units.get(unit, UnitState("inactive", "not-found"))
-        changed = sorted(set(inputs) & touched)
+        # the binary is in the digest through inputs_snippet; a rebuild planned in this run shows up here
+        changed = sorted((set(inputs) | ({LLAMA_BIN} if unit == LLAMA_UNIT else set())) & touched)
         reasons = []
         if changed:
             reasons.append("changed: " + ", ".join("the llama-server build" if p == LLAMA_BIN else p.rsplit("/", 1)[-1]

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import anthropic
 import pytest
@@ -33,6 +34,8 @@ VMID = 181
 #: every step but the GPU stack's (no GPU here; the llama build is replaced, see the docstring)
 ONLY = ("--only", "container,resolv,model,services,verify")
 
+
+MODELS_DIR = Path("/var/lib/provision-services-test") / f"models-{os.getpid()}"
 
 #: a copy of the code taken when the module starts: the working tree is shared with engineers who edit it
 #: meanwhile, and an edit of the gateway's code rightly re-deploys the gateway (not what these tests test)
@@ -81,13 +84,14 @@ def ct(sim_node, command: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def host(sim_node, tmp_path_factory) -> dict:
+def host(sim_node, tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("services")
     SNAPSHOT[:] = [snapshot(tmp / "src")]
     data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
         "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
-        # a models dir of our own on the host: the first up creates it and pushes the model
-        "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(tmp / "host-models")},
+        # a models dir of our own on the host (not under /tmp/pytest-of-root, 0700, which the mapped root of an
+        # unprivileged CT cannot traverse): the first up creates it and pushes the model
+        "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(MODELS_DIR)},
         "server": {"host": "0.0.0.0", "ctx_size": 32768, "threads": 2, "health_timeout": 300,
                    "override_kv": ["llama.context_length=int:32768"]},
         "clients": {"pi": True, "claude_code_router": True, "output_dir": str(tmp / "clients")},
@@ -107,7 +111,8 @@ def host(sim_node, tmp_path_factory) -> dict:
                      ("services", "start"), ("verify", "verify")]:
         assert expected in steps, steps
     print(f"\nfirst up: {first['seconds']} s, timings {first['timings']}")  # measured figures (-s)
-    return {"path": path, "data": data, "tmp": tmp, "first": first}
+    yield {"path": path, "data": data, "tmp": tmp, "first": first}
+    shutil.rmtree(MODELS_DIR, ignore_errors=True)
 
 
 def test_units_run_hardened_as_their_users(sim_node, host) -> None:
