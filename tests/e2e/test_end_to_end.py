@@ -95,8 +95,8 @@ def keys(deployed) -> dict[str, str]:
 
 def test_first_up_built_everything(deployed: dict) -> None:
     steps = {c["step"] for c in deployed["applied"]}
-    assert {"container", "driver", "llama"} <= steps, steps
-    assert any(s.startswith("gpu") for s in steps), steps
+    # (the gpu.host step may have nothing to do: the host's boot unit can already be in place)
+    assert {"container", "driver", "llama", "model", "services", "verify"} <= steps, steps
     assert host(f"pct exec {VMID} -- systemctl is-active llama-server provision-gateway").split() == \
         ["active", "active"]
     conf = host(f"cat /etc/pve/lxc/{VMID}.conf")
