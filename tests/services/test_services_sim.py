@@ -15,8 +15,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import anthropic
 import pytest
@@ -30,7 +30,8 @@ from .hub_server import HubServer
 from .llama_bin import install_script, llama_server
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3000)]
-VMID = 181
+#: CT id per flavour: PVE 9 creates unprivileged CTs by default, our host file default is privileged
+VMIDS = {"privileged": 181, "unprivileged": 183}
 #: every step but the GPU stack's (no GPU here; the llama build is replaced, see the docstring)
 ONLY = ("--only", "container,resolv,model,services,verify")
 
@@ -77,23 +78,26 @@ def write(path: Path, data: dict) -> Path:
     return path
 
 
-def ct(sim_node, command: str) -> str:
-    code, out, err = sim_node.run(f"pct exec {VMID} -- sh -c {shlex.quote(command)}")
+def ct(sim_node, host: dict, command: str) -> str:
+    code, out, err = sim_node.run(f"pct exec {host['vmid']} -- sh -c {shlex.quote(command)}")
     assert code == 0, f"{command}: {err or out}"
     return out.strip()
 
 
-@pytest.fixture(scope="module")
-def host(sim_node, tmp_path_factory) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("services")
+@pytest.fixture(scope="module", params=sorted(VMIDS))
+def host(request, sim_node, tmp_path_factory) -> Iterator[dict]:
+    flavour = request.param
+    vmid = VMIDS[flavour]
+    tmp = tmp_path_factory.mktemp(f"services-{flavour}")
     SNAPSHOT[:] = [snapshot(tmp / "src")]
-    data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
+    data = host_data(sim_node.conn, vmid=vmid, gpu=False, extra={
         "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
         # a models dir of our own on the host (not under /tmp/pytest-of-root, 0700, which the mapped root of an
         # unprivileged CT cannot traverse): the first up creates it and pushes the model
         "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(MODELS_DIR)},
         "server": {"host": "0.0.0.0", "ctx_size": 32768, "threads": 2, "health_timeout": 300,
                    "override_kv": ["llama.context_length=int:32768"]},
+        "container": {"unprivileged": flavour == "unprivileged"},
         "clients": {"pi": True, "claude_code_router": True, "output_dir": str(tmp / "clients")},
     })
     path = write(tmp / "host.yaml", data)
@@ -102,7 +106,7 @@ def host(sim_node, tmp_path_factory) -> Iterator[dict]:
     steps = [(s, a) for s, a, _ in applied(first)]
     assert ("container", "create") in steps, steps
     binary = llama_server()
-    code, _, err = sim_node.run(f"pct exec {VMID} -- sh -c {shlex.quote(install_script('test1'))}",
+    code, _, err = sim_node.run(f"pct exec {vmid} -- sh -c {shlex.quote(install_script('test1'))}",
                                   stdin=binary.read_bytes())
     assert code == 0, err
     first = report(provision("--json", "up", str(path), "--yes"))
@@ -110,42 +114,43 @@ def host(sim_node, tmp_path_factory) -> Iterator[dict]:
     for expected in [("model.host_dir", "create"), ("model", "push"), ("services", "install"),
                      ("services", "start"), ("verify", "verify")]:
         assert expected in steps, steps
-    print(f"\nfirst up: {first['seconds']} s, timings {first['timings']}")  # measured figures (-s)
-    yield {"path": path, "data": data, "tmp": tmp, "first": first}
+    print(f"\n{flavour}: first up: {first['seconds']} s, timings {first['timings']}")  # measured figures (-s)
+    yield {"path": path, "data": data, "tmp": tmp, "first": first, "vmid": vmid, "flavour": flavour}
+    sim_node.destroy_ct(vmid)
     shutil.rmtree(MODELS_DIR, ignore_errors=True)
 
 
 def test_units_run_hardened_as_their_users(sim_node, host) -> None:
-    assert ct(sim_node, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
-    assert ct(sim_node, "ps -o user= -C llama-server") == "llama"
-    props = ct(sim_node, "systemctl show llama-server -p NoNewPrivileges -p ProtectSystem -p User")
+    assert ct(sim_node, host, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
+    assert ct(sim_node, host, "ps -o user= -C llama-server") == "llama"
+    props = ct(sim_node, host, "systemctl show llama-server -p NoNewPrivileges -p ProtectSystem -p User")
     assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
     # the models dir is a read-only bind mount of the host's dir
-    assert "ro" in ct(sim_node, "findmnt -n -o OPTIONS /srv/models").split(",")
-    assert ct(sim_node, "stat -c '%a %U:%G' /etc/provision/llama-server.key") == "640 root:llama"
+    assert "ro" in ct(sim_node, host, "findmnt -n -o OPTIONS /srv/models").split(",")
+    assert ct(sim_node, host, "stat -c '%a %U:%G' /etc/provision/llama-server.key") == "640 root:llama"
     assert any("verified: llama-server healthy" in n for n in host["first"]["notes"])
 
 
 def test_second_up_restarts_nothing_within_budget(sim_node, host) -> None:
-    pid = ct(sim_node, "systemctl show -p MainPID --value llama-server")
+    pid = ct(sim_node, host, "systemctl show -p MainPID --value llama-server")
     rep = report(provision("--json", "up", str(host["path"]), "--yes"))
     assert rep["applied"] == []
     assert rep["ssh_round_trips"] <= 3
     print(f"\nno-op up: {rep['seconds']} s, {rep['api_calls']} API calls, {rep['ssh_round_trips']} SSH round trips")
-    assert ct(sim_node, "systemctl show -p MainPID --value llama-server") == pid
+    assert ct(sim_node, host, "systemctl show -p MainPID --value llama-server") == pid
 
 
 def test_changed_flag_restarts_exactly_llama_server(sim_node, host, tmp_path) -> None:
     data = yaml.safe_load(host["path"].read_text())
     data["server"]["parallel"] = 2
     changed = write(tmp_path / "h.yaml", data)
-    gw_pid = ct(sim_node, "systemctl show -p MainPID --value provision-gateway")
+    gw_pid = ct(sim_node, host, "systemctl show -p MainPID --value provision-gateway")
     rep = report(provision("--json", "up", str(changed), "--yes"))
     assert [(s, a) for s, a, _ in applied(rep)] == [("services", "write"), ("services", "restart"),
                                                    ("verify", "verify")]
     assert "restart llama-server" in applied(rep)[1][2]
-    assert ct(sim_node, "systemctl show -p MainPID --value provision-gateway") == gw_pid
-    assert "--parallel 2" in ct(sim_node, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
+    assert ct(sim_node, host, "systemctl show -p MainPID --value provision-gateway") == gw_pid
+    assert "--parallel 2" in ct(sim_node, host, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
     assert report(provision("--json", "up", str(changed), "--yes"))["applied"] == []
     rep = report(provision("--json", "up", str(host["path"]), "--yes"))  # back to the module's config
     assert [(s, a) for s, a, _ in applied(rep)] == [("services", "write"), ("services", "restart"),
@@ -182,22 +187,25 @@ def test_client_configs_point_at_the_live_gateway(sim_node, host) -> None:
 
 
 def test_immutable_resolv_conf_is_found_and_fixed(sim_node, host) -> None:
-    # running: the fact finds +i and the resolv step removes it before the next start trips on it
-    ct(sim_node, "chattr +i /etc/resolv.conf")
-    rep = report(provision("--json", "up", str(host["path"]), "--yes"))
-    assert [(s, a) for s, a, _ in applied(rep)] == [("resolv", "fix")]
-    assert any("resolv.conf was immutable" in n for n in rep["notes"])
-    assert "i" not in ct(sim_node, "lsattr -d /etc/resolv.conf").split()[0]
+    vmid = host["vmid"]
+    if host["flavour"] == "privileged":
+        # running: the fact finds +i and the resolv step removes it before the next start trips on it
+        # (an unprivileged CT cannot set +i itself: CAP_LINUX_IMMUTABLE is not its to have)
+        ct(sim_node, host, "chattr +i /etc/resolv.conf")
+        rep = report(provision("--json", "up", str(host["path"]), "--yes"))
+        assert [(s, a) for s, a, _ in applied(rep)] == [("resolv", "fix")]
+        assert any("resolv.conf was immutable" in n for n in rep["notes"])
+        assert "i" not in ct(sim_node, host, "lsattr -d /etc/resolv.conf").split()[0]
     # stopped: the start fails exactly like PVE's, the start hook fixes it via pct mount and retries
-    code, out, err = sim_node.run(f"pct stop {VMID} && pct mount {VMID} && "
-                                  f"chattr +i /var/lib/lxc/{VMID}/rootfs/etc/resolv.conf && pct unmount {VMID}")
+    code, out, err = sim_node.run(f"pct stop {vmid} && pct mount {vmid} && "
+                                  f"chattr +i /var/lib/lxc/{vmid}/rootfs/etc/resolv.conf && pct unmount {vmid}")
     assert code == 0, err
-    code, out, err = sim_node.run(f"pct start {VMID}")
+    code, out, err = sim_node.run(f"pct start {vmid}")
     assert code != 0 and "close (rename) atomic file '/etc/resolv.conf' failed" in out + err
     rep = report(provision("--json", "up", str(host["path"]), "--yes"))
     assert ("container", "start") in [(s, a) for s, a, _ in applied(rep)]
     assert any("from the host (pct mount)" in n for n in rep["notes"]), rep["notes"]
-    assert ct(sim_node, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
+    assert ct(sim_node, host, "systemctl is-active llama-server provision-gateway").split() == ["active", "active"]
 
 
 def test_hub_download_inside_the_container_restarts_llama_server_once(sim_node, host, tmp_path) -> None:
@@ -212,10 +220,10 @@ def test_hub_download_inside_the_container_restarts_llama_server_once(sim_node, 
         steps = [(s, a) for s, a, _ in applied(rep)]
         assert ("model", "download") in steps and steps.count(("services", "restart")) == 1, steps
         assert steps[-1] == ("verify", "verify")
-        side = json.loads(ct(sim_node, "cat /srv/models-ct/smollm2-q4.gguf.provision.json"))
+        side = json.loads(ct(sim_node, host, "cat /srv/models-ct/smollm2-q4.gguf.provision.json"))
         assert side["sha256"] == assets.sha256(assets.smollm2_model()) and side["verified"] == "sha256"
         assert "/srv/models-ct/smollm2-q4.gguf" in ct(
-            sim_node, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
+            sim_node, host, "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value llama-server)/cmdline")
         again = report(provision("--json", "up", str(changed), "--yes", env={"HF_ENDPOINT": hub.url}))
         assert [(s, a) for s, a, _ in applied(again)] == []  # present and verified: no second download
         assert sum(1 for m, p, a, r in hub.requests if p.startswith("/cdn/") and m == "GET") == 1
