@@ -24,11 +24,11 @@ LLAMA, GW = "llama-server", "provision-gateway"
 def converged(cfg, **over) -> ServiceFacts:
     files = {p: sha(c) for p, c in desired_units(cfg, 252).items()}
     files.update({"/etc/provision/llama-server.key": "k1" * 32, "/etc/provision/gateway.key": "k2" * 32})
-    values = dict(files=files, units={LLAMA: UnitState("active", "enabled"), GW: UnitState("active", "enabled")},
-                  recorded={LLAMA: "d1", GW: "d2"}, inputs={LLAMA: "d1", GW: "d2"},
-                  health={"llama": 200, "gateway": 200},
-                  gateway_installed={"version": __version__, "source_sha": source_sha()},
-                  users=frozenset({"llama", "provision-gw"}), systemd_version=252, have_curl=True)
+    values = {"files": files, "units": {LLAMA: UnitState("active", "enabled"), GW: UnitState("active", "enabled")},
+                  "recorded": {LLAMA: "d1", GW: "d2"}, "inputs": {LLAMA: "d1", GW: "d2"},
+                  "health": {"llama": 200, "gateway": 200},
+                  "gateway_installed": {"version": __version__, "source_sha": source_sha()},
+                  "users": frozenset({"llama", "provision-gw"}), "systemd_version": 252, "have_curl": True}
     values.update(over)
     return ServiceFacts(**values)
 
@@ -47,10 +47,10 @@ def test_fresh_container_gets_everything_once() -> None:
         ("write", "write /etc/systemd/system/llama-server.service"),
         ("write", "write /etc/systemd/system/provision-gateway.service"),
         ("write", "write /etc/provision/gateway.json"),
-        ("start", "start llama-server (changed: llama-server.key, llama-server.service; it is inactive; "
-                  "it is not-found at boot)"),
-        ("start", "start provision-gateway (changed: gateway.json, gateway.key, llama-server.key, "
-                  "provision-gateway.service, installed.json; it is inactive; it is not-found at boot)"),
+        ("start", ("start llama-server (changed: llama-server.key, llama-server.service; it is inactive; "
+                  "it is not-found at boot)")),
+        ("start", ("start provision-gateway (changed: gateway.json, gateway.key, llama-server.key, "
+                  "provision-gateway.service, installed.json; it is inactive; it is not-found at boot)")),
     ]
 
 
