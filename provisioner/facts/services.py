@@ -195,10 +195,10 @@ def _health(url: str, name: str) -> str:
 def services_command(cfg: HostFile) -> str:
     managed = [unit_path(LLAMA_UNIT), unit_path(GATEWAY_UNIT), GATEWAY_CONF, SERVER_KEY, GATEWAY_KEY]
     lines = [f"for f in {' '.join(managed)}; do [ -f \"$f\" ] && echo \"file $f $(sha256sum < \"$f\" | cut -c1-64)\"; done",
-             f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do echo \"unit $u $(systemctl is-active $u.service 2>/dev/null"
-             f" | head -1) $(systemctl is-enabled $u.service 2>/dev/null | head -1 || echo not-found)\"; done",
-             f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do [ -f {STATE_DIR}/$u.inputs ] && "
-             f"echo \"recorded $u $(head -c 64 {STATE_DIR}/$u.inputs)\"; done",
+             (f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do echo \"unit $u $(systemctl is-active $u.service 2>/dev/null"
+             f" | head -1) $(systemctl is-enabled $u.service 2>/dev/null | head -1 || echo not-found)\"; done"),
+             (f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do [ -f {STATE_DIR}/$u.inputs ] && "
+             f"echo \"recorded $u $(head -c 64 {STATE_DIR}/$u.inputs)\"; done"),
              f"[ -f {GATEWAY_INSTALLED} ] && echo \"installed $(tr -d '\\n' < {GATEWAY_INSTALLED})\"",
              f"for u in {LLAMA_USER} {GATEWAY_USER}; do getent passwd $u >/dev/null && echo \"user $u\"; done",
              "echo \"systemd $(systemctl --version 2>/dev/null | awk 'NR==1{print $2}')\"",

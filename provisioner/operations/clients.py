@@ -105,8 +105,8 @@ def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
 def reachability_warnings(cfg: HostFile) -> list[str]:
     """Clients that talk to llama-server directly need it to listen beyond the container."""
     if (cfg.clients.pi or cfg.clients.claude_code_router) and cfg.server.host in ("127.0.0.1", "::1", "localhost"):
-        return [f"server.host is {cfg.server.host}: pi and claude-code-router talk to llama-server directly and "
-                "cannot reach it from another machine; set server.host: 0.0.0.0 (its API key still applies)"]
+        return [(f"server.host is {cfg.server.host}: pi and claude-code-router talk to llama-server directly and "
+                "cannot reach it from another machine; set server.host: 0.0.0.0 (its API key still applies)")]
     return []
 
 
