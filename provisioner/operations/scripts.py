@@ -7,37 +7,11 @@ either way the script travels on stdin, so secrets embedded in it never reach ar
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
 from collections.abc import Callable
-from typing import Any
 
 from ..connectors.ssh import Result
 from ..engine.context import ApplyContext
-from ..templating import _env
-from ..templating import render as _render
-
-_SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./:=,+@-]+$")
-
-
-def systemd_quote(word: str) -> str:
-    """Quote one argument for ``ExecStart=`` (systemd.service(5) "Command lines")."""
-    escaped = word.replace("%", "%%").replace("$", "$$")
-    if _SYSTEMD_PLAIN.match(word):
-        return escaped
-    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render(name: str, **values: Any) -> str:
-    """``templating.render`` with our filters registered on the shared environment."""
-    env = _env()
-    if "shq" not in env.filters:
-        env.filters["shq"] = lambda v: shlex.quote(str(v))
-        env.filters["sdq"] = lambda v: systemd_quote(str(v))
-        env.filters["json"] = lambda v: json.dumps(v, indent=2, sort_keys=False)
-    return _render(name, **values)
-
+from ..templating import render, systemd_quote  # noqa: F401 - the steps import them from here
 
 Runner = Callable[..., Result]
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.sim, pytest.mark.e2e]
+# the first test carries the first `up` (a llama.cpp build: ~5 min idle, longer on a busy machine)
+pytestmark = [pytest.mark.sim, pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventories" / "sim.yaml"
