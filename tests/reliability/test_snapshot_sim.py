@@ -16,7 +16,7 @@ from provisioner.facts.pve import MARKER_LINE
 from provisioner.sim.hostfile import write_host_file
 
 pytestmark = pytest.mark.sim
-VMID = 181
+VMID = 901
 CLI = "import sys; from provisioner.cli.main import run; run(sys.argv[1:])"
 
 
