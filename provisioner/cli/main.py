@@ -226,4 +226,8 @@ def run(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    run()
+    # Run the imported module's app, not this __main__ copy: sub-commands (doctor, clients,
+    # rollback) register themselves on `provisioner.cli.main.app`.
+    from provisioner.cli.main import run as _run
+
+    _run()

@@ -131,4 +131,8 @@ def create(req: Request) -> str:
             from .api_status import start_work
             start_work(api, vmid, log)
 
-    return api.tasks.start("vzcreate", str(vmid), req.user, work)
+    def undo() -> None:
+        with api.store.lock(vmid):
+            api.store.remove(vmid)
+
+    return api.tasks.start("vzcreate", str(vmid), req.user, work, on_injected_failure=undo)

@@ -13,6 +13,17 @@ from typing import Any
 import yaml
 
 
+#: This VM's CPU advertises AMX, which its hypervisor cannot run: -march=native (GGML_NATIVE)
+#: turns on ggml's AMX kernels and llama-server dies (SIGSEGV/SIGILL) at the first decode.
+#: Test builds use the same code without AMX (inventories/sim.yaml says the same).
+VM_SAFE_CPU_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                     "-DGGML_BMI2=ON"]
+#: One ccache on the host for every test container's llama.cpp build (privileged CTs only:
+#: an unprivileged CT's root cannot write a root-owned host directory).
+CCACHE_HOST_DIR = "/var/cache/provision-sim/ccache"
+CCACHE_CT_DIR = "/var/cache/provision/ccache"
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -48,9 +59,14 @@ def host_data(conn: dict[str, Any], *, vmid: int, hostname: str | None = None, a
                       "nameserver": net["nameserver"]},
         "gpu": {"enabled": gpu},
         "driver": {"repo_url": conn["cuda_repo_url"].split("/compute/cuda/repos/")[0] + "/compute/cuda/repos"},
-        "llama_cpp": {"backend": "cpu"},
+        "llama_cpp": {"backend": "cpu", "cmake_flags": VM_SAFE_CPU_FLAGS},
     }
-    return _merge(data, extra or {})
+    data = _merge(data, extra or {})
+    ct = data["container"]
+    if not ct.get("unprivileged") and "mounts" not in ct:
+        Path(CCACHE_HOST_DIR).mkdir(parents=True, exist_ok=True)
+        ct["mounts"] = [{"host": CCACHE_HOST_DIR, "path": CCACHE_CT_DIR}]
+    return data
 
 
 def write_host_file(path: Path, conn: dict[str, Any], **kwargs: Any) -> Path:

@@ -106,8 +106,14 @@ class TaskManager:
                 return str(fault.get("message") or "injected failure")
         return None
 
-    def start(self, typ: str, ident: str, user: str, fn: TaskFn) -> str:
-        """Run ``fn`` as a worker task; returns its UPID at once."""
+    def start(self, typ: str, ident: str, user: str, fn: TaskFn,
+              on_injected_failure: Callable[[], None] | None = None) -> str:
+        """Run ``fn`` as a worker task; returns its UPID at once.
+
+        An injected failure replaces ``fn``; ``on_injected_failure`` then undoes what the
+        synchronous part of the request did, as ``fn``'s own error path would (a failed
+        create removes its config, so no ``lock: create`` is left behind).
+        """
         with self._lock:
             self._counter += 1
             pid = os.getpid() * 100 + self._counter % 100
@@ -129,6 +135,8 @@ class TaskManager:
         def run() -> None:
             try:
                 if fault is not None:
+                    if on_injected_failure is not None:
+                        on_injected_failure()
                     raise SimTaskError(fault)
                 fn(tlog)
                 exitstatus = f"WARNINGS: {tlog.warnings}" if tlog.warnings else "OK"

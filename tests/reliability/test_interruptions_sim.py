@@ -160,15 +160,13 @@ def host(sim_node, tmp_path_factory):
                                        "extra_up_to_settle": settle}, indent=1))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (reported): a CT left with `lock: create` by a failed or "
-                   "interrupted create is not re-created by the container step; `up` stops at the lock")
 def test_failed_create_task_then_up_converges(sim_node, host):
     path = host["path"]
     sim_node.faults.fail_next_task("vzcreate", "injected: storage went away")
     first = subprocess.run(cli("up", str(path), "--yes", "--only", "container"), capture_output=True, text=True,
                            timeout=600)
     assert first.returncode == 1 and "injected: storage went away" in first.stderr
-    survived.append("failed task: vzcreate (the next up stops at the lock: known gap)")
+    survived.append("failed task: vzcreate (PVE removes the half-made CT; the next up creates it)")
     try:
         up(path, only="container")
     finally:
@@ -232,9 +230,6 @@ def test_failed_snapshot_changes_nothing(sim_node, host, tmp_path):
     assert_converged(host["path"], sim_node)
 
 
-@pytest.mark.xfail(strict=False, reason="observed 2026-11-22: the interrupted build is resumed and installed "
-                   "atomically, but the CPU llama-server built in the sim CT then dies with SIGILL at model load, "
-                   "so the final verify fails (reported to the llama step)")
 def test_kill_during_the_llama_build_keeps_the_old_build_serving(sim_node, host):
     """One interrupted CPU build (~5 min): `current` keeps the previous build until the new one is whole."""
     code, before = ct(sim_node, "readlink /opt/provision/llama.cpp/current")
