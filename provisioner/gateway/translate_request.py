@@ -163,15 +163,15 @@ def _assistant_message(content: Any, path: str) -> dict:
     return message
 
 
-def _system_text(system: Any) -> str | None:
+def _system_text(system: Any, where: str = "system") -> str | None:
     """System prompt as one string, without Claude Code's per-request billing header."""
     if system is None:
         return None
     texts = []
-    for i, block in enumerate(as_blocks(system, "system")):
+    for i, block in enumerate(as_blocks(system, where)):
         if block["type"] != "text":
-            raise invalid_request(f"system.{i}.type: expected 'text', found {block['type']!r}")
-        text = string_field(block, "text", f"system.{i}")
+            raise invalid_request(f"{where}.{i}.type: expected 'text', found {block['type']!r}")
+        text = string_field(block, "text", f"{where}.{i}")
         if not is_billing_header(text):
             texts.append(text)
     return "\n\n".join(texts) if texts else None
@@ -189,12 +189,19 @@ def _thinking(body: dict, payload: dict) -> None:
     payload["chat_template_kwargs"] = {"enable_thinking": kind != "disabled"}
 
 
-def _messages(body: dict) -> list[dict]:
+def _messages(body: dict) -> tuple[list[dict], list[str]]:
+    """OpenAI messages, and the text of system-role messages found among them.
+
+    Claude Code (2.1.x) sends ``role: system`` entries inside ``messages``. They are folded
+    into the one leading system message, in order: most chat templates accept a system
+    message only first, and a stable leading prompt keeps llama.cpp's prefix cache useful.
+    """
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise (invalid_request("messages: field required") if messages is None
                else field_error("messages", "a list", messages))
     out: list[dict] = []
+    systems: list[str] = []
     for i, message in enumerate(messages):
         path = f"messages.{i}"
         if not isinstance(message, dict):
@@ -206,9 +213,13 @@ def _messages(body: dict) -> list[dict]:
             out.extend(_user_messages(message["content"], f"{path}.content"))
         elif role == "assistant":
             out.append(_assistant_message(message["content"], f"{path}.content"))
+        elif role == "system":
+            text = _system_text(message["content"], f"{path}.content")
+            if text:
+                systems.append(text)
         else:
-            raise invalid_request(f"{path}.role: expected 'user' or 'assistant', found {role!r}")
-    return out
+            raise invalid_request(f"{path}.role: expected 'user', 'assistant' or 'system', found {role!r}")
+    return out, systems
 
 
 def translate_request(body: Any, *, upstream_model: str, count_only: bool = False) -> Translated:
@@ -220,8 +231,8 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
         raise field_error("body", "a JSON object", body)
     requested = string_field(body, "model", "body")
     payload: dict[str, Any] = {"model": upstream_model}
-    messages = _messages(body)
-    system = _system_text(body.get("system"))
+    messages, inline_systems = _messages(body)
+    system = "\n\n".join(t for t in [_system_text(body.get("system")), *inline_systems] if t) or None
     payload["messages"] = ([{"role": "system", "content": system}] if system else []) + messages
     tools = translate_tools(body)
     if tools:

@@ -105,6 +105,17 @@ def test_sampling_stream_thinking_and_ignored_fields():
     assert (t.stream, t.stop_sequences, t.requested_model) == (True, ("END", "##"), "claude-x")
 
 
+def test_system_role_messages_join_the_leading_system_prompt():
+    """Claude Code 2.1.x sends role=system inside messages (seen in the end-to-end run)."""
+    payload = tr(system="Top.", messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Reminder."}]},
+        {"role": "assistant", "content": "ok"}])
+    assert payload["messages"] == [{"role": "system", "content": "Top.\n\nReminder."},
+                                   {"role": "user", "content": "hi"},
+                                   {"role": "assistant", "content": "ok"}]
+
+
 def test_server_tools_are_dropped():
     payload = tr(tools=[{"type": "web_search_20250305", "name": "web_search"}, CLOCK],
                  messages=[{"role": "user", "content": "x"}])
@@ -116,8 +127,10 @@ def test_server_tools_are_dropped():
     ({"model": "m", "max_tokens": 1}, "messages: field required"),
     ({"model": "m", "max_tokens": True, "messages": []}, "max_tokens: expected an integer, found bool"),
     ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens: must be at least 1"),
-    ({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]},
-     "messages.0.role: expected 'user' or 'assistant', found 'system'"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]},
+     "messages.0.role: expected 'user', 'assistant' or 'system', found 'tool'"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": [{"type": "image"}]}]},
+     "messages.0.content.0.type: expected 'text', found 'image'"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
      "messages.0.content.0.type: unsupported content block type 'audio'"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
