@@ -396,10 +396,9 @@ def create_container(actx: ApplyContext, want: dict[str, str]) -> None:
     ostemplate = resolve_template(actx)
     vmid = actx.plan.vmid or int(pve.get("/cluster/nextid"))
     actx.state["vmid"] = vmid
-    fake_plan = actx.plan
     unpriv = c.unprivileged
-    params = {k: v for k, v in want.items()}
-    params["description"] = description(fake_plan)
+    params = dict(want)
+    params["description"] = description(actx.plan)
     root_set: dict[str, str] = {}
     if actx.plan.root_path != "api":
         root_set = {k: v for k, v in params.items() if is_root_only(k, v, unpriv)}

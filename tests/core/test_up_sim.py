@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from provisioner.sim.hostfile import host_data, write_host_file
@@ -169,4 +168,3 @@ def test_down_removes_only_ours(sim_node, tmp_path: Path) -> None:
     provision("down", str(path), "--yes")
     code, out, _ = sim_node.run("test -e /etc/pve/lxc/175.conf; echo $?")
     assert out.strip() == "1"
-    assert requests is not None
