@@ -187,6 +187,15 @@ def _thinking(body: dict, payload: dict) -> None:
     if kind not in ("enabled", "adaptive", "disabled"):
         raise invalid_request(f"thinking.type: expected enabled, adaptive or disabled, found {kind!r}")
     payload["chat_template_kwargs"] = {"enable_thinking": kind != "disabled"}
+    if kind == "enabled" and "budget_tokens" in thinking:
+        budget = thinking["budget_tokens"]
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise field_error("thinking.budget_tokens", "an integer", budget)
+        if budget < 1:
+            raise invalid_request("thinking.budget_tokens: must be at least 1")
+        # llama-server's own per-request name (server-common.cpp reads `thinking_budget_tokens`
+        # and ends the reasoning block after that many tokens, for templates with thinking tags).
+        payload["thinking_budget_tokens"] = budget
 
 
 def _messages(body: dict) -> tuple[list[dict], list[str]]:

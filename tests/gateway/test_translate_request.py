@@ -105,6 +105,29 @@ def test_sampling_stream_thinking_and_ignored_fields():
     assert (t.stream, t.stop_sequences, t.requested_model) == (True, ("END", "##"), "claude-x")
 
 
+@pytest.mark.parametrize("thinking, expected", [
+    ({"type": "enabled", "budget_tokens": 2048},
+     {"chat_template_kwargs": {"enable_thinking": True}, "thinking_budget_tokens": 2048}),
+    ({"type": "enabled"}, {"chat_template_kwargs": {"enable_thinking": True}}),
+    ({"type": "adaptive"}, {"chat_template_kwargs": {"enable_thinking": True}}),
+])
+def test_thinking_budget_is_forwarded_under_llama_servers_name(thinking, expected):
+    payload = tr(thinking=thinking, messages=[{"role": "user", "content": "x"}])
+    assert {k: payload[k] for k in expected} == expected
+    assert ("thinking_budget_tokens" in payload) == ("thinking_budget_tokens" in expected)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("many", "thinking.budget_tokens: expected an integer, found str"),
+    (True, "thinking.budget_tokens: expected an integer, found bool"),
+    (0, "thinking.budget_tokens: must be at least 1"),
+])
+def test_thinking_budget_errors(budget, message):
+    with pytest.raises(ApiError) as err:
+        tr(thinking={"type": "enabled", "budget_tokens": budget}, messages=[{"role": "user", "content": "x"}])
+    assert message in str(err.value)
+
+
 def test_system_role_messages_join_the_leading_system_prompt():
     """Claude Code 2.1.x sends role=system inside messages (seen in the end-to-end run)."""
     payload = tr(system="Top.", messages=[
