@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..config import read_secret
-from ..config.schema import HostFile, Secret
+from ..config.schema import Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ProvisionError
@@ -39,12 +39,12 @@ from ..facts.services import (
     inputs_snippet,
     recorded_path,
     service_inputs,
-    services_facts,
 )
 from ..redact import register
 from .apt import prelude as apt_prelude
 from .model_transfer import Progress, stream_file
 from .scripts import render
+from .service_step import ModelServiceStep
 from .units import desired_units
 from .wheel import build_wheelhouse, source_sha
 
@@ -74,16 +74,11 @@ def _key_owner(path: str) -> str:
     return f"root:{LLAMA_USER}" if path == SERVER_KEY else f"root:{GATEWAY_USER}"
 
 
-class ServicesStep:
+class ServicesStep(ModelServiceStep):
     name = STEP
 
-    def __init__(self, cfg: HostFile) -> None:
-        self.facts = services_facts(cfg) if cfg.model is not None else []
-
-    def plan(self, ctx: PlanContext) -> list[Change]:
+    def plan_model(self, ctx: PlanContext) -> list[Change]:
         cfg = ctx.cfg
-        if cfg.model is None:
-            return []
         sf: ServiceFacts = ctx.fact("services.ct") or ServiceFacts()
         target = f"ct {ctx.vmid}"
         changes: list[Change] = []

@@ -20,9 +20,9 @@ from ..facts.services import (
     SERVER_KEY,
     VERIFY_FLAG,
     ServiceFacts,
-    services_facts,
 )
 from .scripts import render
+from .service_step import ModelServiceStep
 from .units import local_host
 
 STEP = "verify"
@@ -51,16 +51,11 @@ def why_verify(cfg: HostFile, sf: ServiceFacts | None) -> str | None:
     return None
 
 
-class VerifyStep:
+class VerifyStep(ModelServiceStep):
     name = STEP
 
-    def __init__(self, cfg: HostFile) -> None:
-        self.facts = services_facts(cfg) if cfg.model is not None else []
-
-    def plan(self, ctx: PlanContext) -> list[Change]:
+    def plan_model(self, ctx: PlanContext) -> list[Change]:
         cfg = ctx.cfg
-        if cfg.model is None:
-            return []
         reason = why_verify(cfg, ctx.fact("services.ct"))
         if reason is None:
             return []
