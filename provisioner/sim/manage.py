@@ -70,14 +70,55 @@ def check_prerequisites() -> None:
                        fix=f"apt-get install -y {' '.join(missing)}")
 
 
+LXC_NET = "/usr/libexec/lxc/lxc-net"
+LXC_RUN = Path("/run/lxc")
+
+
 def ensure_bridge() -> None:
-    """lxc-net's lxcbr0 (10.0.3.1/24, dnsmasq, NAT) stands in for PVE's vmbr0."""
-    if BRIDGE_IP in subprocess.run(["ip", "-4", "addr", "show", "lxcbr0"], capture_output=True,
-                                   text=True, check=False).stdout:
+    """lxc-net's lxcbr0 (10.0.3.1/24, dnsmasq, NAT) stands in for PVE's vmbr0.
+
+    The bridge and its NAT rules outlive the processes of the session that made them, but
+    its dnsmasq (DHCP and DNS for the containers) may not: a machine whose processes were
+    ended keeps lxcbr0 with no DNS. So both are checked, and a missing dnsmasq is started
+    alone, without taking the bridge down under other nodes' running containers.
+    """
+    bridge_up = BRIDGE_IP in subprocess.run(["ip", "-4", "addr", "show", "lxcbr0"], capture_output=True,
+                                            text=True, check=False).stdout
+    if bridge_up and _dnsmasq_alive():
         return
-    proc = subprocess.run(["/usr/libexec/lxc/lxc-net", "start"], capture_output=True, text=True, check=False)
+    if bridge_up:
+        _start_dnsmasq()
+        return
+    # A stale marker from a run whose bridge is gone makes `lxc-net start` refuse ("already running").
+    subprocess.run([LXC_NET, "stop", "force"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([LXC_NET, "start"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SimError(f"could not bring up lxcbr0: {proc.stderr.strip()}")
+        raise SimError(f"could not bring up lxcbr0: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _dnsmasq_alive() -> bool:
+    try:
+        pid = int((LXC_RUN / "dnsmasq.pid").read_text().strip())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
+    except (OSError, ValueError):
+        return False
+
+
+def _start_dnsmasq() -> None:
+    """The dnsmasq that lxc-net starts for lxcbr0 (its default settings), started again."""
+    user = next((u for u in ("lxc-dnsmasq", "dnsmasq", "nobody")
+                 if subprocess.run(["getent", "passwd", u], capture_output=True).returncode == 0), "nobody")
+    Path("/var/lib/misc").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["dnsmasq", "--conf-file=/dev/null", "-u", user, "--strict-order", "--bind-interfaces",
+         f"--pid-file={LXC_RUN / 'dnsmasq.pid'}", "--listen-address", BRIDGE_IP,
+         "--dhcp-range", "10.0.3.2,10.0.3.254", "--dhcp-lease-max=253", "--dhcp-no-override",
+         "--except-interface=lo", "--interface=lxcbr0",
+         "--dhcp-leasefile=/var/lib/misc/dnsmasq.lxcbr0.leases", "--dhcp-authoritative"],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SimError(f"lxcbr0 is up but its dnsmasq would not start: {proc.stderr.strip()}",
+                       fix="run '/usr/libexec/lxc/lxc-net stop force' and start the node again")
 
 
 def ensure_subids() -> None:
