@@ -222,6 +222,8 @@ class GPU(Section):
     boot_fix: bool = True
     modeset: bool = False
     caps: bool = False
+    #: pass GPUs even when another managed container on the node has them (operations/gpu_exclusive.py)
+    share: bool = False
 
 
 class Driver(Section):
