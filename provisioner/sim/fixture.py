@@ -26,9 +26,10 @@ from provisioner.sim.backend import LxcBackend
 from provisioner.sim.faults import Faults
 from provisioner.sim.host import BRIDGE_IP
 from provisioner.sim.lxcconf import veth_name
+from provisioner.sim.nvidia import Gpu
 from provisioner.sim.pveconf import ConfStore, PveConf, Section
 
-STALE = re.compile(r"pt(\d+)x?")
+STALE = re.compile(r"pt(\d+)(?:x|c\d+)?")
 
 
 @dataclass
@@ -155,14 +156,17 @@ def remove_stale_nodes() -> list[str]:
     return removed
 
 
-def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str | None = None) -> SimNode:
-    """Start a node with a unique name and free ports."""
+def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str | None = None,
+                   gpus: list[Gpu] | None = None, cluster: str = "", node: str = "") -> SimNode:
+    """Start a node with a unique name and free ports (in ``cluster`` when given, see sim/cluster.py)."""
     manage.check_prerequisites()
     remove_stale_nodes()
     manage.ensure_bridge()
     opts = manage.StartOptions(name=name or f"pt{os.getpid()}", pve_version=version, driver=driver,
                                api_port=_free_port(), ssh_port=_free_port(),
-                               apt_port=_free_port(BRIDGE_IP))
+                               apt_port=_free_port(BRIDGE_IP), cluster=cluster, node=node)
+    if gpus is not None:
+        opts.gpus = gpus
     conn = manage.start(opts, log=lambda _: None)
     root = Path(conn["sim_root"])
     return SimNode(
@@ -174,6 +178,21 @@ def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str
         ssh_host=conn["ssh"]["host"], ssh_port=conn["ssh"]["port"], ssh_key=Path(conn["ssh"]["key_file"]),
         known_hosts=Path(conn["ssh"]["known_hosts"]), conn=conn, faults=Faults(root),
         backend=LxcBackend(root))
+
+
+def start_sim_cluster(nodes: dict[str, list[Gpu]], *, version: str = "9.1") -> list[SimNode]:
+    """A simulated cluster of one node per entry (node name → its GPUs), unique names and ports."""
+    cluster = f"pt{os.getpid()}"
+    started: list[SimNode] = []
+    try:
+        for i, (node, gpus) in enumerate(nodes.items(), start=1):
+            started.append(start_sim_node(version=version, name=f"pt{os.getpid()}c{i}", gpus=gpus,
+                                          cluster=cluster, node=node))
+    except BaseException:
+        for n in started:
+            manage.stop(n.name)
+        raise
+    return started
 
 
 def leftovers(node: SimNode, vmids: list[int]) -> list[str]:
