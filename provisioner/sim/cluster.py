@@ -18,7 +18,9 @@ symlinks into it, so per-node code keeps reading ``etc/pve/lxc`` unchanged:
 
 Members share the API secrets (authkey, root password, token), as a real cluster
 shares /etc/pve/authkey.pub and /etc/pve/priv/token.cfg, so a ticket or token works
-on every node and proxied requests authenticate on the target node.
+on every node and proxied requests authenticate on the target node. They share root's
+SSH key and one known_hosts with every member's host key too (PVE's
+/etc/pve/priv/authorized_keys and /etc/pve/priv/known_hosts).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Iterator
 
 BASE = Path(os.environ.get("PROVISION_SIM_BASE", "/var/lib/provision-sim"))
 MEMBERS = ".sim-cluster.json"
-SHARED_SECRETS = ("authkey", "secrets/root_password", "secrets/token_secret")
+SHARED_SECRETS = ("authkey", "secrets/root_password", "secrets/token_secret", "ssh/id_ed25519", "ssh/id_ed25519.pub")
 
 
 def shared_dir(cluster: str) -> Path:
@@ -94,7 +96,7 @@ def copy_secrets(first: Path, root: Path) -> None:
     for rel in SHARED_SECRETS:
         src, dst = first / rel, root / rel
         if src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(src.read_bytes())
@@ -105,6 +107,21 @@ def register(cluster: str, node: str, info: dict[str, Any]) -> None:
         members = read_members(shared)
         members[node] = info
         _write_members(shared, cluster, members)
+        _write_known_hosts(members)
+
+
+def _write_known_hosts(members: dict[str, dict[str, Any]]) -> None:
+    """Every member's host key, in every member's known_hosts (what its connection.json names)."""
+    lines = []
+    for m in members.values():
+        pub = Path(m["sim_root"]) / "ssh" / "ssh_host_ed25519_key.pub"
+        if pub.exists():
+            kind, key = pub.read_text().split()[:2]
+            lines.append(f"[127.0.0.1]:{m['ssh_port']} {kind} {key}\n")
+    for m in members.values():
+        path = Path(m["sim_root"]) / "ssh" / "known_hosts"
+        if path.parent.exists():
+            path.write_text("".join(lines))
 
 
 def leave(root: Path, cluster: str, node: str) -> None:
