@@ -136,7 +136,7 @@ def node_gpus(node: str, ssh: SSH) -> NodeGpus:
                     bool(driver and driver.loaded))
 
 
-def resolve(cfg: HostFile, conn: "Connections") -> None:
+def resolve(cfg: HostFile, conn: Connections) -> None:
     """Point ``conn`` (API node + SSH) at the node of ``proxmox.node: auto`` (see the module doc)."""
     pve = conn.pve
     resources = pve.get("/cluster/resources", type="vm") or []
@@ -167,7 +167,7 @@ def resolve(cfg: HostFile, conn: "Connections") -> None:
     conn.notes.append(f"proxmox.node: auto placed the container on node {chosen}: {why}")
 
 
-def _use(conn: "Connections", node: str, ssh: SSH) -> None:
+def _use(conn: Connections, node: str, ssh: SSH) -> None:
     conn.pve.node = node
     conn.ssh.close()
     conn.ssh = ssh

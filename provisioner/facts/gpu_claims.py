@@ -36,7 +36,7 @@ class GpuClaim:
 
 def _dev_path(value: str) -> str:
     first = value.split(",", 1)[0]
-    return first[5:] if first.startswith("path=") else first
+    return first.removeprefix("path=")
 
 
 def parse_claims(output: str, code: int) -> list[GpuClaim]:

@@ -30,8 +30,9 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BASE = Path(os.environ.get("PROVISION_SIM_BASE", "/var/lib/provision-sim"))
 MEMBERS = ".sim-cluster.json"

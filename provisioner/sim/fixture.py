@@ -223,3 +223,22 @@ def sim_node() -> Iterator[SimNode]:
         manage.stop(node.name)
         left = leftovers(node, vmids)
         assert not left, f"simulated node {node.name} left: {left}"
+
+
+#: the ``sim_cluster`` fixture's nodes: different GPU models, so placement by kind has a choice
+CLUSTER_GPUS = {"pve1": [Gpu()], "pve2": [Gpu("NVIDIA GeForce RTX 5090", "12.0", 32607)]}
+
+
+@pytest.fixture(scope="module")
+def sim_cluster() -> Iterator[list[SimNode]]:
+    """A running 2-node simulated PVE cluster (pve1: RTX 4090, pve2: RTX 5090); removed afterwards."""
+    nodes = start_sim_cluster(CLUSTER_GPUS)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            vmids = [int(p.name) for p in (node.sim_root / "lxc").iterdir() if p.name.isdigit()]
+            manage.stop(node.name)
+            left = leftovers(node, vmids)
+            assert not left, f"simulated node {node.name} left: {left}"
+        assert not (manage.BASE / ".clusters" / f"pt{os.getpid()}").exists()

@@ -8,16 +8,11 @@ pve1 has an RTX 4090, pve2 an RTX 5090; every host file talks to pve1's API only
 
 from __future__ import annotations
 
-import os
-from typing import Iterator
-
 import pytest
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from provisioner.sim import manage
-from provisioner.sim.fixture import SimNode, leftovers, start_sim_cluster
-from provisioner.sim.nvidia import Gpu
+from provisioner.sim.fixture import SimNode
 
 from .simutil import gpu_devs, host_file, provision, up
 
@@ -28,16 +23,8 @@ TEMPLATE = "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[list[SimNode]]:
-    nodes = start_sim_cluster({"pve1": [Gpu()], "pve2": [Gpu("NVIDIA GeForce RTX 5090", "12.0", 32607)]})
-    try:
-        yield nodes
-    finally:
-        for n in nodes:
-            vmids = [int(p.name) for p in (n.sim_root / "lxc").iterdir() if p.name.isdigit()]
-            manage.stop(n.name)
-            assert not leftovers(n, vmids)
-        assert not (manage.BASE / ".clusters" / f"pt{os.getpid()}").exists()
+def cluster(sim_cluster) -> list[SimNode]:
+    return sim_cluster
 
 
 @pytest.fixture(scope="module")

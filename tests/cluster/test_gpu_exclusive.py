@@ -8,7 +8,6 @@ from provisioner.errors import ConfigError
 from provisioner.facts.base import build_script, parse_output
 from provisioner.facts.gpu_claims import CLAIMS, GpuClaim, parse_claims
 from provisioner.operations.passthrough import device_keys
-
 from tests.gpu.planctx import RTX4090, RTX5090, ctx, host_facts
 
 TWO = [RTX4090, RTX5090]

@@ -7,7 +7,7 @@ A stand-alone sim node with two RTX 4090s; three containers through the real CLI
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
