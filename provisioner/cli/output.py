@@ -118,7 +118,9 @@ class Output:
 
     def status(self, ctx: "PlanContext") -> None:
         ct = ctx.pve.ct
-        data: dict[str, Any] = {"node": ctx.cfg.proxmox.node, "pve": ctx.pve.release,
+        # the container's node: proxmox.node may be "auto" (engine/placement.py)
+        data: dict[str, Any] = {"node": ct.node if ct is not None and ct.node else ctx.cfg.proxmox.node,
+                                "pve": ctx.pve.release,
                                 "container": None, "root_path": ctx.root_path}
         if ct is not None:
             data["container"] = {"vmid": ct.vmid, "status": ct.status, "ours": ct.ours,

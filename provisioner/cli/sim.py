@@ -32,7 +32,10 @@ def start(name: str = NAME,
           ssh_port: int = typer.Option(2222, "--ssh-port"),
           apt_port: int = typer.Option(8089, "--apt-port", help="Port of the CUDA repo on 10.0.3.1."),
           no_uvm: bool = typer.Option(False, "--no-uvm", help="Start as after a reboot: no /dev/nvidia-uvm."),
-          json_out: bool = typer.Option(False, "--json", help="Print connection.json instead.")) -> None:
+          json_out: bool = typer.Option(False, "--json", help="Print connection.json instead."),
+          cluster: str = typer.Option("", "--cluster", help="Found or join this simulated PVE cluster "
+                                      "(start one node per call, each with its own ports and --gpu)."),
+          node: str = typer.Option("", "--node", help="PVE node name (default: NAME).")) -> None:
     """Start the node in the background (idempotent) and print how to connect."""
     from provisioner.sim import manage
     from provisioner.sim.nvidia import Gpu, parse_gpu
@@ -44,7 +47,7 @@ def start(name: str = NAME,
         raise typer.Exit(2) from None
     opts = manage.StartOptions(name=name, pve_version=pve_version, gpus=gpus, driver=driver,
                                api_port=api_port, ssh_port=ssh_port, apt_port=apt_port,
-                               uvm_loaded=not no_uvm)
+                               uvm_loaded=not no_uvm, cluster=cluster, node=node)
     try:
         conn = manage.start(opts, log=lambda line: typer.echo(line, err=True))
     except ProvisionError as exc:

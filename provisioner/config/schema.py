@@ -88,9 +88,21 @@ class Auth(Section):
         return "token" if self.token_id else "password"
 
 
+class Placement(Section):
+    """Where ``proxmox.node: auto`` puts a new container: a node with a free GPU like this
+    (engine/placement.py). Every key given must hold; none given = any free GPU."""
+
+    gpu: str | None = None  # a part of the model name, like gpu.select's ("4090", "RTX 5090")
+    compute_capability: Annotated[str, Field(pattern=r"^\d+\.\d+$")] | None = None  # at least this
+    min_vram_gb: Annotated[float, Field(gt=0)] | None = None
+    gpus: Annotated[int, Field(ge=1, le=16)] = 1  # free GPUs of that kind the node must have
+
+
 class Proxmox(Section):
     endpoint: Annotated[str, Field(pattern=r"^https://[^/\s]+(:\d+)?/?$")]
+    #: a node name, or "auto": the node of our container, else one chosen by ``placement``
     node: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)]
+    placement: Placement | None = None
     auth: Auth
     ca_file: str | None = None
     fingerprint: Annotated[str, Field(pattern=FINGERPRINT_RE.pattern)] | None = None
@@ -113,8 +125,17 @@ class Proxmox(Section):
         return urlsplit(self.endpoint).port or 8006
 
 
+class NodeSSH(Section):
+    """How to reach one cluster node over SSH (user, key and known_hosts as in ``ssh``)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+
+
 class SSH(Section):
     host: str | None = None  # default: the API endpoint's host
+    #: per cluster node (name → address): the node the container is on is reached this way
+    nodes: dict[Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)], NodeSSH] = {}
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: Literal["root"] = "root"
     key_file: str | None = None
@@ -222,6 +243,8 @@ class GPU(Section):
     boot_fix: bool = True
     modeset: bool = False
     caps: bool = False
+    #: pass GPUs even when another managed container on the node has them (operations/gpu_exclusive.py)
+    share: bool = False
 
 
 class Driver(Section):
@@ -354,3 +377,11 @@ class HostFile(Section):
     server: Server = Server()
     gateway: Gateway = Gateway()
     clients: Clients = Clients()
+
+    @model_validator(mode="after")
+    def _auto_node(self) -> "HostFile":
+        if self.proxmox.node == "auto" and not self.ssh.nodes:
+            raise ValueError("proxmox.node: auto needs ssh.nodes (the SSH address of each node it may use)")
+        if self.proxmox.placement is not None and self.proxmox.node != "auto":
+            raise ValueError("proxmox.placement needs proxmox.node: auto (a named node is used as it is)")
+        return self

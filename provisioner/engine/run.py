@@ -20,7 +20,7 @@ from ..errors import ProvisionError
 from ..facts.base import Fact, gather
 from ..facts.pve import gather_pve
 from .context import ApplyContext, PlanContext
-from . import snapshot
+from . import placement, snapshot
 from .plan import Change, Step
 from .steps import all_steps
 
@@ -29,6 +29,8 @@ from .steps import all_steps
 class Connections:
     pve: PVE
     ssh: SSH
+    #: said while connecting (e.g. where proxmox.node: auto put the container); shown with the plan's notes
+    notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         self.ssh.close()
@@ -73,11 +75,11 @@ def connect(cfg: HostFile) -> Connections:
                        insecure=p.insecure, timeout=p.timeout), creds,
               validator=pve_validator(lambda: state["version"]))
     pve._version_state = state  # type: ignore[attr-defined]  # filled by gather_facts
-    s = cfg.ssh
-    ssh = SSH(SSHTarget(host=s.host or p.host, port=s.port, user=s.user, key_file=s.key_file,
-                        use_agent=s.use_agent, known_hosts=s.known_hosts,
-                        trust_on_first_use=s.trust_on_first_use, timeout=s.timeout))
-    return Connections(pve=pve, ssh=ssh)
+    if p.node == placement.AUTO:  # a cluster: the node of our container, or one placement picks
+        conn = Connections(pve=pve, ssh=SSH(SSHTarget(host=p.host)))
+        placement.resolve(cfg, conn)
+        return conn
+    return Connections(pve=pve, ssh=placement.ssh_for_node(cfg, p.node))
 
 
 def select_steps(cfg: HostFile, only: list[str] | None) -> list[Step]:
@@ -112,7 +114,8 @@ def gather_facts(cfg: HostFile, conn: Connections, steps: list[Step], *, allow_r
         state["version"] = pfacts.version if pfacts.version in ("8.4", "9.1") else _nearest(pfacts.version)
     running = bool(pfacts.ct and pfacts.ct.running)
     facts = gather(conn.ssh, step_facts(steps), vmid=pfacts.ct.vmid if pfacts.ct else None, ct_running=running)
-    return PlanContext(cfg=cfg, pve=pfacts, facts=facts, root_path=root_path(cfg), allow_restart=allow_restart)
+    return PlanContext(cfg=cfg, pve=pfacts, facts=facts, root_path=root_path(cfg), allow_restart=allow_restart,
+                       notes=list(conn.notes))
 
 
 def _nearest(version: str) -> str:

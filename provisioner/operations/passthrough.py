@@ -33,6 +33,8 @@ from ..facts.nvidia import (BOOT, BOOT_UNIT, BOOT_UNIT_PATH, BOOT_WANTS_LINK, DE
                             MODULES_CONF_PATH, BootSetup, DeviceNodes, DriverVersion, GpuInfo)
 from ..templating import render
 from .container import CONTRIBUTORS, OwnedKeys
+from .gpu_exclusive import exclusive
+from ..facts.gpu_claims import CLAIMS
 
 STEP = "gpu.host"
 DEV_OPTIONS = "uid=0,gid=0"
@@ -73,7 +75,7 @@ def selected_gpus(ctx: PlanContext) -> list[GpuInfo]:
     gpus: list[GpuInfo] = ctx.fact(GPUS.name) or []
     if not ctx.cfg.gpu.enabled or driver is None or not driver.loaded:
         return []
-    return select_gpus(gpus, ctx.cfg.gpu.select)
+    return exclusive(ctx, select_gpus(gpus, ctx.cfg.gpu.select))
 
 
 # -- devN -----------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class GpuHostStep:
     """Host side of passthrough: uvm nodes now, and at every boot (``gpu.boot_fix``)."""
 
     name = STEP
-    facts = [DRIVER, GPUS, DEVICES, BOOT, kernel_facts.KERNEL]
+    facts = [DRIVER, GPUS, DEVICES, BOOT, kernel_facts.KERNEL, CLAIMS]
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         if not ctx.cfg.gpu.enabled:

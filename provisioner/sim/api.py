@@ -150,6 +150,9 @@ class SimApi:
                 principal = self.auth.authenticate(method, dict(request.headers), dict(request.cookies))
             except AuthFailure as exc:
                 return web.Response(status=401, reason=_reason(str(exc)))
+        other = self._other_node(path)
+        if other is not None:  # like pveproxy: a request for another cluster node goes to that node
+            return await self._proxy(request, other)
         try:
             template, path_params = pveschema.match_path(self.version, path)
             schema, _ = pveschema.method_schema(self.version, method, path)
@@ -188,6 +191,32 @@ class SimApi:
         body: dict[str, Any] = {"data": data}
         body.update(req.result_attrs)
         return web.json_response(body)
+
+    # -- cluster (sim/cluster.py) -----------------------------------------------------------
+    def members(self) -> dict[str, dict[str, Any]]:
+        from . import cluster
+        return cluster.members(self.sim_root)
+
+    def _other_node(self, path: str) -> dict[str, Any] | None:
+        parts = path.split("/")
+        if len(parts) < 3 or parts[1] != "nodes" or parts[2] == self.node:
+            return None
+        return self.members().get(parts[2])
+
+    async def _proxy(self, request: web.Request, member: dict[str, Any]) -> web.Response:
+        """Forward the request as it came (auth headers included) to the member's API."""
+        import aiohttp
+        keep = ("Cookie", "CSRFPreventionToken", "Authorization", "Content-Type")
+        headers = {k: v for k, v in request.headers.items() if k in keep}
+        url = f"https://127.0.0.1:{member['api_port']}{request.rel_url}"
+        body = await request.read()
+        # the members' certificates are self-signed (a real cluster pins its own CA)
+        async with aiohttp.ClientSession() as session:
+            async with session.request(request.method, url, data=body or None, headers=headers,
+                                       ssl=False) as resp:
+                text = await resp.text()
+                return web.Response(status=resp.status, reason=resp.reason, text=text,
+                                    content_type=resp.content_type or "application/json")
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:

@@ -42,14 +42,36 @@ def ticket(req: Request) -> dict[str, Any]:
 @route("/nodes", "GET")
 def nodes(req: Request) -> list[dict[str, Any]]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return [{"node": req.api.node, "status": "online", "type": "node", "id": f"node/{req.api.node}",
-             "level": "", "maxcpu": os.cpu_count() or 1, "cpu": 0.01, "maxmem": mem,
-             "mem": mem // 4, "uptime": 3600, "ssl_fingerprint": req.api.fingerprint}]
+    members = req.api.members() or {req.api.node: {"fingerprint": req.api.fingerprint}}
+    out = []
+    for name in sorted(members):
+        fingerprint = req.api.fingerprint if name == req.api.node else members[name].get("fingerprint", "")
+        online = name == req.api.node or _port_open(int(members[name].get("api_port", 0)))
+        entry = {"node": name, "status": "online" if online else "offline", "type": "node",
+                 "id": f"node/{name}", "ssl_fingerprint": fingerprint}
+        if online:  # PVE lists an offline node with its status only
+            entry.update({"level": "", "maxcpu": os.cpu_count() or 1, "cpu": 0.01, "maxmem": mem,
+                          "mem": mem // 4, "uptime": 3600})
+        out.append(entry)
+    return out
+
+
+def _port_open(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return port > 0 and s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _used_vmids(req: Request) -> set[int]:
+    """Cluster-wide in a cluster (sim/cluster.py), else this node's."""
+    from . import cluster
+    return set(req.api.store.vmids()) | set(cluster.vmid_nodes(req.api.sim_root))
 
 
 @route("/cluster/nextid", "GET")
 def nextid(req: Request) -> int:
-    used = set(req.api.store.vmids())
+    used = _used_vmids(req)
     if "vmid" in req.params:
         vmid = int(req.params["vmid"])
         if vmid in used:
@@ -71,6 +93,7 @@ def resources(req: Request) -> list[dict[str, Any]]:
             entry = ct_summary(req.api, vmid)
             if entry:
                 out.append({**entry, "id": f"lxc/{vmid}", "node": req.api.node})
+        out.extend(_other_members_guests(req))
     if kind in (None, "node"):
         out.extend(nodes(req))
     if kind in (None, "storage"):
@@ -78,6 +101,27 @@ def resources(req: Request) -> list[dict[str, Any]]:
             out.append({"id": f"storage/{req.api.node}/{sid}", "type": "storage", "storage": sid,
                         "node": req.api.node, "status": "available", "plugintype": cfg["type"],
                         "content": cfg["content"], "shared": 0})
+    return out
+
+
+def _other_members_guests(req: Request) -> list[dict[str, Any]]:
+    """Guests of the other cluster members (real PVE has them from pmxcfs + pvestatd's broadcast;
+    the sim reads the shared configs and asks the member's LXC for the state)."""
+    from types import SimpleNamespace
+
+    from .api_lxc import ct_summary
+    from .backend import LxcBackend
+    from .pveconf import ConfStore
+    out: list[dict[str, Any]] = []
+    for name, member in sorted(req.api.members().items()):
+        if name == req.api.node or not Path(member["sim_root"]).exists():
+            continue
+        root = Path(member["sim_root"])
+        view = SimpleNamespace(store=ConfStore(root), backend=LxcBackend(root))
+        for vmid in view.store.vmids():
+            entry = ct_summary(view, vmid)
+            if entry:
+                out.append({**entry, "id": f"lxc/{vmid}", "node": name})
     return out
 
 

@@ -63,11 +63,20 @@ def _set_credentials(root: Path, password: str | None, keys: str | None, log: Ta
             log("setting root password")
 
 
+def _owner(api: Any, vmid: int) -> str:
+    """The node that has ``vmid`` (this one or, in a cluster, another), "" when it is free."""
+    from . import cluster
+    if api.store.exists(vmid):
+        return api.node
+    return cluster.vmid_nodes(api.sim_root).get(vmid, "")
+
+
 def create(req: Request) -> str:
     api, params = req.api, req.params
     vmid = req.vmid()
-    if api.store.exists(vmid):
-        raise ApiError(f"CT {vmid} already exists on node '{api.node}'")
+    owner = _owner(api, vmid)
+    if owner:  # PVE::Cluster::check_vmid_unused: vmids are cluster-wide
+        raise ApiError(f"CT {vmid} already exists on node '{owner}'")
     unprivileged = _flag(params, "unprivileged")
     if unprivileged is None:
         unprivileged = api.version != "8.4"
@@ -102,8 +111,9 @@ def create(req: Request) -> str:
     keys = params.get("ssh-public-keys")
     start_after = _flag(params, "start") or False
     with api.store.lock(vmid):
-        if api.store.exists(vmid):
-            raise ApiError(f"unable to create CT {vmid} - CT {vmid} already exists on node '{api.node}'")
+        owner = _owner(api, vmid)
+        if owner:
+            raise ApiError(f"unable to create CT {vmid} - CT {vmid} already exists on node '{owner}'")
         api.store.save(vmid, conf)
 
     def work(log: TaskLog) -> None:

@@ -26,9 +26,10 @@ from provisioner.sim.backend import LxcBackend
 from provisioner.sim.faults import Faults
 from provisioner.sim.host import BRIDGE_IP
 from provisioner.sim.lxcconf import veth_name
+from provisioner.sim.nvidia import Gpu
 from provisioner.sim.pveconf import ConfStore, PveConf, Section
 
-STALE = re.compile(r"pt(\d+)x?")
+STALE = re.compile(r"pt(\d+)(?:x|c\d+)?")
 
 
 @dataclass
@@ -155,14 +156,17 @@ def remove_stale_nodes() -> list[str]:
     return removed
 
 
-def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str | None = None) -> SimNode:
-    """Start a node with a unique name and free ports."""
+def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str | None = None,
+                   gpus: list[Gpu] | None = None, cluster: str = "", node: str = "") -> SimNode:
+    """Start a node with a unique name and free ports (in ``cluster`` when given, see sim/cluster.py)."""
     manage.check_prerequisites()
     remove_stale_nodes()
     manage.ensure_bridge()
     opts = manage.StartOptions(name=name or f"pt{os.getpid()}", pve_version=version, driver=driver,
                                api_port=_free_port(), ssh_port=_free_port(),
-                               apt_port=_free_port(BRIDGE_IP))
+                               apt_port=_free_port(BRIDGE_IP), cluster=cluster, node=node)
+    if gpus is not None:
+        opts.gpus = gpus
     conn = manage.start(opts, log=lambda _: None)
     root = Path(conn["sim_root"])
     return SimNode(
@@ -174,6 +178,21 @@ def start_sim_node(*, version: str = "9.1", driver: str = "580.95.05", name: str
         ssh_host=conn["ssh"]["host"], ssh_port=conn["ssh"]["port"], ssh_key=Path(conn["ssh"]["key_file"]),
         known_hosts=Path(conn["ssh"]["known_hosts"]), conn=conn, faults=Faults(root),
         backend=LxcBackend(root))
+
+
+def start_sim_cluster(nodes: dict[str, list[Gpu]], *, version: str = "9.1") -> list[SimNode]:
+    """A simulated cluster of one node per entry (node name → its GPUs), unique names and ports."""
+    cluster = f"pt{os.getpid()}"
+    started: list[SimNode] = []
+    try:
+        for i, (node, gpus) in enumerate(nodes.items(), start=1):
+            started.append(start_sim_node(version=version, name=f"pt{os.getpid()}c{i}", gpus=gpus,
+                                          cluster=cluster, node=node))
+    except BaseException:
+        for n in started:
+            manage.stop(n.name)
+        raise
+    return started
 
 
 def leftovers(node: SimNode, vmids: list[int]) -> list[str]:
@@ -204,3 +223,22 @@ def sim_node() -> Iterator[SimNode]:
         manage.stop(node.name)
         left = leftovers(node, vmids)
         assert not left, f"simulated node {node.name} left: {left}"
+
+
+#: the ``sim_cluster`` fixture's nodes: different GPU models, so placement by kind has a choice
+CLUSTER_GPUS = {"pve1": [Gpu()], "pve2": [Gpu("NVIDIA GeForce RTX 5090", "12.0", 32607)]}
+
+
+@pytest.fixture(scope="module")
+def sim_cluster() -> Iterator[list[SimNode]]:
+    """A running 2-node simulated PVE cluster (pve1: RTX 4090, pve2: RTX 5090); removed afterwards."""
+    nodes = start_sim_cluster(CLUSTER_GPUS)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            vmids = [int(p.name) for p in (node.sim_root / "lxc").iterdir() if p.name.isdigit()]
+            manage.stop(node.name)
+            left = leftovers(node, vmids)
+            assert not left, f"simulated node {node.name} left: {left}"
+        assert not (manage.BASE / ".clusters" / f"pt{os.getpid()}").exists()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.errors import ProvisionError
+from provisioner.sim import cluster as sim_cluster
 from provisioner.sim import rootfs, tls
 from provisioner.sim.backend import LxcBackend
 from provisioner.sim.host import BRIDGE_IP, ensure_ssh_keys
@@ -51,6 +52,8 @@ class StartOptions:
     ssh_port: int = 2222
     apt_port: int = 8089
     uvm_loaded: bool = True
+    #: join (or found) the simulated cluster of this name (sim/cluster.py); "" = stand-alone
+    cluster: str = ""
 
 
 def sim_root(name: str) -> Path:
@@ -175,6 +178,15 @@ def start(opts: StartOptions, log=print) -> dict:
         log(f"simulated node '{opts.name}' already running")
         return json.loads((root / "connection.json").read_text())
     cleanup(root, keep_state=True)
+    node = opts.node or opts.name
+    if opts.cluster:
+        try:
+            first = sim_cluster.prepare_member(root, opts.cluster, node)
+        except ValueError as exc:
+            raise SimError(str(exc), fix="give the node another name (--node)") from None
+        if first is not None:
+            (root / "secrets").mkdir(parents=True, exist_ok=True)
+            sim_cluster.copy_secrets(first, root)
     for sub in ("run", "log", "faults", "etc/pve/lxc", "lxc", "storage/local/template/cache",
                 "secrets"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -187,13 +199,14 @@ def start(opts: StartOptions, log=print) -> dict:
     log(f"rootfs cache ready ({time.monotonic() - t0:.1f}s)")
     password = _secret(root / "secrets" / "root_password", secrets.token_urlsafe(18))
     token = _secret(root / "secrets" / "token_secret", _uuid())
-    node = opts.node or opts.name
     cert, _ = tls.ensure_certificate(root, node)
     settings = {"name": opts.name, "node": node, "version": opts.pve_version,
                 "api_port": opts.api_port, "ssh_port": opts.ssh_port, "apt_port": opts.apt_port,
                 "root_password": password, "tokens": {TOKEN_ID: token},
                 "fingerprint": tls.fingerprint(cert), "delay_ms": 0,
                 "gpus": [g.__dict__ for g in opts.gpus], "driver": opts.driver}
+    if opts.cluster:
+        settings["cluster"] = opts.cluster
     _write_private(root / "sim.json", json.dumps(settings, indent=2))
     NvidiaHost(root).install(NvidiaState(driver=opts.driver, gpus=opts.gpus, uvm_loaded=opts.uvm_loaded))
     ensure_ssh_keys(root, opts.ssh_port)
@@ -216,6 +229,11 @@ def start(opts: StartOptions, log=print) -> dict:
             raise SimError(f"simulated node '{opts.name}' did not come up:\n{tail}")
         time.sleep(0.2)
     conn = connection_info(root, settings)
+    if opts.cluster:
+        sim_cluster.register(opts.cluster, node, {"sim_root": str(root), "api_port": opts.api_port,
+                                                  "ssh_port": opts.ssh_port,
+                                                  "fingerprint": settings["fingerprint"]})
+        conn["cluster"] = opts.cluster
     _write_private(root / "connection.json", json.dumps(conn, indent=2))
     return conn
 
@@ -271,10 +289,21 @@ def cleanup(root: Path, *, keep_state: bool) -> list[str]:
     (root / "run" / "host.pid").unlink(missing_ok=True)
     (root / "run" / "host.ready").unlink(missing_ok=True)
     if not keep_state and root.exists():
+        settings = _settings(root)
+        if settings.get("cluster"):
+            sim_cluster.leave(root, settings["cluster"], settings.get("node") or root.name)
+            done.append(f"left cluster {settings['cluster']}")
         subprocess.run(["chattr", "-R", "-i", "-a", str(root)], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
         done.append(f"removed {root}")
     return done
+
+
+def _settings(root: Path) -> dict:
+    try:
+        return json.loads((root / "sim.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def stop(name: str, *, keep_state: bool = False) -> list[str]:

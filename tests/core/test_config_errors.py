@@ -32,7 +32,7 @@ CASES = [
      "host.yaml:8: container.cors: unknown key 'cors'\n  fix: did you mean 'cores'?"),
     ("unknown key, nothing close", BASE + "gpu:\n  zzz: 1\n",
      "host.yaml:8: gpu.zzz: unknown key 'zzz'\n  fix: remove it; known keys here: boot_fix, caps, enabled, "
-     "modeset, select"),
+     "modeset, select, share"),
     ("wrong type", BASE + "container:\n  cores: abc\n",
      "host.yaml:8: container.cores: Input should be a valid integer, unable to parse string as an integer\n"
      "  fix: use a whole number"),
