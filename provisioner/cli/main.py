@@ -72,6 +72,13 @@ def _only(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _is_inventory(file: Path) -> bool:
+    """A directory, or a file with a top-level ``hosts:`` (see provisioner/fleet/inventory.py)."""
+    from ..fleet.inventory import is_inventory
+
+    return is_inventory(file)
+
+
 def _load(out: Output, file: Path):
     from ..config import load
 
@@ -83,17 +90,23 @@ def _load(out: Output, file: Path):
 
 @app.command()
 @guarded
-def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
+def up(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
        plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
        restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys."),
        wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock."),
-       only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu).")) -> int:
+       only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu)."),
+       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
     from ..engine.lock import HostLock
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_up
+
+        return fleet_up(out, file, plan_only=plan_only, yes=yes, restart=restart, wait=wait,
+                        only=_only(only), workers=workers)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -119,14 +132,19 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
 
 @app.command("plan")
 @guarded
-def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
+def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
              exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
              restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart."),
-             only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan.")) -> int:
+             only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan."),
+             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Show what `up` would change."""
     from ..engine import run
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_plan
+
+        return fleet_plan(out, file, only=_only(only), restart=restart, workers=workers, exit_code=exit_code)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -139,12 +157,17 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
 
 @app.command()
 @guarded
-def status(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
+def status(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
+           workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Show the container, its state and what is pending."""
     from ..engine import run
     from ..engine.steps import all_steps
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_status
+
+        return fleet_status(out, file, workers=workers)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:

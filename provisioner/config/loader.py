@@ -208,6 +208,12 @@ def _merge_union_errors(errors: list[ConfigError]) -> list[ConfigError]:
 
 def load_text(text: str, file: str = "<string>") -> Loaded:
     """Parse and validate host-file text; raise ConfigError(s) naming file and line."""
+    data, lines = compose_text(text, file)
+    return validate_data(data, lines, file)
+
+
+def compose_text(text: str, file: str = "<string>") -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """Parse YAML text into a mapping plus the line of every key (for errors; see fleet/inventory)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -229,6 +235,11 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of sections", file=file, line=1,
                           fix="start from an example in inventories/")
+    return data, lines
+
+
+def validate_data(data: dict[str, Any], lines: dict[KeyPath, int], file: str) -> Loaded:
+    """Validate composed host-file data; errors name ``file`` and the line ``lines`` gives each key."""
     try:
         cfg = HostFile.model_validate(data)
     except ValidationError as exc:
