@@ -58,6 +58,8 @@ def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: 
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, path + (i,), lines, file) for i, v in enumerate(node.value)]
     # Scalars: reuse the safe loader's tag resolution (ints, bools, null...).
+    if node.tag == "tag:yaml.org,2002:null" and node.value == "":
+        return None  # `key:` with nothing after it (serializing it alone gives no document)
     try:
         return yaml.safe_load(yaml.serialize(node))
     except Exception as exc:  # noqa: BLE001 - PyYAML raises anything on odd tags (`!`, `!!int abc`, `!!timestamp x`)

@@ -7,7 +7,7 @@ Two shapes, freely mixed:
   ignored, and so are files whose name starts with ``.`` or ``_`` (drafts, shared snippets).
 * an inventory file: a top-level ``hosts:`` mapping of name → host file, plus an optional
   ``defaults:`` deep-merged under every entry (mappings merge key by key; a list or a scalar
-  in the entry replaces the default's).
+  in the entry replaces the default's; an empty section in the entry keeps the default's).
 
 Every error names the file, the line and the key, exactly as for a single host file (the
 same loader validates each host); a key inherited from ``defaults`` is named as
@@ -70,6 +70,8 @@ def _merge(base: Any, over: Any) -> Any:
         for key, value in over.items():
             out[key] = _merge(base[key], value) if key in base else value
         return out
+    if isinstance(base, dict) and over is None:
+        return base  # an empty section (`proxmox:` alone) overrides nothing
     return over
 
 
