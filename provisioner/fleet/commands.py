@@ -102,9 +102,31 @@ def _host_json(r: HostResult, planning: bool) -> dict[str, Any]:
     return data
 
 
+def _table_width(out: Output) -> int:
+    """A terminal's width; piped to a file or a CI log, wide enough that no row wraps."""
+    return out.err.width if out.err.is_terminal else max(out.err.width, 200)
+
+
+def _print_table(out: Output, table: Table, width: int) -> None:
+    if out.err.is_terminal:
+        out.err.print(table)
+        return
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, width=width, no_color=out.err.no_color).print(table)
+
+
+def _wall(results: list[HostResult]) -> float:
+    """From the first host's start to the last host's end (the fleet's own time)."""
+    started = [r.started for r in results if r.started is not None]
+    finished = [r.finished for r in results if r.finished is not None]
+    return max(finished) - min(started) if started and finished else 0.0
+
+
 def _report(out: Output, inv: Inventory, results: list[HostResult], *, planning: bool) -> None:
     if out.json_mode:
         print(json.dumps(redact_obj({"ok": not any(r.failed for r in results), "inventory": str(inv.path),
+                                     "seconds": round(_wall(results), 3),
                                      "hosts": [_host_json(r, planning) for r in results]}), default=str))
         return
     if planning:
@@ -122,9 +144,11 @@ def _report(out: Output, inv: Inventory, results: list[HostResult], *, planning:
     for r in results:  # the whole message (with its fix) once, below the live view
         if r.failed:
             out.err.print(f"[red]error:[/] {r.name}: {r.error}", highlight=False)
-    out.err.print(summary_table(results, planning=planning))
+    width = _table_width(out)
+    _print_table(out, summary_table(results, planning=planning, width=width), width)
     failed = sum(r.failed for r in results)
-    out.err.print(f"{len(results)} host(s): {len(results) - failed} ok, {failed} failed", markup=False)
+    out.err.print(f"{len(results)} host(s): {len(results) - failed} ok, {failed} failed "
+                  f"({_wall(results):.1f}s)", markup=False)
 
 
 def fleet_plan(out: Output, path: Path, *, only: list[str] | None, restart: bool, workers: int,
@@ -172,15 +196,15 @@ def _status_job(host: Host, events: Events) -> dict[str, Any]:
 def status_table(results: list[HostResult]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("host", "vmid", "node", "state", "GPU(s)", "host driver", "CT driver", "llama-server", "gateway"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col != "GPU(s)")
     for r in results:
         if r.failed:
-            table.add_row(r.name, "", r.node, Text("unreachable", style="red"), "", "", "",
-                          "", Text(r.error_summary, style="red"))
+            # the error itself is printed in full above the table
+            table.add_row(r.name, "", r.node, Text("failed", style="red"), "", "", "", "", "")
             continue
         row = r.value
         mismatch = row["driver_mismatch"]
-        health = lambda v: Text(v, style="green" if v == "ok" else ("red" if v not in ("-", "off") else "dim"))
+        health = lambda v: Text(v, style="green" if v == "ok" else ("red" if v in ("down", "failed") or v.startswith("HTTP") else "dim"))
         table.add_row(r.name, str(row["vmid"] or "-"), row["node"],
                       Text(row["state"], style="green" if row["state"] == "running" else "yellow"),
                       "\n".join(row["gpus"]) or "-", row["host_driver"] or "-",
@@ -205,7 +229,7 @@ def fleet_status(out: Output, path: Path, *, workers: int) -> int:
         for r in results:
             if r.failed:
                 out.err.print(f"[red]error:[/] {r.name}: {r.error}", highlight=False)
-        out.err.print(status_table(results))
+        _print_table(out, status_table(results), _table_width(out))
         for r in results:
             if not r.failed and r.value["driver_mismatch"]:
                 out.warn(f"{r.name}: the container's NVIDIA userspace {r.value['ct_driver']} does not match the "

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..engine.context import PlanContext
+from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT
 
 _DEV = re.compile(r"^dev\d+$")
 _GPU_NODE = re.compile(r"^/dev/nvidia(\d+)$")
@@ -36,9 +37,18 @@ def _gpus(ctx: PlanContext) -> list[str]:
     return found
 
 
-def _health(code: int | None) -> str:
-    if code is None:
+def _health(services: Any, name: str, unit: str, running: bool) -> str:
+    """ok / down / HTTP nnn from the /health probe; why there is no answer otherwise."""
+    if not running:
         return "-"
+    if services is None:
+        return "n/a"  # no model configured: `up` installs no services
+    state = services.units.get(unit)
+    if state is not None and state.enabled == "not-found":
+        return "not installed"
+    code = services.health.get(name)
+    if code is None:
+        return state.active if state else "?"
     return "ok" if code == 200 else ("down" if code == 0 else f"HTTP {code}")
 
 
@@ -51,7 +61,6 @@ def status_row(ctx: PlanContext) -> dict[str, Any]:
     if userspace is not None and userspace.nvml_libs:
         ct_driver = ",".join(sorted(set(userspace.nvml_libs)))
     services = ctx.facts.get("services.ct")
-    health = services.health if services is not None else {}
     running = bool(ct and ct.running)
     return {
         "hostname": cfg.container.hostname,
@@ -65,6 +74,6 @@ def status_row(ctx: PlanContext) -> dict[str, Any]:
         "ct_driver": ct_driver,
         # only a container that has a userspace can mismatch (a CPU-only one has none)
         "driver_mismatch": bool(host_driver and ct_driver and ct_driver != host_driver),
-        "llama": _health(health.get("llama")) if running else "-",
-        "gateway": (_health(health.get("gateway")) if running else "-") if cfg.gateway.enabled else "off",
+        "llama": _health(services, "llama", LLAMA_UNIT, running),
+        "gateway": _health(services, "gateway", GATEWAY_UNIT, running) if cfg.gateway.enabled else "off",
     }

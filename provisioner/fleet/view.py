@@ -51,8 +51,14 @@ class FleetView:
 
     def _table(self) -> Table:
         table = Table(box=None, pad_edge=False, show_edge=False)
-        for col in ("host", "node", "state", "elapsed", "current step"):
-            table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=80 if col == "current step" else None)
+        names = max([4] + [len(r.name) for r in self.results])
+        nodes = max([4] + [len(r.node) for r in self.results])
+        table.add_column("host", no_wrap=True, min_width=names)
+        table.add_column("node", no_wrap=True, min_width=nodes)
+        table.add_column("state", no_wrap=True, min_width=20)
+        table.add_column("elapsed", no_wrap=True, justify="right", min_width=7)
+        table.add_column("current step", no_wrap=True, overflow="ellipsis",
+                         max_width=max(20, self.console.width - names - nodes - 20 - 7 - 4))
         for r in self.results:
             label = result_label(r, planning=self.planning)
             if r.state == "running" and r.changes:
@@ -101,16 +107,18 @@ class FleetView:
         self.console.print(line, markup=False, highlight=False)
 
 
-def summary_table(results: list[HostResult], *, planning: bool = False) -> Table:
+def summary_table(results: list[HostResult], *, planning: bool = False, width: int = 100) -> Table:
     """host, result, seconds, API calls, SSH round trips, error."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("host", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("seconds", justify="right", no_wrap=True)
-    table.add_column("API calls", justify="right", no_wrap=True)
-    table.add_column("SSH trips", justify="right", no_wrap=True)
+    names = max([4] + [len(r.name) for r in results])
+    table.add_column("host", no_wrap=True, min_width=names)
+    table.add_column("result", no_wrap=True, min_width=10)
+    table.add_column("seconds", justify="right", no_wrap=True, min_width=7)
+    table.add_column("API calls", justify="right", no_wrap=True, min_width=9)
+    table.add_column("SSH trips", justify="right", no_wrap=True, min_width=9)
     # the first line only (the whole message with its fix is printed above the table)
-    table.add_column("error", no_wrap=True, overflow="ellipsis", min_width=20)
+    fixed = names + 10 + 7 + 9 + 9 + 6 * 3  # the other columns and their padding
+    table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=max(20, width - fixed))
     for r in results:
         label = result_label(r, planning=planning)
         style = "red" if r.failed else ("green" if label == "ok" else "yellow")
