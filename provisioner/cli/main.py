@@ -94,7 +94,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
        plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
        restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys."),
-       wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock."),
+       wait: Optional[float] = typer.Option(None, "--wait", help="Seconds to wait for another run's lock "
+                                            "(default: 0 for a host file, 600 for an inventory)."),
        only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu)."),
        workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Create or converge the container and everything in it."""
@@ -105,8 +106,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
     if _is_inventory(file):
         from ..fleet.commands import fleet_up
 
-        return fleet_up(out, file, plan_only=plan_only, yes=yes, restart=restart, wait=wait,
-                        only=_only(only), workers=workers)
+        return fleet_up(out, file, plan_only=plan_only, yes=yes, restart=restart,
+                        wait=600.0 if wait is None else wait, only=_only(only), workers=workers)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -119,7 +120,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
                 out.line("nothing changed")
                 return 1
         cfg = loaded.config
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait,
+        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait or 0.0,
                         on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,

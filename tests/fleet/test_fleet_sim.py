@@ -166,3 +166,38 @@ def test_status_shows_each_container(first_up, fleet, sim_node, node_b) -> None:
     assert "host driver" in text and "llama-server" in text
     row_a = next(ln for ln in text.splitlines() if ln.split()[:1] == ["a"])
     assert str(VMID_A) in row_a and sim_node.node in row_a and "running" in row_a and "580.95.05" in row_a
+
+
+def test_a_host_locked_by_another_run_waits_while_the_others_go_on(first_up, fleet, tmp_path: Path) -> None:
+    """Another workstation's `up` holds a's run lock: the fleet waits for it (default --wait for
+    an inventory) instead of failing, and b does not wait for a."""
+    import shutil
+
+    from provisioner.config import load
+    from provisioner.engine import run
+    from provisioner.engine.lock import HostLock
+
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    shutil.copy(fleet["dir"] / "a.yaml", inv / "a.yaml")
+    data = yaml.safe_load(fleet["file"].read_text())
+    del data["hosts"]["broken"]
+    (inv / "fleet.yaml").write_text(yaml.safe_dump(data))
+    cfg = load(inv / "a.yaml").config
+    conn = run.connect(cfg)
+    try:
+        with HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}"):
+            proc = subprocess.Popen([sys.executable, "-m", "provisioner.cli.main", "-v", "up", str(inv), "--yes",
+                                     "--only", STEPS], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            time.sleep(5)
+            assert proc.poll() is None  # still waiting for a
+    finally:
+        conn.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = err.splitlines()
+    waiting = [i for i, ln in enumerate(lines) if " a: … waiting for the lock held by " in ln]
+    a_done = next(i for i, ln in enumerate(lines) if " a: ok (" in ln)
+    b_done = next(i for i, ln in enumerate(lines) if " b: ok (" in ln)
+    assert waiting and b_done < a_done, err
+    assert float(lines[a_done].split(" a: ok (")[1].split("s)")[0]) >= 4.0
