@@ -8,6 +8,7 @@ some host has pending changes and none failed.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,9 @@ def _load(out: Output, path: Path, only: list[str] | None) -> Inventory:
 def _execute(out: Output, inv: Inventory, job: Callable[[Host, Events], Any], workers: int,
              *, planning: bool = False) -> list[HostResult]:
     mode = "quiet" if out.json_mode else ("live" if out.err.is_terminal else "lines")
+    # paramiko logs a failed handshake with a traceback from its own thread (through logging's
+    # last-resort handler, onto the terminal); the same failure reaches us as an SSHError.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
     results = new_results(list(inv.hosts))  # shown (queued) from the start
     view = FleetView(out.err, results, mode=mode, verbose=out.verbose, planning=planning)
     with view.running():
