@@ -27,6 +27,7 @@ from provisioner.sim.hostfile import host_data
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(600)]
 
 VMID_A, VMID_B, VMID_BROKEN = 961, 962, 963  # unusual: LXC names and IPs are shared by all sim nodes
+MEASURED = Path("/tmp/provision-fleet-sim.json")  # numbers quoted in the README
 STEPS = "container,gpu"  # gpu: the devN entries (boot_fix off: nothing written to the shared /etc)
 
 
@@ -106,6 +107,8 @@ def test_good_hosts_converge_in_parallel_broken_one_fails_clearly(first_up, sim_
     assert "cannot reach the Proxmox API" in bad["error"] and "proxmox.fingerprint" in bad["error"]
     # a and b (different nodes) overlapped: the run took less than the two hosts one after the other
     assert report["seconds"] < hosts["a"]["seconds"] + hosts["b"]["seconds"], report
+    MEASURED.write_text(json.dumps({"fleet_seconds": report["seconds"], "process_seconds": round(wall, 2),
+                                    **{f"{n}_seconds": hosts[n]["seconds"] for n in hosts}}))
     for node, vmid in ((sim_node, VMID_A), (node_b, VMID_B)):
         code, out, _ = node.run(f"pct status {vmid}")
         assert out.strip() == "status: running"
