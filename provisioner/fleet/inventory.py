@@ -171,7 +171,7 @@ def _load_file(path: Path) -> list[Host]:
 
 def _target_keys(host: Host) -> list[tuple[str, Any]]:
     c = host.loaded.config.container
-    keys = [("hostname", c.hostname.lower())]
+    keys: list[tuple[str, Any]] = [("hostname", c.hostname.lower())]
     if isinstance(c.vmid, int):
         keys.append(("vmid", c.vmid))
     return keys

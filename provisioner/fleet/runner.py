@@ -16,10 +16,11 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from ..errors import ProvisionError
 from ..redact import redact
@@ -82,8 +83,8 @@ class Events:
         self._notify(self.result, "change", redact(f"{change.step}: {change.summary} ({seconds:.1f}s)"))
 
 
-class Job(Protocol):
-    def __call__(self, host: Host, events: Events) -> Any: ...
+#: the work done on one host; its return value becomes ``HostResult.value``
+Job = Callable[[Host, Events], Any]
 
 
 def _groups(hosts: list[Host]) -> list[list[Host]]:

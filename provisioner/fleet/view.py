@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from rich import box
 from rich.console import Console
@@ -69,7 +69,7 @@ class FleetView:
         return table
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["FleetView"]:
+    def running(self) -> Iterator[FleetView]:
         if self.mode != "live":
             yield self
             return

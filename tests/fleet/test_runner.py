@@ -28,7 +28,8 @@ def inventory(tmp_path: Path, nodes: list[str]) -> list[Host]:
 class Probe:
     """A job that sleeps and records how many hosts (and which nodes) ran at once."""
 
-    def __init__(self, seconds: float = 0.2, fail: dict[str, Exception] | None = None) -> None:
+    def __init__(self, hosts: list[Host], seconds: float = 0.2, fail: dict[str, Exception] | None = None) -> None:
+        self._hosts = hosts
         self.seconds = seconds
         self.fail = fail or {}
         self.lock = threading.Lock()
@@ -52,13 +53,10 @@ class Probe:
             with self.lock:
                 self.running.remove(host.name)
 
-    _hosts: list[Host] = []
-
 
 def test_workers_bound_the_hosts_running_at_once(tmp_path: Path) -> None:
     hosts = inventory(tmp_path, [f"n{i}.example" for i in range(6)])
-    probe = Probe(0.3)
-    probe._hosts = hosts
+    probe = Probe(hosts, 0.3)
     t0 = time.monotonic()
     results = run_fleet(hosts, probe, workers=2)
     elapsed = time.monotonic() - t0
@@ -70,8 +68,7 @@ def test_workers_bound_the_hosts_running_at_once(tmp_path: Path) -> None:
 
 def test_all_hosts_run_in_parallel_when_workers_allow(tmp_path: Path) -> None:
     hosts = inventory(tmp_path, [f"n{i}.example" for i in range(5)])
-    probe = Probe(0.4)
-    probe._hosts = hosts
+    probe = Probe(hosts, 0.4)
     t0 = time.monotonic()
     run_fleet(hosts, probe, workers=8)
     assert probe.peak == 5 and time.monotonic() - t0 < 1.2
@@ -79,10 +76,9 @@ def test_all_hosts_run_in_parallel_when_workers_allow(tmp_path: Path) -> None:
 
 def test_one_failure_and_one_bug_do_not_stop_the_others(tmp_path: Path) -> None:
     hosts = inventory(tmp_path, [f"n{i}.example" for i in range(4)])
-    probe = Probe(0.1, fail={"h1": ProxmoxError("cannot reach the Proxmox API", host="n1.example",
+    probe = Probe(hosts, 0.1, fail={"h1": ProxmoxError("cannot reach the Proxmox API", host="n1.example",
                                                 fix="check proxmox.endpoint"),
                              "h2": KeyError("oops")})
-    probe._hosts = hosts
     seen: list[tuple[str, str]] = []
     results = run_fleet(hosts, probe, workers=4, notify=lambda r, kind, text: seen.append((r.name, kind)))
     by = {r.name: r for r in results}
@@ -100,8 +96,7 @@ def test_one_failure_and_one_bug_do_not_stop_the_others(tmp_path: Path) -> None:
 def test_containers_on_one_node_run_one_after_the_other(tmp_path: Path) -> None:
     # h0, h1 and h3 share a node; h2 is elsewhere
     hosts = inventory(tmp_path, ["a.example", "a.example", "b.example", "a.example"])
-    probe = Probe(0.25)
-    probe._hosts = hosts
+    probe = Probe(hosts, 0.25)
     t0 = time.monotonic()
     results = run_fleet(hosts, probe, workers=8)
     assert not probe.overlap_same_node
@@ -116,7 +111,6 @@ def test_secrets_are_masked_in_errors(tmp_path: Path) -> None:
 
     hosts = inventory(tmp_path, ["a.example"])
     secret = register("s3cr3t-value-xyz")
-    probe = Probe(0.0, fail={"h0": ProxmoxError(f"login failed with {secret}")})
-    probe._hosts = hosts
+    probe = Probe(hosts, 0.0, fail={"h0": ProxmoxError(f"login failed with {secret}")})
     (r,) = run_fleet(hosts, probe, workers=1)
     assert secret not in (r.error or "") and "********" in (r.error or "")
