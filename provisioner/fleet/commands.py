@@ -47,8 +47,14 @@ def _execute(out: Output, inv: Inventory, job: Callable[[Host, Events], Any], wo
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     results = new_results(list(inv.hosts))  # shown (queued) from the start
     view = FleetView(out.err, results, mode=mode, verbose=out.verbose, planning=planning)
-    with view.running():
-        return run_fleet(list(inv.hosts), job, workers=workers, notify=view.notify, results=results)
+    try:
+        with view.running():
+            return run_fleet(list(inv.hosts), job, workers=workers, notify=view.notify, results=results)
+    except KeyboardInterrupt:
+        if not out.json_mode:  # where each host got to; the CLI then says "interrupted" (exit 130)
+            width = _table_width(out)
+            _print_table(out, summary_table(results, planning=planning, width=width), width)
+        raise
 
 
 def _connected(host: Host, events: Events):

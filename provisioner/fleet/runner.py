@@ -63,15 +63,25 @@ class HostResult:
         return (self.error or "").splitlines()[0] if self.error else ""
 
 
+class Interrupted(ProvisionError):
+    """Ctrl-C: a running host stops at its next step boundary."""
+
+
 class Events:
     """What a job reports while it runs; thread-safe, forwards to the view."""
 
-    def __init__(self, result: HostResult, notify: Callable[[HostResult, str, str], None]) -> None:
+    def __init__(self, result: HostResult, notify: Callable[[HostResult, str, str], None],
+                 stop: threading.Event | None = None) -> None:
         self.result = result
         self._notify = notify
+        self._stop = stop or threading.Event()
         self.conn: Any = None  # set by the job once connected, so failures still count calls
 
     def status(self, message: str) -> None:
+        # every status is a point where a single-host run may be interrupted too (Ctrl-C):
+        # each step is safe to re-run
+        if self._stop.is_set():
+            raise Interrupted("interrupted; every step is safe to re-run")
         self.result.step = redact(message)
         self._notify(self.result, "status", self.result.step)
 
@@ -102,11 +112,14 @@ def new_results(hosts: list[Host]) -> list[HostResult]:
 
 def run_fleet(hosts: list[Host], job: Job, *, workers: int,
               notify: Callable[[HostResult, str, str], None] = lambda r, kind, text: None,
-              results: list[HostResult] | None = None) -> list[HostResult]:
-    """Run ``job`` on every host; returns one result per host (``results`` if given), in inventory order."""
+              results: list[HostResult] | None = None, stop: threading.Event | None = None) -> list[HostResult]:
+    """Run ``job`` on every host; returns one result per host (``results`` if given), in inventory order.
+
+    Setting ``stop`` (done here on Ctrl-C) skips the hosts not started yet and makes the running
+    ones stop at their next step boundary."""
     by_name = {r.name: r for r in (results or new_results(hosts))}
     lock = threading.Lock()
-    stop = threading.Event()  # set on Ctrl-C: hosts not yet started are skipped
+    stop = stop or threading.Event()
 
     def safe_notify(result: HostResult, kind: str, text: str) -> None:
         with lock:  # one event at a time reaches the view
@@ -114,7 +127,7 @@ def run_fleet(hosts: list[Host], job: Job, *, workers: int,
 
     def one(host: Host) -> None:
         result = by_name[host.name]
-        events = Events(result, safe_notify)
+        events = Events(result, safe_notify, stop)
         result.state, result.started = "running", time.monotonic()
         safe_notify(result, "start", "")
         try:
@@ -142,14 +155,14 @@ def run_fleet(hosts: list[Host], job: Job, *, workers: int,
             one(host)
 
     groups = _groups(hosts)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups)))) as pool:
-        futures = [pool.submit(group, g) for g in groups]
-        try:
-            for f in futures:
-                f.result()
-        except KeyboardInterrupt:
-            stop.set()
-            for f in futures:
-                f.cancel()
-            raise
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups))))
+    futures = [pool.submit(group, g) for g in groups]
+    try:
+        for f in futures:
+            f.result()
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # the running hosts stop at their next step
+        raise
+    pool.shutdown()
     return [by_name[h.name] for h in hosts]

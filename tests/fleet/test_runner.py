@@ -114,3 +114,22 @@ def test_secrets_are_masked_in_errors(tmp_path: Path) -> None:
     probe = Probe(hosts, 0.0, fail={"h0": ProxmoxError(f"login failed with {secret}")})
     (r,) = run_fleet(hosts, probe, workers=1)
     assert secret not in (r.error or "") and "********" in (r.error or "")
+
+
+def test_stop_ends_running_hosts_at_their_next_step_and_skips_the_rest(tmp_path: Path) -> None:
+    hosts = inventory(tmp_path, ["a.example", "a.example", "b.example"])
+    stop = threading.Event()
+
+    def job(host: Host, events: Events) -> None:
+        for i in range(100):
+            events.status(f"step {i}")
+            time.sleep(0.05)
+
+    threading.Timer(0.3, stop.set).start()
+    t0 = time.monotonic()
+    results = run_fleet(hosts, job, workers=4, stop=stop)
+    assert time.monotonic() - t0 < 1.5
+    by = {r.name: r for r in results}
+    assert by["h0"].failed and by["h2"].failed
+    assert by["h0"].error == "interrupted; every step is safe to re-run"
+    assert by["h1"].state == "queued"  # after h0 on the same node: never started
