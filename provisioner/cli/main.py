@@ -211,9 +211,20 @@ def schema() -> int:
 
 @app.command()
 @guarded
-def check(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
-    """Validate a host file without contacting anything."""
+def check(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory.")) -> int:
+    """Validate a host file (or an inventory) without contacting anything."""
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.inventory import load_inventory
+
+        inv = load_inventory(file)
+        for w in inv.warnings:
+            out.warn(w)
+        out.line(f"{file}: ok ({len(inv.hosts)} hosts: {', '.join(h.name for h in inv.hosts)})")
+        if out.json_mode:
+            typer.echo(json.dumps(redact_obj({"file": str(file), "ok": True, "hosts": [h.name for h in inv.hosts],
+                                              "warnings": list(inv.warnings)})))
+        return 0
     loaded = _load(out, file)
     out.line(f"{file}: ok (container {loaded.config.container.hostname} on node {loaded.config.proxmox.node})")
     if out.json_mode:

@@ -213,3 +213,16 @@ def test_cli_rejects_an_unknown_step_before_contacting_any_host(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", "up", str(f), "--yes",
                            "--only", "contianer"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown step(s): contianer" in proc.stderr
+
+
+def test_check_validates_an_inventory_offline(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    f = tmp_path / "fleet.yaml"
+    f.write_text(INVENTORY.format(fp=FP))
+    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", "--json", "check", str(f)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["hosts"] == ["gpu1", "gpu2"]
