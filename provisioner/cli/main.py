@@ -72,6 +72,13 @@ def _only(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _is_inventory(file: Path) -> bool:
+    """A directory, or a file with a top-level ``hosts:`` (see provisioner/fleet/inventory.py)."""
+    from ..fleet.inventory import is_inventory
+
+    return is_inventory(file)
+
+
 def _load(out: Output, file: Path):
     from ..config import load
 
@@ -83,17 +90,24 @@ def _load(out: Output, file: Path):
 
 @app.command()
 @guarded
-def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
+def up(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
        plan_only: bool = typer.Option(False, "--plan", help="Show what would change and change nothing."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
        restart: bool = typer.Option(False, "--restart", help="Restart the container to apply pending keys."),
-       wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another run's lock."),
-       only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu).")) -> int:
+       wait: Optional[float] = typer.Option(None, "--wait", help="Seconds to wait for another run's lock "
+                                            "(default: 0 for a host file, 600 for an inventory)."),
+       only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu)."),
+       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
     from ..engine.lock import HostLock
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_up
+
+        return fleet_up(out, file, plan_only=plan_only, yes=yes, restart=restart,
+                        wait=600.0 if wait is None else wait, only=_only(only), workers=workers)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -106,7 +120,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
                 out.line("nothing changed")
                 return 1
         cfg = loaded.config
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait,
+        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait or 0.0,
                         on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
@@ -119,14 +133,19 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML)."),
 
 @app.command("plan")
 @guarded
-def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
+def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
              exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
              restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart."),
-             only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan.")) -> int:
+             only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan."),
+             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Show what `up` would change."""
     from ..engine import run
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_plan
+
+        return fleet_plan(out, file, only=_only(only), restart=restart, workers=workers, exit_code=exit_code)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -139,12 +158,17 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML)."),
 
 @app.command()
 @guarded
-def status(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
+def status(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory: a directory of host files or a file with hosts:."),
+           workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Show the container, its state and what is pending."""
     from ..engine import run
     from ..engine.steps import all_steps
 
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.commands import fleet_status
+
+        return fleet_status(out, file, workers=workers)
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
@@ -187,9 +211,20 @@ def schema() -> int:
 
 @app.command()
 @guarded
-def check(file: Path = typer.Argument(..., help="The host file (YAML).")) -> int:
-    """Validate a host file without contacting anything."""
+def check(file: Path = typer.Argument(..., help="The host file (YAML), or an inventory.")) -> int:
+    """Validate a host file (or an inventory) without contacting anything."""
     out: Output = current()
+    if _is_inventory(file):
+        from ..fleet.inventory import load_inventory
+
+        inv = load_inventory(file)
+        for w in inv.warnings:
+            out.warn(w)
+        out.line(f"{file}: ok ({len(inv.hosts)} hosts: {', '.join(h.name for h in inv.hosts)})")
+        if out.json_mode:
+            typer.echo(json.dumps(redact_obj({"file": str(file), "ok": True, "hosts": [h.name for h in inv.hosts],
+                                              "warnings": list(inv.warnings)})))
+        return 0
     loaded = _load(out, file)
     out.line(f"{file}: ok (container {loaded.config.container.hostname} on node {loaded.config.proxmox.node})")
     if out.json_mode:

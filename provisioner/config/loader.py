@@ -58,6 +58,8 @@ def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: 
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, path + (i,), lines, file) for i, v in enumerate(node.value)]
     # Scalars: reuse the safe loader's tag resolution (ints, bools, null...).
+    if node.tag == "tag:yaml.org,2002:null" and node.value == "":
+        return None  # `key:` with nothing after it (serializing it alone gives no document)
     try:
         return yaml.safe_load(yaml.serialize(node))
     except Exception as exc:  # noqa: BLE001 - PyYAML raises anything on odd tags (`!`, `!!int abc`, `!!timestamp x`)
@@ -208,6 +210,12 @@ def _merge_union_errors(errors: list[ConfigError]) -> list[ConfigError]:
 
 def load_text(text: str, file: str = "<string>") -> Loaded:
     """Parse and validate host-file text; raise ConfigError(s) naming file and line."""
+    data, lines = compose_text(text, file)
+    return validate_data(data, lines, file)
+
+
+def compose_text(text: str, file: str = "<string>") -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """Parse YAML text into a mapping plus the line of every key (for errors; see fleet/inventory)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -229,6 +237,11 @@ def load_text(text: str, file: str = "<string>") -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of sections", file=file, line=1,
                           fix="start from an example in inventories/")
+    return data, lines
+
+
+def validate_data(data: dict[str, Any], lines: dict[KeyPath, int], file: str) -> Loaded:
+    """Validate composed host-file data; errors name ``file`` and the line ``lines`` gives each key."""
     try:
         cfg = HostFile.model_validate(data)
     except ValidationError as exc:

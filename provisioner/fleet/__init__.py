@@ -1,0 +1,1 @@
+"""Fleets: `provision up|plan|status` over an inventory of many hosts, in parallel."""
