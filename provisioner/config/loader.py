@@ -49,6 +49,9 @@ def _construct(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: 
             if not isinstance(key, str):
                 raise ConfigError("keys must be strings", file=file, line=key_node.start_mark.line + 1,
                                   key=_dotted(path) or None, fix="quote the key")
+            if key == "":  # `? ` or `"": x`: nothing a host file can mean
+                raise ConfigError("empty key", file=file, line=key_node.start_mark.line + 1,
+                                  key=_dotted(path) or "(top level)", fix="name the key, or remove the line")
             if key in out:
                 raise ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1,
                                   key=_dotted(path + (key,)), fix="remove one of the two entries")
