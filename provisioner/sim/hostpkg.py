@@ -44,7 +44,7 @@ from provisioner.sim.nvidia import NvidiaHost
 REAL_DPKG = "/usr/bin/dpkg.real-provision-sim"  # the real dpkg, reachable inside the namespace
 DEBIAN_DKMS = "3.0.10-8+deb12u1"
 #: shadowed tools: (directory, name)
-TOOLS = [("bin", "apt-get"), ("bin", "apt-cache"), ("bin", "apt-mark"), ("bin", "dpkg"),
+TOOLS = [("bin", "lspci"), ("bin", "apt-get"), ("bin", "apt-cache"), ("bin", "apt-mark"), ("bin", "dpkg"),
          ("bin", "dpkg-query"), ("sbin", "dkms"), ("sbin", "modprobe"), ("sbin", "rmmod"),
          ("sbin", "update-initramfs"), ("sbin", "reboot")]
 
@@ -409,8 +409,16 @@ def apt_download(h: Host, args: list[str]) -> int:
 
 
 def apt_get(h: Host, argv: list[str]) -> int:
-    flags = [a for a in argv if a.startswith("-")]
-    words = [a for a in argv if not a.startswith("-")]
+    flags: list[str] = []
+    words: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("-o", "-c", "-t", "--option", "--config-file", "--target-release"):
+            next(it, None)  # its value
+        elif a.startswith("-"):
+            flags.append(a)
+        else:
+            words.append(a)
     simulate = any(f in ("-s", "--simulate", "--dry-run") for f in flags)
     if not words:
         _err("E: Invalid operation")
@@ -419,6 +427,10 @@ def apt_get(h: Host, argv: list[str]) -> int:
     if cmd == "update":
         return apt_update(h)
     if cmd == "install":
+        removes = [a[:-1] for a in rest if a.endswith("-") and "=" not in a]
+        rest = [a for a in rest if not (a.endswith("-") and "=" not in a)]
+        if removes and not simulate:
+            apt_remove(h, removes)
         return apt_install(h, rest, simulate=simulate, downgrades="--allow-downgrades" in flags,
                            change_held="--allow-change-held-packages" in flags)
     if cmd in ("remove", "purge"):
@@ -523,7 +535,7 @@ def dpkg_query(h: Host, argv: list[str]) -> int:
         if a in ("-f", "--showformat"):
             fmt = next(it)
         elif a.startswith(("-f", "--showformat=")):
-            fmt = a.split("=", 1)[1] if a.startswith("--") else a[2:]
+            fmt = a.split("=", 1)[1] if a.startswith("--") else a[2:].removeprefix("=")
         elif a in ("-W", "--show"):
             continue
         else:
@@ -723,6 +735,14 @@ def update_initramfs(h: Host, argv: list[str]) -> int:
     return 0
 
 
+def lspci(h: Host, argv: list[str]) -> int:
+    """The simulated GPUs as ``lspci -nn`` shows them (only NVIDIA devices exist on this bus)."""
+    for g in h.nv.load().gpus:
+        bus = g.bus_id.split(":", 1)[1].lower() if g.bus_id.count(":") == 2 else g.bus_id
+        _say(f"{bus} VGA compatible controller [0300]: NVIDIA Corporation Device [10de:2684] [{g.name}] (rev a1)")
+    return 0
+
+
 def uvm_at_boot() -> bool:
     files = [Path("/etc/modules"), *sorted(Path("/etc/modules-load.d").glob("*.conf"))]
     for f in files:
@@ -793,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = {"apt-get": apt_get, "apt": apt_get, "apt-cache": apt_cache, "apt-mark": apt_mark, "dpkg": dpkg,
              "dpkg-query": dpkg_query, "dkms": dkms, "modprobe": modprobe,
              "rmmod": lambda h, a: rmmod(h, [x.replace("-", "_") for x in a if not x.startswith("-")]),
-             "update-initramfs": update_initramfs, "reboot": reboot}
+             "update-initramfs": update_initramfs, "reboot": reboot, "lspci": lspci}
     if ns.tool == "reboot-worker":
         return reboot_worker(h)
     return tools[ns.tool](h, ns.args)
