@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -82,10 +83,11 @@ def host_cmd(file: Path = typer.Argument(..., help="The host file (YAML) with ho
         with lock, out.progress() as progress:
             for change in hp.changes:
                 progress.status(f"{change.step}: {change.summary}")
+                t0 = time.monotonic()
                 change.apply(ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=progress.status,
                                           log=out.log_line))
                 applied.append(change)
-                progress.done(change, 0.0)
+                progress.done(change, time.monotonic() - t0)
         _show(out, hp, file, applied)
     finally:
         conn.close()

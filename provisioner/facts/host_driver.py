@@ -20,7 +20,9 @@ from .base import Fact
 SOURCE_PATH_FMT = "/etc/apt/sources.list.d/cuda-{distro}-x86_64.list"
 KEYRING_PATH = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 BLACKLIST_PATH = "/etc/modprobe.d/provision-blacklist-nouveau.conf"
-STATE_PATH = "/var/lib/provision/host-driver.json"
+#: what `provision host` installed last (version, flavour, previous version)
+STATE_DIR = "/var/lib/provision/host-driver"
+STATE_PATH = f"{STATE_DIR}/state.json"
 #: kernel module packages per flavour (NVIDIA's names; the userspace is nvidia-driver-cuda)
 MODULE_PACKAGE = {"open": "nvidia-kernel-open-dkms", "proprietary": "nvidia-kernel-dkms"}
 

@@ -26,6 +26,7 @@ below what a managed container's toolkit needs, a kernel without installable hea
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -104,11 +105,16 @@ _LSPCI_SCRIPT = ("command -v lspci >/dev/null 2>&1 || exit 0\n"
 
 
 def _parse_pci(output: str, code: int) -> list[tuple[str, str | None]]:
+    """``01:00.0 VGA compatible controller [0300]: NVIDIA Corporation AD102 [GeForce RTX 4090] [10de:2684]
+    (rev a1)`` → ("NVIDIA GeForce RTX 4090", "8.9"): the GPUs of a host whose driver is not loaded yet."""
     gpus = []
     for line in output.splitlines():
-        if line.startswith("pci ") and "NVIDIA" in line:
-            name = line.split(": ", 1)[-1]
-            gpus.append((name, cc_from_name(name)))
+        if not line.startswith("pci ") or "NVIDIA" not in line:
+            continue
+        desc = re.sub(r"\s*\[10de:[0-9a-f]{4}\]|\s*\(rev [0-9a-f]+\)", "", line.split("]: ", 1)[-1])
+        model = re.findall(r"\[([^\]]+)\]", desc)
+        name = ("" if model and model[-1].startswith("NVIDIA ") else "NVIDIA ") + model[-1] if model else desc
+        gpus.append((name, cc_from_name(name)))
     return gpus
 
 

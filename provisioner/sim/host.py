@@ -15,7 +15,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
-| /etc/apt, /usr/share/keyrings, /etc/modprobe.d | SIM_ROOT/host/etc/... (seeded from the real ones once) |
+| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
 | /proc/sys/kernel/random/boot_id | SIM_ROOT/host/proc/boot_id (a simulated reboot changes it) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
@@ -167,8 +167,10 @@ def shadow_tools(sim_root: Path) -> None:
 def shadow_etc(sim_root: Path) -> None:
     """The sim host's own /etc/apt, /usr/share/keyrings and /etc/modprobe.d (seeded once)."""
     host = sim_root / "host"
+    from provisioner.facts.host_driver import STATE_DIR
+
     for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
-                       ("/etc/modprobe.d", "etc/modprobe.d")):
+                       ("/etc/modprobe.d", "etc/modprobe.d"), (STATE_DIR, "var/lib/provision/host-driver")):
         Path(real).mkdir(parents=True, exist_ok=True)
         if not (host / mine).exists():
             shutil.copytree(real, host / mine, symlinks=True)

@@ -739,7 +739,8 @@ def lspci(h: Host, argv: list[str]) -> int:
     """The simulated GPUs as ``lspci -nn`` shows them (only NVIDIA devices exist on this bus)."""
     for g in h.nv.load().gpus:
         bus = g.bus_id.split(":", 1)[1].lower() if g.bus_id.count(":") == 2 else g.bus_id
-        _say(f"{bus} VGA compatible controller [0300]: NVIDIA Corporation Device [10de:2684] [{g.name}] (rev a1)")
+        model = g.name.removeprefix("NVIDIA ")
+        _say(f"{bus} VGA compatible controller [0300]: NVIDIA Corporation Device [{model}] [10de:2684] (rev a1)")
     return 0
 
 
