@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -428,26 +429,34 @@ def write_blacklist(a: ApplyContext) -> None:
 
 
 def reboot_and_verify(a: ApplyContext, boot_id: str, target: str, timeout: float) -> None:
+    """Reboot, wait until the host is back *after* the reboot, verify the loaded module.
+
+    "After" is told by a marker in /run (a tmpfs: every boot starts with it empty), written
+    in the same command that schedules the reboot, so a reconnect that wins the race against
+    the reboot itself is never taken for the host coming back.
+    """
+    marker = f"/run/provision-reboot-{secrets.token_hex(6)}"
     a.status("rebooting the host")
     try:
-        a.ssh.run("nohup sh -c 'sleep 1; reboot' >/dev/null 2>&1 &", timeout=30)
+        a.ssh.run(f"touch {marker} && nohup sh -c 'sleep 1; reboot' >/dev/null 2>&1 &", timeout=30) \
+            .check("scheduling the reboot", step=STEP)
     except SSHError:
         pass  # the connection may drop under us: that is the reboot
     a.ssh.close()
     deadline = time.monotonic() + timeout
     time.sleep(3)
-    new_id = None
+    back = False
     while time.monotonic() < deadline:
         try:
-            r = a.ssh.run("cat /proc/sys/kernel/random/boot_id", timeout=20)
-            if r.ok and r.stdout.strip() and r.stdout.strip() != boot_id:
-                new_id = r.stdout.strip()
+            r = a.ssh.run(f"[ -e {marker} ] && echo pending || echo rebooted", timeout=20)
+            if r.ok and r.stdout.strip() == "rebooted":
+                back = True
                 break
         except SSHError:
             a.ssh.close()
         a.status("waiting for the host to come back")
         time.sleep(2)
-    if new_id is None:
+    if not back:
         raise RemoteError(f"the host did not come back within {timeout:.0f}s of the reboot", step=STEP,
                           fix="check the host's console; then run `provision host FILE` again")
     facts = gather(a.ssh, [DRIVER, DEVICES], vmid=None, ct_running=False)

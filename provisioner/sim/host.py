@@ -16,7 +16,6 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
 | /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
-| /proc/sys/kernel/random/boot_id | SIM_ROOT/host/proc/boot_id (a simulated reboot changes it) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
 real host if missing. Each node has its own /dev, so nodes never share device nodes.
@@ -35,7 +34,6 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from provisioner.sim import aptrepo
@@ -177,10 +175,8 @@ def shadow_etc(sim_root: Path) -> None:
             for f in (host / mine).glob("sources.list.d/cuda-*"):
                 f.unlink()
         _bind(host / mine, real)
-    boot_id = host / "proc/boot_id"
-    if not boot_id.exists():
-        boot_id.write_text(str(uuid.uuid4()) + "\n")
-    _bind(boot_id, "/proc/sys/kernel/random/boot_id")
+    # (no bind over /proc/sys/kernel/random/boot_id: a file mounted over anything in /proc makes the
+    # kernel refuse a fresh proc mount in a user namespace, so unprivileged CTs would not start)
 
 
 def setup_namespace(sim_root: Path) -> None:

@@ -14,7 +14,7 @@ machine's packages, load a module or reboot it:
 | dkms | status; build -m nvidia -v VER -k KVER --dkmstree D --sourcetree S (a trial build that changes nothing) |
 | modprobe, rmmod | nvidia, nvidia_uvm (refused while a running CT holds /dev/nvidia*) |
 | update-initramfs | -u [-k all] |
-| reboot | stops every CT, drops SSH, "boots" (loaded module := the one on disk, nvidia_uvm only when something loads it at boot), starts ``onboot`` CTs |
+| reboot | stops every CT, drops SSH (sessions are refused while it "boots"), loaded module := the one DKMS installed for the running kernel, nvidia_uvm only when modules-load.d or the boot unit loads it, ``/run/provision-reboot-*`` markers gone (a real reboot empties /run), ``onboot`` CTs started; counts boots in ``pkg/boots`` |
 
 State (under ``SIM_ROOT/host/pkg``): ``status.json`` (installed packages: version, dpkg state,
 hold), ``lists.json`` (what ``apt-get update`` fetched), ``dkms.json`` (built modules per driver
@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 from provisioner.sim.nvidia import NvidiaHost
@@ -789,7 +788,12 @@ def reboot_worker(h: Host) -> int:
     else:
         h.nv.refresh(st)
         h.nv.remove_nodes()
-    (h.root / "host" / "proc" / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+    # a reboot empties /run (tmpfs): the sim shares this machine's /run, so it removes only the
+    # markers `provision host --reboot` leaves there to see the reboot happen
+    for marker_file in Path("/run").glob("provision-reboot-*"):
+        marker_file.unlink(missing_ok=True)
+    boots = h.dir / "boots"
+    boots.write_text(str(int(boots.read_text()) + 1 if boots.exists() else 1) + "\n")
     time.sleep(1.0)
     marker.unlink(missing_ok=True)
     for vmid in sorted(v for v in _all_vmids(h) if store.load(v).values.get("onboot") == "1"):

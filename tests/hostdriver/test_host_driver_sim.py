@@ -58,6 +58,12 @@ def packages(node: SimNode) -> dict[str, str]:
     return dict(ln.split() for ln in out.splitlines() if len(ln.split()) == 2)
 
 
+def boots(node: SimNode) -> int:
+    """Simulated reboots so far (sim/hostpkg.py counts them)."""
+    f = node.sim_root / "host/pkg/boots"
+    return int(f.read_text()) if f.exists() else 0
+
+
 def smi(node: SimNode, vmid: int) -> str:
     return host(node, f"pct exec {vmid} -- nvidia-smi --query-gpu=driver_version --format=csv,noheader").strip()
 
@@ -125,12 +131,11 @@ def test_refuses_a_branch_that_dropped_the_gpu(node: SimNode, files: dict[str, P
 
 
 def test_fresh_install_with_reboot(node: SimNode, files: dict[str, Path]) -> None:
-    boot_id = host(node, "cat /proc/sys/kernel/random/boot_id")
     t0 = time.monotonic()
     data = last_json(provision("--json", "host", str(files["580"]), "--yes", "--reboot"))
     TIMES["fresh install + reboot"] = time.monotonic() - t0
     assert [c["action"] for c in data["applied"]][-1] == "reboot"
-    assert host(node, "cat /proc/sys/kernel/random/boot_id") != boot_id
+    assert boots(node) == 1 and not list(Path("/run").glob("provision-reboot-*"))
     assert host(node, "cat /sys/module/nvidia/version").strip() == "580.95.05"
     assert set(packages(node)) >= {"nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-kernel-open-dkms",
                                    "nvidia-driver-pinning-580.95.05"}
@@ -160,7 +165,7 @@ def test_refuses_when_dkms_cannot_build_for_a_newer_kernel(node: SimNode, files:
                                                             two_cts: tuple[int, int]) -> None:
     node.faults.set_newer_kernel(NEWER, has_module=True)  # installed, headers in place, 580 built for it
     node.faults.dkms_build_fails("595.71.05", NEWER)      # ...but 595 does not build against it
-    boot_id = host(node, "cat /proc/sys/kernel/random/boot_id")
+    booted = boots(node)
     before, dkms_before = packages(node), host(node, "dkms status")
     try:
         plan = last_json(provision("--json", "host", str(files["595"]), "--plan"))
@@ -173,7 +178,7 @@ def test_refuses_when_dkms_cannot_build_for_a_newer_kernel(node: SimNode, files:
         # nothing moved: packages, DKMS, the loaded module, no reboot, the containers
         assert packages(node) == before and host(node, "dkms status") == dkms_before
         assert host(node, "cat /sys/module/nvidia/version").strip() == "580.95.05"
-        assert host(node, "cat /proc/sys/kernel/random/boot_id") == boot_id
+        assert boots(node) == booted  # no reboot
         assert [smi(node, v) for v in VMIDS] == ["580.95.05", "580.95.05"]
     finally:
         (node.sim_root / "host/pkg/dkms-broken").unlink(missing_ok=True)
@@ -189,6 +194,7 @@ def test_upgrade_moves_two_containers_in_lockstep(node: SimNode, files: dict[str
     data = last_json(provision("--json", "host", str(files["latest"]), "--yes", "--reboot"))
     TIMES["upgrade + reboot + lockstep of 2 CTs"] = time.monotonic() - t0
     assert [c["action"] for c in data["applied"]][-2:] == ["reboot", "lockstep"]
+    assert boots(node) == 2
     assert host(node, "cat /sys/module/nvidia/version").strip() == "595.71.05"
     status = host(node, "dkms status")
     kver = host(node, "uname -r").strip()
