@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,8 +20,11 @@ from ..redact import redact_obj
 from .main import _load, app, guarded
 from .output import Output, current
 
+if TYPE_CHECKING:
+    from ..operations.host_driver import HostPlan
 
-def _show(out: Output, hp, path: Path, applied: list | None = None) -> None:  # noqa: ANN001
+
+def _show(out: Output, hp: HostPlan, path: Path, applied: list | None = None) -> None:
     if out.json_mode:
         data = {"ok": True, **hp.as_dict()}
         if applied is not None:

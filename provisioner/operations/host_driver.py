@@ -30,8 +30,9 @@ import re
 import secrets
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..config.schema import HostFile
 from ..cuda_matrix import TOOLKITS, driver_supports, vtuple
@@ -40,11 +41,27 @@ from ..engine.context import ApplyContext
 from ..engine.plan import Change
 from ..errors import RefusedError, RemoteError, SSHError
 from ..facts.base import gather
-from ..facts.host_driver import (BLACKLIST_PATH, KEYRING_PATH, MODULE_PACKAGE, SOURCE_PATH_FMT, STATE_PATH,
-                                 HostPackages, host_packages_fact)
+from ..facts.host_driver import (
+    BLACKLIST_PATH,
+    KEYRING_PATH,
+    MODULE_PACKAGE,
+    SOURCE_PATH_FMT,
+    STATE_PATH,
+    HostPackages,
+    host_packages_fact,
+)
 from ..facts.kernel import KERNEL, KernelModules, _kver_key
-from ..facts.nvidia import (BOOT, BOOT_UNIT_PATH, DEVICES, DRIVER, GPUS, BootSetup, DriverVersion, GpuInfo,
-                            cc_from_name)
+from ..facts.nvidia import (
+    BOOT,
+    BOOT_UNIT_PATH,
+    DEVICES,
+    DRIVER,
+    GPUS,
+    BootSetup,
+    DriverVersion,
+    GpuInfo,
+    cc_from_name,
+)
 from ..facts.pve import MARKER_TAG, has_marker
 from .driver import source_text
 from .passthrough import _sha, boot_files, enable_script
@@ -415,7 +432,7 @@ apt-mark hold {' '.join(names)} >/dev/null
                not any(ln.startswith(f"nvidia/{version}, {k},") and ln.endswith("installed") for ln in status.splitlines())]
     if missing:
         raise RemoteError(f"dkms status shows no installed nvidia/{version} for {', '.join(missing)}",
-                          output=status, step=STEP, fix=f"dkms autoinstall -k KERNEL on the host, then re-run")
+                          output=status, step=STEP, fix="dkms autoinstall -k KERNEL on the host, then re-run")
     record = {"version": version, "flavour": flavour, "previous": previous or "", "previous_flavour":
               previous_flavour or "", "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     a.ssh.run(f"mkdir -p {shlex.quote(STATE_PATH.rsplit('/', 1)[0])}")

@@ -15,6 +15,14 @@ from .host_driver import STEP, ManagedCt
 
 
 def converge_ct(a: ApplyContext, ct: ManagedCt, target: str) -> None:
+    from ..engine.lock import HostLock
+
+    # the same lock `provision up` of that container takes: never two writers in one container
+    with HostLock(a.ssh, f"{a.cfg.proxmox.node}-{ct.hostname or ct.vmid}", wait=120):
+        _converge(a, ct, target)
+
+
+def _converge(a: ApplyContext, ct: ManagedCt, target: str) -> None:
     from ..engine.run import Connections, gather_facts
     from .driver import DriverStep
 

@@ -61,6 +61,8 @@ class Faults:
         # (headers installed) or not (no headers: the usual way into the upgrade trap)
         from provisioner.sim.hostpkg import Host
 
+        if not kver:
+            return
         pkgs = Host(self.root)
         status = pkgs.status
         status[f"proxmox-kernel-{kver}-signed"] = {"version": kver.removesuffix("-pve"), "state": "ii",

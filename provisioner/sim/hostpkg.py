@@ -177,7 +177,7 @@ class _Key:
     def __init__(self, v: str) -> None:
         self.v = v
 
-    def __lt__(self, other: "_Key") -> bool:
+    def __lt__(self, other: _Key) -> bool:
         return vercmp(self.v, other.v) < 0
 
 
@@ -462,7 +462,7 @@ def apt_cache(h: Host, argv: list[str]) -> int:
     if cmd == "show":
         for n in names:
             if n not in avail:
-                _err(f"E: No packages found")
+                _err("E: No packages found")
                 return 100
             for e in avail[n]:
                 _say(f"Package: {n}", f"Version: {e['Version']}", f"Depends: {e.get('Depends', '')}", "")
@@ -497,7 +497,8 @@ def dpkg(h: Host, argv: list[str]) -> int:
     if argv and argv[0] in ("-i", "--install"):
         status = h.status
         for deb in argv[1:]:
-            info = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Version"], capture_output=True, text=True)
+            info = subprocess.run(["dpkg-deb", "-f", deb, "Package", "Version"], capture_output=True, text=True,
+                                  check=False)
             if info.returncode != 0:
                 _err(f"dpkg: error processing archive {deb} (--install):", info.stderr.strip())
                 return 1
@@ -660,9 +661,9 @@ def dkms(h: Host, argv: list[str]) -> int:
         version, kver = opts.get("-v", ""), opts.get("-k", "")
         src = Path(opts.get("--sourcetree", "/usr/src")) / f"{opts.get('-m', 'nvidia')}-{version}" / "dkms.conf"
         if not src.is_file():
-            _err(f"Error! Could not find module source directory.", f"Directory: {src.parent} does not exist.")
+            _err("Error! Could not find module source directory.", f"Directory: {src.parent} does not exist.")
             return 2
-        _say(f"Sign command: /lib/modules/{kver}/build/scripts/sign-file", "", f"Building module:")
+        _say(f"Sign command: /lib/modules/{kver}/build/scripts/sign-file", "", "Building module:")
         return _build(h, version, kver)
     _err(f"Error! Unknown action: {argv[0]} (provision-sim dkms: status, build)")
     return 4
@@ -746,16 +747,17 @@ def lspci(h: Host, argv: list[str]) -> int:
 def uvm_at_boot() -> bool:
     files = [Path("/etc/modules"), *sorted(Path("/etc/modules-load.d").glob("*.conf"))]
     for f in files:
-        if f.is_file() and re.search(r"^\s*nvidia[-_]uvm\s*$", f.read_text(), re.M):
+        if f.is_file() and re.search(r"^\s*nvidia[-_]uvm\s*$", f.read_text(), re.MULTILINE):
             return True
     return False
 
 
 def reboot(h: Host, argv: list[str]) -> int:
     """Returns at once, like `reboot` over SSH; a detached worker does the 'boot'."""
-    subprocess.Popen([sys.executable, "-m", "provisioner.sim.hostpkg", "--root", str(h.root), "reboot-worker"],
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=open(h.root / "log" / "reboot.log", "ab"), env={**os.environ})
+    with open(h.root / "log" / "reboot.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "provisioner.sim.hostpkg", "--root", str(h.root), "reboot-worker"],
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                         env={**os.environ})
     return 0
 
 
@@ -797,7 +799,7 @@ def reboot_worker(h: Host) -> int:
     time.sleep(1.0)
     marker.unlink(missing_ok=True)
     for vmid in sorted(v for v in _all_vmids(h) if store.load(v).values.get("onboot") == "1"):
-        subprocess.run([str(h.root / "host" / "bin" / "pct"), "start", str(vmid)], capture_output=True)
+        subprocess.run([str(h.root / "host" / "bin" / "pct"), "start", str(vmid)], capture_output=True, check=False)
     return 0
 
 

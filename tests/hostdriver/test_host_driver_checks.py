@@ -115,9 +115,9 @@ def test_converged_host_plans_nothing() -> None:
     hp = plan(cfg(), st)
     assert [c.action for c in hp.changes if c.summary.startswith("pin")] == ["write"]
     st = state(installed="595.71.05", loaded="595.71.05")
+    from provisioner.operations.driver import source_text
     from provisioner.operations.host_driver import BLACKLIST
     from provisioner.operations.passthrough import _sha
-    from provisioner.operations.driver import source_text
     object.__setattr__(st.pkgs, "blacklist_sha256", _sha(BLACKLIST))
     object.__setattr__(st.pkgs, "sources", {"/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
                                             _sha(source_text(cfg().driver.repo_url, "debian12"))})

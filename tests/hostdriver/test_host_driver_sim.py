@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -37,7 +37,7 @@ TIMES: dict[str, float] = {}
 
 def provision(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-5000:]}\n"
                              f"{proc.stdout[-2000:]}")
@@ -49,7 +49,7 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
 
 
 def host(node: SimNode, cmd: str) -> str:
-    code, out, err = node.run(cmd)
+    _code, out, err = node.run(cmd)
     return out + err
 
 
