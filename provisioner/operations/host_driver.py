@@ -388,6 +388,7 @@ def trial_build(a: ApplyContext, module_pkg: str, version: str, full: str, kerne
 set -e
 tmp=$(mktemp -d /tmp/provision-dkms.XXXXXX); trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
+{APT} update >/dev/null
 apt-get -q download {shlex.quote(module_pkg)}={shlex.quote(full)}
 dpkg-deb -x {shlex.quote(module_pkg)}_*.deb src
 for k in {ks}; do

@@ -186,9 +186,12 @@ def test_refuses_when_dkms_cannot_build_for_a_newer_kernel(node: SimNode, files:
 
 def test_upgrade_moves_two_containers_in_lockstep(node: SimNode, files: dict[str, Path],
                                                   two_cts: tuple[int, int]) -> None:
+    # the second container is stopped and not started at boot: lockstep starts it, moves it, stops it
+    host(node, f"pct set {VMIDS[1]} --onboot 0 && pct stop {VMIDS[1]}")
     plan = last_json(provision("--json", "host", str(files["latest"]), "--plan", "--reboot"))
     assert plan["target"] == "595.71.05" and plan["reboot_required"] is True
-    assert plan["lockstep"] == {str(v): {"before": "580.95.05", "after": "595.71.05"} for v in VMIDS}
+    assert plan["lockstep"] == {str(VMIDS[0]): {"before": "580.95.05", "after": "595.71.05"},
+                                str(VMIDS[1]): {"before": "stopped", "after": "595.71.05"}}
     assert [c["action"] for c in plan["planned"]][-2:] == ["reboot", "lockstep"]
     t0 = time.monotonic()
     data = last_json(provision("--json", "host", str(files["latest"]), "--yes", "--reboot"))
@@ -201,6 +204,8 @@ def test_upgrade_moves_two_containers_in_lockstep(node: SimNode, files: dict[str
     for k in (kver, NEWER):  # built for the running kernel and the installed newer one
         assert f"nvidia/595.71.05, {k}, x86_64: installed" in status, status
     assert "580.95.05" not in status
+    assert "status: stopped" in host(node, f"pct status {VMIDS[1]}")  # stopped again, as it was
+    host(node, f"pct start {VMIDS[1]}")
     for vmid in VMIDS:
         assert smi(node, vmid) == "595.71.05"
         libs = host(node, f"pct exec {vmid} -- sh -c 'ls /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.*'")
