@@ -14,6 +14,7 @@ machine's packages, load a module or reboot it:
 | dkms | status; build -m nvidia -v VER -k KVER --dkmstree D --sourcetree S (a trial build that changes nothing) |
 | modprobe, rmmod | nvidia, nvidia_uvm (refused while a running CT holds /dev/nvidia*) |
 | update-initramfs | -u [-k all] |
+| shutdown, poweroff, halt, dpkg-divert | ``shutdown -r`` reboots; the rest is refused (never the real ones) |
 | reboot | stops every CT, drops SSH (sessions are refused while it "boots"), loaded module := the one DKMS installed for the running kernel, nvidia_uvm only when modules-load.d or the boot unit loads it, ``/run/provision-reboot-*`` markers gone (a real reboot empties /run), ``onboot`` CTs started; counts boots in ``pkg/boots`` |
 
 State (under ``SIM_ROOT/host/pkg``): ``status.json`` (installed packages: version, dpkg state,
@@ -43,7 +44,8 @@ from provisioner.sim.nvidia import NvidiaHost
 REAL_DPKG = "/usr/bin/dpkg.real-provision-sim"  # the real dpkg, reachable inside the namespace
 DEBIAN_DKMS = "3.0.10-8+deb12u1"
 #: shadowed tools: (directory, name)
-TOOLS = [("bin", "lspci"), ("bin", "apt-get"), ("bin", "apt-cache"), ("bin", "apt-mark"), ("bin", "dpkg"),
+TOOLS = [("bin", "lspci"), ("bin", "apt"), ("bin", "dpkg-divert"), ("sbin", "shutdown"), ("sbin", "poweroff"),
+         ("sbin", "halt"), ("bin", "apt-get"), ("bin", "apt-cache"), ("bin", "apt-mark"), ("bin", "dpkg"),
          ("bin", "dpkg-query"), ("sbin", "dkms"), ("sbin", "modprobe"), ("sbin", "rmmod"),
          ("sbin", "update-initramfs"), ("sbin", "reboot")]
 
@@ -823,6 +825,12 @@ def main(argv: list[str] | None = None) -> int:
              "update-initramfs": update_initramfs, "reboot": reboot, "lspci": lspci}
     if ns.tool == "reboot-worker":
         return reboot_worker(h)
+    if ns.tool == "shutdown" and any(a in ("-r", "--reboot") for a in ns.args):
+        return reboot(h, ns.args)
+    if ns.tool in ("shutdown", "poweroff", "halt", "dpkg-divert"):
+        _err(f"{ns.tool}: (provision-sim) refused: the simulated host only reboots (`reboot`, `shutdown -r`)"
+             if ns.tool != "dpkg-divert" else "dpkg-divert: (provision-sim) refused: diversions are not simulated")
+        return 1
     return tools[ns.tool](h, ns.args)
 
 
