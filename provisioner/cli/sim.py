@@ -127,6 +127,14 @@ def fault_newer_kernel(kver: str = typer.Argument(..., help="e.g. 6.17.2-1-pve")
     _faults(name).set_newer_kernel(kver, has_module=not without_module)
 
 
+@fault_app.command("dkms-fails")
+def fault_dkms_fails(version: str = typer.Argument(..., help="Driver version, e.g. 595.71.05."),
+                     kver: str = typer.Argument(..., help="Kernel, e.g. 6.17.2-1-pve."),
+                     name: str = NAME) -> None:
+    """DKMS cannot build that driver version for that kernel (`provision host` must refuse it)."""
+    _faults(name).dkms_build_fails(version, kver)
+
+
 @fault_app.command("dpkg-lock")
 def fault_dpkg_lock(vmid: int, seconds: float = typer.Option(60, "--seconds"), name: str = NAME) -> None:
     """Hold /var/lib/dpkg/lock-frontend inside the CT for a while."""

@@ -362,6 +362,29 @@ class Clients(Section):
     output_dir: str = "~/.config/provision/clients"
 
 
+class HostDriver(Section):
+    """The Proxmox host's own NVIDIA driver (``provision host FILE``). Off by default: without
+    ``manage: true`` provision only reads the host's driver and never changes it."""
+
+    manage: bool = False
+    #: an exact version ("595.71.05") or the newest of a branch ("latest-595")
+    version: Annotated[str, Field(pattern=r"^(\d{3}\.\d{1,3}(\.\d{1,3})?|latest-\d{3})$")] | None = None
+    #: open kernel module (Turing and newer; the seed's choice) or NVIDIA's proprietary one
+    flavour: Literal["open", "proprietary"] = "open"
+    #: seconds `--reboot` waits for the host to come back
+    reboot_timeout: Annotated[float, Field(gt=0, le=7200)] = 600.0
+
+    @model_validator(mode="after")
+    def _version(self) -> "HostDriver":
+        if self.manage and self.version is None:
+            raise ValueError('manage: true needs a version, e.g. version: "595.71.05" or "latest-595"')
+        return self
+
+
+class HostSection(Section):
+    driver: HostDriver = HostDriver()
+
+
 class HostFile(Section):
     """The whole host file."""
 
@@ -377,6 +400,7 @@ class HostFile(Section):
     server: Server = Server()
     gateway: Gateway = Gateway()
     clients: Clients = Clients()
+    host: HostSection = HostSection()
 
     @model_validator(mode="after")
     def _auto_node(self) -> "HostFile":

@@ -103,6 +103,9 @@ def _driver_packages(out: Path, ver: str) -> None:
     _deb(out, "nvidia-kernel-open-dkms", v,
          {f"/usr/src/nvidia-{ver}/dkms.conf": (f'PACKAGE_VERSION="{ver}"\n', 0o644)},
          depends="dkms", description="NVIDIA binary kernel module DKMS source (open GPU kernel modules)")
+    _deb(out, "nvidia-kernel-dkms", v,
+         {f"/usr/src/nvidia-{ver}/dkms.conf": (f'PACKAGE_VERSION="{ver}"\n', 0o644)},
+         depends="dkms", description="NVIDIA binary kernel module DKMS source (proprietary)")
     _deb(out, "nvidia-open", v, {}, arch="amd64",
          depends=f"nvidia-kernel-open-dkms (= {v}), nvidia-driver-cuda (= {v})",
          description="NVIDIA open kernel module driver metapackage")
@@ -111,7 +114,7 @@ def _driver_packages(out: Path, ver: str) -> None:
     _deb(out, f"cuda-drivers-{branch}", v, {}, depends=f"cuda-drivers (= {v})",
          description=f"CUDA Driver meta-package, branch {branch}")
     pinned = ("nvidia-driver-cuda libcuda1 libnvidia-ml1 nvidia-persistenced "
-              "nvidia-kernel-open-dkms nvidia-open cuda-drivers")
+              "nvidia-kernel-open-dkms nvidia-kernel-dkms nvidia-open cuda-drivers")
     _deb(out, f"nvidia-driver-pinning-{ver}", "1.0-2",
          {f"/etc/apt/preferences.d/nvidia-driver-pinning-{ver}.pref":
           (f"Package: {pinned}\nPin: version {v}*\nPin-Priority: 1000\n", 0o644)},

@@ -57,6 +57,40 @@ class Faults:
         st.newer_kernel, st.newer_kernel_has_module = kver, has_module
         host.save(st)
         host.refresh(st)
+        # the simulated package database agrees: its kernel package, and DKMS built for it
+        # (headers installed) or not (no headers: the usual way into the upgrade trap)
+        from provisioner.sim.hostpkg import Host
+
+        if not kver:
+            return
+        pkgs = Host(self.root)
+        status = pkgs.status
+        status[f"proxmox-kernel-{kver}-signed"] = {"version": kver.removesuffix("-pve"), "state": "ii",
+                                                   "held": False}
+        dkms = pkgs.dkms
+        if has_module and st.installed:
+            status[f"proxmox-headers-{kver}"] = {"version": kver.removesuffix("-pve"), "state": "ii",
+                                                 "held": False}
+            dkms.setdefault(st.installed, {})[kver] = "installed"
+        pkgs.set_status(status)
+        pkgs._save("dkms.json", dkms)
+
+    def dkms_build_fails(self, version: str, kver: str) -> None:
+        """DKMS cannot build driver ``version`` for kernel ``kver`` (e.g. a kernel too new for it)."""
+        from provisioner.sim.hostpkg import Host
+
+        path = Host(self.root).dir / "dkms-broken"
+        lines = path.read_text().split("\n") if path.exists() else []
+        path.write_text("\n".join([ln for ln in lines if ln] + [f"{version} {kver}"]) + "\n")
+
+    def set_gpus(self, gpus: list) -> None:
+        """Replace the host's GPUs (sim.nvidia.Gpu list), e.g. a Pascal card."""
+        host = NvidiaHost(self.root)
+        st = host.load()
+        st.gpus = gpus
+        host.save(st)
+        host.remove_nodes()
+        host.install(st)
 
     def hold_dpkg_lock(self, vmid: int, seconds: float) -> DpkgLock:
         """Hold the CT's dpkg frontend lock for ``seconds``; returns once it is held."""

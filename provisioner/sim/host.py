@@ -14,6 +14,8 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /lib/modules       | SIM_ROOT/host/lib/modules                |
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
+| /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
+| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
 real host if missing. Each node has its own /dev, so nodes never share device nodes.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -89,6 +92,7 @@ def write_host_tools(sim_root: Path, settings: dict) -> None:
 # provision-sim: every SSH session runs through here (ForceCommand) so faults can delay it.
 ms=$(cat {sim_root}/faults/ssh_delay_ms 2>/dev/null || echo 0)
 [ "${{ms:-0}}" -gt 0 ] 2>/dev/null && sleep "$(awk "BEGIN {{ print $ms / 1000 }}")"
+if [ -e {sim_root}/run/rebooting ]; then echo "Connection closed: the host is rebooting" >&2; exit 255; fi
 [ -n "$SSH_ORIGINAL_COMMAND" ] || exec "${{SHELL:-/bin/sh}}" -l
 exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
 """)
@@ -130,6 +134,51 @@ def populate_dev(devdir: Path) -> list[str]:
     return dirs
 
 
+def shadow_tools(sim_root: Path) -> None:
+    """Overlay the fakes of sim/hostpkg.py over /usr/bin and /usr/sbin (inside the namespace only).
+
+    An overlay, not bind mounts: /usr/sbin/reboot and modprobe are symlinks (to systemctl and kmod),
+    and binding over a symlink would shadow its target. Checked afterwards: a node whose
+    `reboot` or `apt-get` would be the real one does not start.
+    """
+    from provisioner.sim.hostpkg import REAL_DPKG, TOOLS
+
+    repo = Path(__file__).resolve().parents[2]
+    for sub in ("bin", "sbin"):
+        upper, work = sim_root / "host/overlay" / sub / "upper", sim_root / "host/overlay" / sub / "work"
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        for where, name in TOOLS:
+            if where == sub:
+                _write_exec(upper / name, f"#!/bin/sh\n# provision-sim: simulated host tool (sim/hostpkg.py)\n"
+                                          f"PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "
+                                          f"-m provisioner.sim.hostpkg --root {sim_root} {name} \"$@\"\n")
+        if sub == "bin" and Path("/usr/bin/dpkg").exists():
+            shutil.copy2("/usr/bin/dpkg", upper / Path(REAL_DPKG).name)
+        subprocess.run(["mount", "-t", "overlay", f"provision-sim-usr-{sub}", "-o",
+                        f"lowerdir=/usr/{sub},upperdir={upper},workdir={work}", f"/usr/{sub}"], check=True)
+    for where, name in TOOLS:
+        if "provision-sim" not in Path(f"/usr/{where}/{name}").read_text(errors="replace"):
+            raise RuntimeError(f"/usr/{where}/{name} is not the simulated one: refusing to run the node")
+
+
+def shadow_etc(sim_root: Path) -> None:
+    """The sim host's own /etc/apt, /usr/share/keyrings and /etc/modprobe.d (seeded once)."""
+    host = sim_root / "host"
+    from provisioner.facts.host_driver import STATE_DIR
+
+    for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
+                       ("/etc/modprobe.d", "etc/modprobe.d"), (STATE_DIR, "var/lib/provision/host-driver")):
+        Path(real).mkdir(parents=True, exist_ok=True)
+        if not (host / mine).exists():
+            shutil.copytree(real, host / mine, symlinks=True)
+            for f in (host / mine).glob("sources.list.d/cuda-*"):
+                f.unlink()
+        _bind(host / mine, real)
+    # (no bind over /proc/sys/kernel/random/boot_id: a file mounted over anything in /proc makes the
+    # kernel refuse a fresh proc mount in a user namespace, so unprivileged CTs would not start)
+
+
 def setup_namespace(sim_root: Path) -> None:
     """Bind the fake host view over the real paths (call only inside the private namespace)."""
     host = sim_root / "host"
@@ -154,6 +203,33 @@ def setup_namespace(sim_root: Path) -> None:
     for mod in ("nvidia", "nvidia_uvm"):
         if not os.path.lexists(f"/sys/module/{mod}"):
             os.symlink(host / "sys/module" / mod, f"/sys/module/{mod}")
+    shadow_etc(sim_root)
+    shadow_tools(sim_root)
+
+
+def hostpkg_seed(sim_root: Path) -> None:
+    """First start: the packages of the driver the node starts with (as installed from NVIDIA's repo)."""
+    from provisioner.sim.hostpkg import DEBIAN_DKMS, Host
+
+    h = Host(sim_root)
+    if (h.dir / "status.json").exists():
+        return
+    st = h.nv.load()
+    status = {f"proxmox-kernel-{k}-signed": {"version": k.removesuffix("-pve"), "state": "ii", "held": False}
+              for k in h.kernels()}
+    dkms: dict[str, dict[str, str]] = {}
+    if st.installed:
+        v = f"{st.installed}-1"
+        for name in ("nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-kernel-open-dkms"):
+            status[name] = {"version": v, "state": "ii", "held": False}
+        status["dkms"] = {"version": DEBIAN_DKMS, "state": "ii", "held": False}
+        status[f"proxmox-headers-{st.running_kernel}"] = {"version": st.running_kernel.removesuffix("-pve"),
+                                                          "state": "ii", "held": False}
+        dkms[st.installed] = {st.running_kernel: "installed"}
+        if st.newer_kernel and st.newer_kernel_has_module:
+            dkms[st.installed][st.newer_kernel] = "installed"
+    h.set_status(status)
+    h._save("dkms.json", dkms)
 
 
 class HostProcess:
@@ -173,6 +249,7 @@ class HostProcess:
         write_host_tools(root, self.settings)
         setup_namespace(root)
         NvidiaHost(root).refresh()
+        hostpkg_seed(root)
         apt_port = int(self.settings["apt_port"])
         aptrepo.build(root / "apt-repo", f"http://{BRIDGE_IP}:{apt_port}")
         self.apt = aptrepo.serve(root / "apt-repo", BRIDGE_IP, apt_port)

@@ -59,7 +59,14 @@ class NvidiaState:
     #: version of the installed (on-disk) module and host userspace; "" = same as ``driver``.
     #: Differs after a driver upgrade without reboot: modinfo and the host's nvidia-smi
     #: then show the new one while /sys/module/nvidia/version keeps the loaded one.
+    #: "none": no module on disk (driver "" and ondisk "": a host without any NVIDIA driver)
     ondisk_driver: str = ""
+
+    @property
+    def installed(self) -> str:
+        """The on-disk module version ("" when none)."""
+        v = self.ondisk_driver or self.driver
+        return "" if v == "none" else v
 
 
 def parse_gpu(spec: str) -> Gpu:
@@ -116,6 +123,21 @@ class NvidiaHost:
 
     # -- files -------------------------------------------------------------
     def _write_files(self, st: NvidiaState) -> None:
+        if not st.driver:  # no module loaded: no /sys/module/nvidia, no /proc/driver/nvidia
+            for d in (self.host / "sys/module/nvidia", self.host / "proc/driver/nvidia"):
+                if d.exists():
+                    shutil.rmtree(d)
+            (self.host / "proc/driver").mkdir(parents=True, exist_ok=True)
+            st.uvm_loaded = False
+            shutil.rmtree(self.host / "sys/module/nvidia_uvm", ignore_errors=True)
+            src = self.host / "proc/devices"
+            devices = Path("/proc/devices").read_text() if _outside_fake() or not src.exists() else src.read_text()
+            _write_in_place(src, "".join(ln + "\n" for ln in devices.splitlines() if "nvidia" not in ln))
+        else:
+            self._write_loaded(st)
+        self._write_modules(st)
+
+    def _write_loaded(self, st: NvidiaState) -> None:
         _write_in_place(self.host / "sys/module/nvidia/version", st.driver + "\n")
         uvm = self.host / "sys/module/nvidia_uvm"
         if st.uvm_loaded:
@@ -148,6 +170,8 @@ class NvidiaHost:
         head, body = rows[0], sorted(rows[1:], key=lambda r: int(r.split()[0]))
         _write_in_place(self.host / "proc/devices",
                         head + "\n" + "\n".join(body) + "\n\nBlock devices:" + blocks)
+
+    def _write_modules(self, st: NvidiaState) -> None:
         mods = self.host / "lib/modules"
         mods.mkdir(parents=True, exist_ok=True)
         for old in mods.iterdir():  # not the dir itself: it is bind-mounted on /lib/modules
@@ -156,10 +180,10 @@ class NvidiaHost:
         for kver in kernels:
             dkms = mods / kver / "updates" / "dkms"
             dkms.mkdir(parents=True, exist_ok=True)
-            if kver == st.running_kernel or st.newer_kernel_has_module:
+            if st.installed and (kver == st.running_kernel or st.newer_kernel_has_module):
                 for mod in ("nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"):
                     (dkms / f"{mod}.ko").write_text(
-                        f"version={st.ondisk_driver or st.driver}\nvermagic={kver} SMP mod_unload\n")
+                        f"version={st.installed}\nvermagic={kver} SMP mod_unload\n")
 
     def _real_devices(self) -> str:
         # Inside the sim namespace /proc/devices is our own file: keep its real rows.
@@ -168,7 +192,10 @@ class NvidiaHost:
     def _write_tools(self, st: NvidiaState) -> None:
         bindir = self.host / "bin"
         bindir.mkdir(parents=True, exist_ok=True)
-        _write_exec(bindir / "nvidia-smi", smi_script(st.ondisk_driver or st.driver))
+        if st.installed:
+            _write_exec(bindir / "nvidia-smi", smi_script(st.installed))
+        else:
+            (bindir / "nvidia-smi").unlink(missing_ok=True)
         _write_exec(bindir / "modinfo", MODINFO)
         _write_exec(bindir / "nvidia-modprobe",
                     _python_tool("provisioner.sim.nvidia", "modprobe", self.host.parent))
@@ -186,6 +213,8 @@ class NvidiaHost:
         return specs
 
     def make_nodes(self, st: NvidiaState) -> None:
+        if not st.driver:
+            return
         for path, (major, minor) in self.node_specs(st).items():
             _mknod(path, major, minor, 0o400 if "caps" in str(path) else 0o666)
 

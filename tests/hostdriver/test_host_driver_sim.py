@@ -1,0 +1,228 @@
+"""`provision host`: the Proxmox host's own NVIDIA driver, against a simulated node (issue 11).
+
+One node for the module, started *without* an NVIDIA driver. Its host answers the real
+commands (apt-get, apt-cache, dpkg, dpkg-query, dkms, modprobe, update-initramfs, reboot,
+lspci) from sim/hostpkg.py behind overlays that only exist in its mount namespace. In order:
+a plan that announces the reboot, the tool staying off without `manage: true`, a refusal for a
+GPU generation the branch dropped, a fresh install with --reboot, two managed containers at
+580, a refusal when DKMS cannot build for an installed newer kernel (nothing moves), then the
+upgrade to 595 that moves both containers in lockstep, and the way back planned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH
+from provisioner.sim import manage
+from provisioner.sim.fixture import SimNode, start_sim_node
+from provisioner.sim.hostfile import write_host_file
+from provisioner.sim.nvidia import Gpu
+
+pytestmark = [pytest.mark.sim, pytest.mark.timeout(900)]
+
+VMIDS = (671, 672)  # LXC names and bridge IPs are shared by every sim node on this machine
+NEWER = "6.99.1-1-pve"
+ROOT = Path(__file__).resolve().parents[2]
+TIMES: dict[str, float] = {}
+
+
+def provision(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-5000:]}\n"
+                             f"{proc.stdout[-2000:]}")
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def host(node: SimNode, cmd: str) -> str:
+    _code, out, err = node.run(cmd)
+    return out + err
+
+
+def packages(node: SimNode) -> dict[str, str]:
+    out = host(node, "dpkg-query -W -f='${Package} ${Version}\\n' 'nvidia-*' 'libnvidia-*' libcuda1")
+    return dict(ln.split() for ln in out.splitlines() if len(ln.split()) == 2)
+
+
+def boots(node: SimNode) -> int:
+    """Simulated reboots so far (sim/hostpkg.py counts them)."""
+    f = node.sim_root / "host/pkg/boots"
+    return int(f.read_text()) if f.exists() else 0
+
+
+def smi(node: SimNode, vmid: int) -> str:
+    return host(node, f"pct exec {vmid} -- nvidia-smi --query-gpu=driver_version --format=csv,noheader").strip()
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[SimNode]:
+    before = {p: os.path.lexists(p) for p in (BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH)}
+    t0 = time.monotonic()
+    n = start_sim_node(driver="", name=f"pt{os.getpid()}x")
+    TIMES["node start"] = time.monotonic() - t0
+    try:
+        yield n
+    finally:
+        manage.stop(n.name)
+        # the sim host shares this machine's /etc/systemd and /etc/modules-load.d: remove only what we added
+        for p, existed in before.items():
+            if not existed:
+                Path(p).unlink(missing_ok=True)
+        print("\nhost driver phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMES.items()))
+
+
+@pytest.fixture(scope="module")
+def files(node: SimNode, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hostdriver")
+    out = {}
+    for name, version in (("580", "580.95.05"), ("595", "595.71.05"), ("latest", "latest-595")):
+        out[name] = write_host_file(d / f"host-{name}.yaml", node.conn, vmid=VMIDS[0], gpu=True,
+                                    extra={"host": {"driver": {"manage": True, "version": version}}})
+    out["off"] = write_host_file(d / "host-off.yaml", node.conn, vmid=VMIDS[0], gpu=True)
+    for vmid in VMIDS:
+        out[f"ct{vmid}"] = write_host_file(d / f"ct{vmid}.yaml", node.conn, vmid=vmid, gpu=True)
+    return out
+
+
+def test_plan_announces_the_reboot_and_changes_nothing(node: SimNode, files: dict[str, Path]) -> None:
+    proc = provision("host", str(files["580"]), "--plan")
+    assert "REBOOT REQUIRED: the host runs no NVIDIA module; 580.95.05 loads only after a reboot" in proc.stderr
+    assert "provision does not reboot on its own: pass --reboot" in proc.stderr
+    data = last_json(provision("--json", "host", str(files["580"]), "--plan"))
+    assert data["reboot_required"] is True and data["loaded"] is None and data["target"] == "580.95.05"
+    actions = [(c["action"], c["summary"].split(" (")[0]) for c in data["planned"]]
+    assert [a for a, _ in actions] == ["write", "install", "check", "write", "install", "write"], actions
+    assert "trial DKMS build of 580.95.05" in data["planned"][2]["summary"]
+    # --plan touched nothing
+    assert packages(node) == {}
+    assert "nvidia" not in host(node, "dkms status; ls /etc/apt/sources.list.d")
+
+
+def test_off_by_default(node: SimNode, files: dict[str, Path]) -> None:
+    data = last_json(provision("--json", "host", str(files["off"]), "--yes"))
+    assert data["planned"] == [] and "host.driver.manage is false" in data["notes"][0]
+
+
+def test_refuses_a_branch_that_dropped_the_gpu(node: SimNode, files: dict[str, Path]) -> None:
+    node.faults.set_gpus([Gpu("NVIDIA GeForce GTX 1080", "6.1", 8192)])
+    try:
+        proc = provision("host", str(files["595"]), "--yes", "--reboot", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "GTX 1080 (compute capability 6.1, Maxwell, Pascal and Volta) is not supported by the 595 branch" \
+            in proc.stderr and "580 is the last branch" in proc.stderr
+        assert "the host's driver was not touched" in proc.stderr
+        assert packages(node) == {}
+    finally:
+        node.faults.set_gpus([Gpu()])
+
+
+def test_fresh_install_with_reboot(node: SimNode, files: dict[str, Path]) -> None:
+    t0 = time.monotonic()
+    data = last_json(provision("--json", "host", str(files["580"]), "--yes", "--reboot"))
+    TIMES["fresh install + reboot"] = time.monotonic() - t0
+    assert [c["action"] for c in data["applied"]][-1] == "reboot"
+    assert boots(node) == 1 and not list(Path("/run").glob("provision-reboot-*"))
+    assert host(node, "cat /sys/module/nvidia/version").strip() == "580.95.05"
+    assert set(packages(node)) >= {"nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-kernel-open-dkms",
+                                   "nvidia-driver-pinning-580.95.05"}
+    assert all(v.startswith("580.95.05-") for n, v in packages(node).items() if "pinning" not in n)
+    assert set(host(node, "apt-mark showhold").split()) == {"nvidia-driver-cuda", "libcuda1", "libnvidia-ml1",
+                                                            "nvidia-kernel-open-dkms"}
+    kver = host(node, "uname -r").strip()
+    assert f"nvidia/580.95.05, {kver}, x86_64: installed" in host(node, "dkms status")
+    assert "blacklist nouveau" in host(node, "cat /etc/modprobe.d/provision-blacklist-nouveau.conf")
+    assert "c" == host(node, "[ -c /dev/nvidia-uvm ] && echo c").strip()  # nvidia_uvm came back at boot
+    assert "pin: version 580.95.05-1*" in host(node, "cat /etc/apt/preferences.d/*pinning*").lower()
+    again = last_json(provision("--json", "host", str(files["580"]), "--plan"))
+    assert again["planned"] == [] and again["reboot_required"] is False
+
+
+@pytest.fixture(scope="module")
+def two_cts(node: SimNode, files: dict[str, Path]) -> tuple[int, int]:
+    t0 = time.monotonic()
+    for vmid in VMIDS:
+        provision("up", str(files[f"ct{vmid}"]), "--yes", "--only", "gpu,container,driver")
+    TIMES["two containers (container+driver steps)"] = time.monotonic() - t0
+    assert [smi(node, v) for v in VMIDS] == ["580.95.05", "580.95.05"]
+    return VMIDS
+
+
+def test_refuses_when_dkms_cannot_build_for_a_newer_kernel(node: SimNode, files: dict[str, Path],
+                                                            two_cts: tuple[int, int]) -> None:
+    node.faults.set_newer_kernel(NEWER, has_module=True)  # installed, headers in place, 580 built for it
+    node.faults.dkms_build_fails("595.71.05", NEWER)      # ...but 595 does not build against it
+    booted = boots(node)
+    before, dkms_before = packages(node), host(node, "dkms status")
+    try:
+        plan = last_json(provision("--json", "host", str(files["595"]), "--plan"))
+        assert NEWER in plan["planned"][0]["summary"] or any(NEWER in c["summary"] for c in plan["planned"])
+        proc = provision("host", str(files["595"]), "--yes", "--reboot", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert f"DKMS cannot build NVIDIA 595.71.05 for kernel {NEWER}" in proc.stderr
+        assert "the next reboot would lose the GPU" in proc.stderr
+        assert f"Error! Bad return status for module build on kernel: {NEWER}" in proc.stderr
+        # nothing moved: packages, DKMS, the loaded module, no reboot, the containers
+        assert packages(node) == before and host(node, "dkms status") == dkms_before
+        assert host(node, "cat /sys/module/nvidia/version").strip() == "580.95.05"
+        assert boots(node) == booted  # no reboot
+        assert [smi(node, v) for v in VMIDS] == ["580.95.05", "580.95.05"]
+    finally:
+        (node.sim_root / "host/pkg/dkms-broken").unlink(missing_ok=True)
+
+
+def test_upgrade_moves_two_containers_in_lockstep(node: SimNode, files: dict[str, Path],
+                                                  two_cts: tuple[int, int]) -> None:
+    # the second container is stopped and not started at boot: lockstep starts it, moves it, stops it
+    host(node, f"pct set {VMIDS[1]} --onboot 0 && pct stop {VMIDS[1]}")
+    plan = last_json(provision("--json", "host", str(files["latest"]), "--plan", "--reboot"))
+    assert plan["target"] == "595.71.05" and plan["reboot_required"] is True
+    assert plan["lockstep"] == {str(VMIDS[0]): {"before": "580.95.05", "after": "595.71.05"},
+                                str(VMIDS[1]): {"before": "stopped", "after": "595.71.05"}}
+    assert [c["action"] for c in plan["planned"]][-2:] == ["reboot", "lockstep"]
+    t0 = time.monotonic()
+    data = last_json(provision("--json", "host", str(files["latest"]), "--yes", "--reboot"))
+    TIMES["upgrade + reboot + lockstep of 2 CTs"] = time.monotonic() - t0
+    assert [c["action"] for c in data["applied"]][-2:] == ["reboot", "lockstep"]
+    assert boots(node) == 2
+    assert host(node, "cat /sys/module/nvidia/version").strip() == "595.71.05"
+    status = host(node, "dkms status")
+    kver = host(node, "uname -r").strip()
+    for k in (kver, NEWER):  # built for the running kernel and the installed newer one
+        assert f"nvidia/595.71.05, {k}, x86_64: installed" in status, status
+    assert "580.95.05" not in status
+    assert "status: stopped" in host(node, f"pct status {VMIDS[1]}")  # stopped again, as it was
+    host(node, f"pct start {VMIDS[1]}")
+    for vmid in VMIDS:
+        assert smi(node, vmid) == "595.71.05"
+        libs = host(node, f"pct exec {vmid} -- sh -c 'ls /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.*'")
+        assert "libnvidia-ml.so.595.71.05" in libs and "580.95.05" not in libs
+    again = last_json(provision("--json", "host", str(files["latest"]), "--plan"))
+    assert again["planned"] == [] and again["lockstep"] == {}
+    for vmid in VMIDS:
+        assert last_json(provision("--json", "plan", str(files[f"ct{vmid}"]), "--only", "driver"))["planned"] == []
+        doc = json.loads(provision("--json", "doctor", str(files[f"ct{vmid}"]), check=False).stdout)
+        driver = [f for f in doc["findings"] if f["id"].startswith("driver.")]
+        assert driver and all(f["status"] == "ok" for f in driver), driver
+
+
+def test_the_previous_version_stays_installable(node: SimNode, files: dict[str, Path],
+                                                two_cts: tuple[int, int]) -> None:
+    assert "580.95.05" in host(node, "apt-cache madison nvidia-driver-cuda")
+    plan = last_json(provision("--json", "host", str(files["580"]), "--plan"))
+    actions = [c["action"] for c in plan["planned"]]
+    assert "check" in actions and "downgrade" in actions and plan["reboot_required"] is True
+    assert '"previous": "580.95.05"' in host(node, "cat /var/lib/provision/host-driver/state.json")
