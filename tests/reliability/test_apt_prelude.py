@@ -84,7 +84,8 @@ def test_gives_up_after_the_timeout_naming_the_holder(locks):
         proc.wait()
     assert f"exit={LOCK_TIMEOUT_EXIT}" in r.stdout
     assert f"still held by PID {proc.pid} (unattended-upgr) on {locks[0]} after 2s; giving up" in r.stderr
-    assert "fix:" in r.stderr and 1.5 < waited < 10
+    # gave up well before the holder let go (60 s); generous for a loaded 2-core machine
+    assert "fix:" in r.stderr and 1.5 < waited < 40
 
 
 def test_timeout_comes_from_the_config(locks):
