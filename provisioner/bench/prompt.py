@@ -10,10 +10,12 @@ code and prose); the benchmark reports the real token counts llama-server saw.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-CHARS_PER_TOKEN = 3.6
+CHARS_PER_TOKEN = 4.3  # prose and JSON schemas
+CODE_CHARS_PER_TOKEN = 3.1  # line-numbered Python as the Read tool shows it
 
 SYSTEM = """You are an interactive CLI tool that helps users with software engineering tasks. Use the \
 instructions below and the tools available to you to assist the user.
@@ -152,39 +154,35 @@ TASK = ("Add a `max_retries` option to the upstream client in the file above: re
         "stream started. Show the complete changed functions and a unit test for the new behaviour.")
 
 
-def _code(chars: int) -> tuple[str, str]:
-    """(path, text): real source of about ``chars`` characters, cut at a line boundary."""
+def _numbered_code(chars: int) -> tuple[str, str, int]:
+    """(path, text, lines): real source shown like the Read tool does, about ``chars`` characters long."""
     root = Path(__file__).resolve().parent.parent
-    parts: list[str] = []
+    more = sorted(str(f.relative_to(root)) for d in ("gateway", "engine", "operations", "doctor")
+                  for f in (root / d).glob("*.py"))
+    out: list[str] = []
     used = 0
-    for rel in SOURCES:
-        text = (root / rel).read_text(encoding="utf-8")
-        parts.append(f"# ---- provisioner/{rel}\n{text}")
-        used += len(parts[-1])
-        if used >= chars:
-            break
-    joined = "".join(parts)
-    cut = joined[:chars]
-    if len(joined) > chars and "\n" in cut:
-        cut = cut[:cut.rindex("\n") + 1]
-    return "provisioner/" + SOURCES[0], cut
+    for rel in SOURCES + [m for m in more if m not in SOURCES]:
+        lines = [f"# ---- provisioner/{rel}"] + (root / rel).read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            numbered = f"{len(out) + 1:6}\t{line}\n"
+            if used + len(numbered) > chars:
+                return "provisioner/" + SOURCES[0], "".join(out), len(out)
+            out.append(numbered)
+            used += len(numbered)
+    return "provisioner/" + SOURCES[0], "".join(out), len(out)
 
 
-def overhead_tokens() -> int:
+def overhead_tokens(tools: bool = True) -> int:
     """Approximate tokens of everything but the code: system prompt, tools, task, framing."""
-    import json
-
-    fixed = len(SYSTEM) + len(json.dumps(TOOLS)) + len(TASK) + 200
+    fixed = len(SYSTEM) + len(TASK) + 150 + (len(json.dumps(TOOLS)) if tools else 0)
     return int(fixed / CHARS_PER_TOKEN)
 
 
 def coding_prompt(tokens: int, *, tools: bool = True) -> dict[str, Any]:
     """The request parts for a prompt of about ``tokens`` tokens (at least the fixed part)."""
-    code_tokens = max(0, tokens - (overhead_tokens() if tools else int((len(SYSTEM) + len(TASK)) / CHARS_PER_TOKEN)))
-    path, code = _code(int(code_tokens * CHARS_PER_TOKEN))
-    lines = code.splitlines()
-    numbered = "\n".join(f"{i + 1:6}\t{line}" for i, line in enumerate(lines))
-    user = (f"I read /home/dev/project/{path} earlier with the Read tool:\n<file path=\"{path}\">\n{numbered}\n"
+    code_tokens = max(0, tokens - overhead_tokens(tools))
+    path, code, lines = _numbered_code(int(code_tokens * CODE_CHARS_PER_TOKEN))
+    user = (f"I read /home/dev/project/{path} earlier with the Read tool:\n<file path=\"{path}\">\n{code}"
             f"</file>\n\n{TASK}") if code else TASK
     return {"system": SYSTEM, "tools": TOOLS if tools else [], "user": user, "approx_tokens": tokens,
-            "code_lines": len(lines)}
+            "code_lines": lines}
