@@ -269,8 +269,24 @@ def environment(p: dict[str, Any], key: str | None) -> dict[str, Any]:
         with open(unit, encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("ExecStart="):
-                    env["server_command"] = line[len("ExecStart="):].strip()
+                    env["server_command"] = mask_flags(line[len("ExecStart="):].strip())
     return env
+
+
+SECRET_FLAGS = ("--api-key", "--hf-token", "-hft")
+
+
+def mask_flags(command: str) -> str:
+    """The command line with the values of secret flags replaced, before it leaves this process."""
+    words = command.split(" ")
+    for i, word in enumerate(words):
+        flag, eq, _ = word.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                words[i] = f"{flag}=********"
+            elif i + 1 < len(words):
+                words[i + 1] = "********"
+    return " ".join(words)
 
 
 def status(text: str) -> None:
