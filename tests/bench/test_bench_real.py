@@ -120,6 +120,7 @@ def test_report_schema_table_and_file(measured, tmp_path):
     console = Console(record=True, width=200)
     console.print(render_table(report))
     text = console.export_text()
+    print("\n" + text)  # the measured figures (pytest -s)
     for label in ("direct: prompt processing", "direct: generation", "gateway: time to first token",
                   "gateway/direct: TTFT"):
         assert label in text
