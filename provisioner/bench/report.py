@@ -11,7 +11,7 @@ masked, and the whole document goes through ``redact_obj`` once more.
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..redact import MASK, redact_obj
@@ -19,7 +19,7 @@ from .stats import summarize
 
 SCHEMA = "provision-bench/1"
 
-# (key, path in a run, label, unit, higher is better)
+# (summary key, where in a run, label, unit)
 METRICS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("direct.pp_tps", ("direct", "pp_tps"), "direct: prompt processing", "tok/s"),
     ("direct.tg_tps", ("direct", "tg_tps"), "direct: generation", "tok/s"),
@@ -91,7 +91,7 @@ def build_report(raw: dict[str, Any], *, params: dict[str, Any], target: dict[st
         summary[key] = summarize(values)
     report = {
         "schema": SCHEMA,
-        "date": (date or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "date": (date or datetime.now(UTC)).isoformat(timespec="seconds"),
         "target": target,
         "model": {"id": params.get("model_id"), "path": env.get("model_path"), "ftype": env.get("model_ftype"),
                   "params": env.get("model_params"), "size_bytes": env.get("model_size_bytes")},

@@ -16,7 +16,14 @@ from typing import Any
 
 from ..config.schema import HostFile
 from ..errors import ProvisionError, RemoteError
-from ..facts.services import GATEWAY_KEY, GATEWAY_VENV, LLAMA_ROOT, SERVER_KEY, unit_path, LLAMA_UNIT
+from ..facts.services import (
+    GATEWAY_KEY,
+    GATEWAY_VENV,
+    LLAMA_ROOT,
+    LLAMA_UNIT,
+    SERVER_KEY,
+    unit_path,
+)
 from ..operations.units import local_host
 from ..templating import render
 from . import measure

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,9 +37,9 @@ def bench(file: Path = typer.Argument(..., help="The host file (YAML)."),
           no_tools: bool = typer.Option(False, "--no-tools", help="Leave the tool definitions out of the prompt."),
           direct_only: bool = typer.Option(False, "--direct-only", help="Measure llama-server only, not the gateway."),
           timeout: float = typer.Option(900.0, "--timeout", help="Seconds one request may take."),
-          vmid: Optional[int] = typer.Option(None, "--vmid", help="Measure this container; FILE gives the "
+          vmid: int | None = typer.Option(None, "--vmid", help="Measure this container; FILE gives the "
                                              "connection and services."),
-          out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the JSON report here.")) -> int:
+          out_file: Path | None = typer.Option(None, "--out", "-o", help="Save the JSON report here.")) -> int:
     """Measure prompt processing and generation speed, directly and through the gateway."""
     from rich.console import Console
 

@@ -3,6 +3,7 @@ gateway in front of it, both on 127.0.0.1 with API keys, for the benchmark tests
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,9 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.llama_bin import llama_server  # noqa: E402
+from services.llama_bin import llama_server
 
-from provisioner.sim import assets  # noqa: E402
+from provisioner.sim import assets
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA_KEY = "bench-llama-key-7f3a9c1e"
@@ -64,15 +65,15 @@ class Stack:
         self.unit.write_text("[Service]\nExecStart=" + " ".join(self.argv) + f" --api-key {LLAMA_KEY}\n")
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         llog = self.tmp / "llama.log"
         with open(llog, "w") as fh:
             self.procs.append(subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT))
         wait_http(self.llama_url + "/health", self.procs[-1], 120, llog)
         conf = self.tmp / "gateway.json"
-        conf.write_text('{"listen_port": %d, "upstream_url": "%s", "api_key_file": "%s", '
-                        '"upstream_api_key_file": "%s", "local_model_id": "smollm2"}'
-                        % (self.gateway_port, self.llama_url, self.gateway_key, self.llama_key))
+        conf.write_text(json.dumps({"listen_port": self.gateway_port, "upstream_url": self.llama_url,
+                                    "api_key_file": str(self.gateway_key),
+                                    "upstream_api_key_file": str(self.llama_key), "local_model_id": "smollm2"}))
         glog = self.tmp / "gateway.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with open(glog, "w") as fh:

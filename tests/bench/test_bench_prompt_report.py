@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import json
 
-from provisioner.bench.prompt import CODE_CHARS_PER_TOKEN, SYSTEM, TOOLS, coding_prompt, overhead_tokens
-from provisioner.bench.report import METRICS, SCHEMA, build_report, server_flags, table_rows
-from provisioner.bench.runner import BenchOptions, params_for, parse_output, public_params
+import pytest
+
+from provisioner.bench.prompt import (
+    CODE_CHARS_PER_TOKEN,
+    SYSTEM,
+    TOOLS,
+    coding_prompt,
+    overhead_tokens,
+)
+from provisioner.bench.report import (
+    METRICS,
+    SCHEMA,
+    build_report,
+    server_flags,
+    table_rows,
+)
+from provisioner.bench.runner import (
+    BenchOptions,
+    params_for,
+    parse_output,
+    public_params,
+)
 from provisioner.errors import ProvisionError
 from provisioner.redact import MASK
-
-import pytest
 
 
 def test_prompt_is_a_coding_agent_turn_of_the_requested_size():

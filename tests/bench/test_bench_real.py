@@ -16,18 +16,23 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import GATEWAY_KEY, LLAMA_KEY
 from rich.console import Console
 
 from provisioner.bench import measure
 from provisioner.bench.prompt import coding_prompt
 from provisioner.bench.report import SCHEMA, build_report, render_table
-from provisioner.bench.runner import BenchOptions, params_for, public_params, run_in_ct, script
+from provisioner.bench.runner import (
+    BenchOptions,
+    params_for,
+    public_params,
+    run_in_ct,
+    script,
+)
 from provisioner.cli.bench import write_report
 from provisioner.connectors.ssh import Result
 from provisioner.errors import ProvisionError
 from provisioner.redact import MASK
-
-from conftest import GATEWAY_KEY, LLAMA_KEY
 
 GEN = 16
 
@@ -41,7 +46,8 @@ class LocalShell:
         self.stdout = ""
 
     def run(self, text: str, *, timeout: float | None = None, on_line=None) -> Result:
-        proc = subprocess.run(["bash", "-s"], input=text, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(["bash", "-s"], input=text, capture_output=True, text=True, timeout=timeout,
+                              check=False)
         self.stdout = proc.stdout
         for line in proc.stdout.splitlines():
             if on_line:
@@ -51,9 +57,9 @@ class LocalShell:
 
 def params(stack, **kw):
     opts = kw.pop("opts", BenchOptions(prompt_tokens=2300, gen_tokens=GEN, runs=2, warmup=1, timeout=300))
-    values = dict(llama_url=stack.llama_url, gateway_url=stack.gateway_url, model_id="smollm2",
-                  llama_key_file=str(stack.llama_key), gateway_key_file=str(stack.gateway_key),
-                  unit_file=str(stack.unit), build_stamp=None)
+    values = {"llama_url": stack.llama_url, "gateway_url": stack.gateway_url, "model_id": "smollm2",
+              "llama_key_file": str(stack.llama_key), "gateway_key_file": str(stack.gateway_key),
+              "unit_file": str(stack.unit), "build_stamp": None}
     values.update(kw)
     return params_for(opts, **values)
 

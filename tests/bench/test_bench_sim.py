@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from services.llama_bin import install_script, llama_server
 
 from provisioner.sim import assets
 from provisioner.sim.hostfile import host_data
-
-from services.llama_bin import install_script, llama_server
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(2400)]
 VMID = 189
@@ -50,7 +49,8 @@ def test_bench_through_the_cli(sim_node, tmp_path) -> None:
     data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
         "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source())}},
         "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(MODELS_DIR)},
-        "server": {"ctx_size": 4096, "threads": 2, "health_timeout": 300},
+        "server": {"ctx_size": 32768, "threads": 2, "health_timeout": 300,
+                   "override_kv": ["llama.context_length=int:32768"]},
     })
     path = tmp_path / "host.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
