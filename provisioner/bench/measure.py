@@ -9,8 +9,8 @@ while it works, then one ``result <json>`` line; on failure ``error <text>`` and
 
 Per run it sends the same coding-agent prompt (with its own nonce at the very start,
 so no request reuses another's prompt cache) once directly to llama-server
-(``/v1/chat/completions``, streaming, ``cache_prompt: false``; the server's
-``timings`` block gives prompt and generation speed) and once through the gateway
+(``/v1/chat/completions``, streaming, the body the gateway itself would send upstream;
+the server's ``timings`` block gives prompt and generation speed) and once through the gateway
 (``/v1/messages``, streaming; time to first token and generation speed from the
 event timestamps and ``usage``). The order alternates between runs so a drift in
 clock or temperature does not always favour one path. Run 0 is a warm-up, reported
@@ -122,11 +122,12 @@ def run_direct(p: dict[str, Any], key: str | None) -> dict[str, Any]:
                      {"role": "user", "content": prompt["user"]}],
         "max_tokens": p["gen_tokens"], "temperature": 0, "stream": True,
         "stream_options": {"include_usage": True},
-        # llama.cpp extensions: no reuse of cached prompt tokens; exactly max_tokens generated
-        "cache_prompt": False, "ignore_eos": True,
     }
     if prompt.get("tools"):
+        # what the gateway sends upstream for the same Anthropic request, so the two paths differ
+        # by the gateway only (no cache_prompt/ignore_eos: the gateway cannot send them either)
         body["tools"] = openai_tools(prompt["tools"])
+        body["parallel_tool_calls"] = True
     headers = {"authorization": f"Bearer {key}"} if key else {}
     t0 = time.monotonic()
     first = last = None
@@ -267,9 +268,10 @@ def environment(p: dict[str, Any], key: str | None) -> dict[str, Any]:
     unit = p.get("unit_file")
     if unit and os.path.exists(unit):
         with open(unit, encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("ExecStart="):
-                    env["server_command"] = mask_flags(line[len("ExecStart="):].strip())
+            text = fh.read().replace("\\\n", " ")  # systemd's line continuations
+        for line in text.splitlines():
+            if line.startswith("ExecStart="):
+                env["server_command"] = mask_flags(line[len("ExecStart="):].strip())
     return env
 
 
@@ -278,7 +280,7 @@ SECRET_FLAGS = ("--api-key", "--hf-token", "-hft")
 
 def mask_flags(command: str) -> str:
     """The command line with the values of secret flags replaced, before it leaves this process."""
-    words = command.split(" ")
+    words = command.split()
     for i, word in enumerate(words):
         flag, eq, _ = word.partition("=")
         if flag in SECRET_FLAGS:

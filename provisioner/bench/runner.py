@@ -70,7 +70,7 @@ def public_params(params: dict[str, Any]) -> dict[str, Any]:
             "code_lines": prompt["code_lines"], "tools": [t["name"] for t in prompt["tools"]],
             "gen_tokens": params["gen_tokens"], "runs": params["runs"], "warmup": params["warmup"],
             "model_id": params["model_id"], "llama_url": params["llama_url"], "gateway_url": params["gateway_url"],
-            "direct_api": "/v1/chat/completions (stream, cache_prompt false, ignore_eos)",
+            "direct_api": "/v1/chat/completions (stream; the body the gateway sends upstream)",
             "gateway_api": "/v1/messages (stream)" if params["gateway_url"] else None}
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.llama_bin import llama_server
 
+from provisioner.operations.units import exec_start
 from provisioner.sim import assets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,8 @@ class Stack:
                      "--port", str(self.llama_port), "-c", "4096", "--parallel", "1", "--threads", "2",
                      "--api-key-file", str(self.llama_key), "--metrics"]
         self.unit = tmp / "llama-server.service"
-        self.unit.write_text("[Service]\nExecStart=" + " ".join(self.argv) + f" --api-key {LLAMA_KEY}\n")
+        # written by the services step's own exec_start (one argument per continuation line)
+        self.unit.write_text("[Service]\nExecStart=" + exec_start([*self.argv, "--api-key", LLAMA_KEY]) + "\n")
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> Stack:
