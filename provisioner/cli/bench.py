@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -76,7 +77,8 @@ def bench(file: Path = typer.Argument(..., help="The host file (YAML)."),
     if out.json_mode:
         typer.echo(json.dumps(report))
     else:
-        Console(highlight=False).print(render_table(report))
+        # piped into a file: wide enough for one line per metric (rich assumes 80 columns then)
+        Console(highlight=False, width=None if sys.stdout.isatty() else 132).print(render_table(report))
         if out_file is not None:
             out.line(f"report saved to {out_file}")
     return 0

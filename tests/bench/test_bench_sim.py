@@ -65,6 +65,7 @@ def test_bench_through_the_cli(sim_node, tmp_path) -> None:
         proc = provision("--json", "bench", str(path), "--runs", "2", "--prompt-tokens", "2300",
                          "--gen-tokens", "8", "--out", str(out), src=src)
         report = json.loads(proc.stdout.strip().splitlines()[-1])
+        print("\n" + json.dumps(report["summary"], indent=1))  # the measured figures (pytest -s)
         assert json.loads(out.read_text()) == report
         assert report["target"]["vmid"] == VMID and report["model"]["id"] == "smollm2"
         assert len(report["runs"]) == 2 and len(report["warmup"]) == 1
@@ -83,8 +84,8 @@ def test_bench_through_the_cli(sim_node, tmp_path) -> None:
 
         table = provision("bench", str(path), "--runs", "1", "--warmup", "0", "--prompt-tokens", "0",
                           "--no-tools", "--gen-tokens", "4", "--direct-only", src=src)
-        assert "direct: prompt processing" in table.stdout and "gateway:" not in table.stdout
         print("\n" + table.stdout)  # the measured table (pytest -s)
+        assert "direct: prompt processing" in table.stdout and "gateway:" not in table.stdout
     finally:
         sim_node.destroy_ct(VMID)
         shutil.rmtree(MODELS_DIR, ignore_errors=True)
