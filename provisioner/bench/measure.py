@@ -219,6 +219,9 @@ def one_run(p: dict[str, Any], index: int, keys: dict[str, str | None]) -> dict[
     if "gateway" in row:
         d, g = row["direct"], row["gateway"]
         row["overhead"] = {"ttft_ratio": ratio(g["ttft_s"], d["ttft_s"]),
+                           # the whole request, when both generated as many tokens (else None)
+                           "wall_ratio": ratio(g["wall_s"], d["wall_s"])
+                           if g["output_tokens"] == d["output_tokens"] else None,
                            "tg_ratio": ratio(g["tg_tps_client"], d["tg_tps_client"]),
                            "ttft_added_s": None if g["ttft_s"] is None or d["ttft_s"] is None
                            else g["ttft_s"] - d["ttft_s"]}

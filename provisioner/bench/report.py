@@ -34,6 +34,7 @@ METRICS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("overhead.ttft_ratio", ("overhead", "ttft_ratio"), "gateway/direct: TTFT", "x"),
     ("overhead.ttft_added_s", ("overhead", "ttft_added_s"), "gateway: TTFT added", "s"),
     ("overhead.tg_ratio", ("overhead", "tg_ratio"), "gateway/direct: generation speed", "x"),
+    ("overhead.wall_ratio", ("overhead", "wall_ratio"), "gateway/direct: whole request", "x"),
     # the direct path's generation speed seen from the client, to compare with the gateway's
     ("direct.tg_tps_client", ("direct", "tg_tps_client"), "direct: generation (client clock)", "tok/s"),
 ]

@@ -99,6 +99,10 @@ def test_numbers_are_sane_and_consistent(measured):
         assert g["pp_tps"] == pytest.approx(g["prompt_tokens"] / g["ttft_s"])
         assert o["ttft_ratio"] == pytest.approx(g["ttft_s"] / d["ttft_s"])
         assert o["ttft_added_s"] == pytest.approx(g["ttft_s"] - d["ttft_s"])
+        if g["output_tokens"] == d["output_tokens"]:
+            assert o["wall_ratio"] == pytest.approx(g["wall_s"] / d["wall_s"])
+        else:
+            assert o["wall_ratio"] is None
         if g["tg_tps_client"] is not None:
             assert o["tg_ratio"] == pytest.approx(g["tg_tps_client"] / d["tg_tps_client"])
         # client-side and server-side generation speed of the direct path agree roughly
