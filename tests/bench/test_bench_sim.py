@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from services.llama_bin import install_script, llama_server
 
 from provisioner.sim import assets
 from provisioner.sim.hostfile import host_data
+from provision_cli import provision_cli
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(2400)]
 VMID = 189
@@ -31,11 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def provision(*args: str, src: Path, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-c", "from provisioner.cli.main import run; run()", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False, cwd=src,
-                          env={**os.environ, "PYTHONPATH": str(src)})
-    assert proc.returncode == 0, f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}"
-    return proc
+    return provision_cli(*args, timeout=timeout, pythonpath=src)
 
 
 def test_bench_through_the_cli(sim_node, tmp_path) -> None:

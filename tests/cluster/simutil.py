@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import yaml
 
 from provisioner.sim.fixture import SimNode
 from provisioner.sim.hostfile import host_data
+from provision_cli import last_json, provision_cli
 
 
 def host_file(path: Path, api_node: SimNode, members: list[SimNode], *, vmid: int, node: str,
@@ -30,19 +29,14 @@ def host_file(path: Path, api_node: SimNode, members: list[SimNode], *, vmid: in
 
 
 def provision(*args: str, only: str = "container,gpu", check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "provisioner.cli.main", *args]
     if any(a in ("up", "plan") for a in args[:3]):
-        cmd += ["--only", only]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}\n"
-                             f"{proc.stdout[-2000:]}")
-    return proc
+        args = (*args, "--only", only)
+    return provision_cli(*args, check=check)
 
 
 def up(path: Path, **kw: Any) -> dict:
     proc = provision("--json", "up", str(path), "--yes", **kw)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc)
 
 
 def gpu_devs(node: SimNode, vmid: int) -> list[str]:

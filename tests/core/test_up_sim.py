@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from provisioner.sim.hostfile import host_data, write_host_file
+from provisioner.sim.hostfile import write_host_file
+from provision_cli import last_json, provision_cli
 
 pytestmark = pytest.mark.sim
 
@@ -19,15 +19,10 @@ def provision(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     """The real CLI, limited to the container step (GPU, driver and services have their own tests)."""
     if args and args[-1] != "--only" and any(a in ("up", "plan") for a in args[:3]):
         args = (*args, "--only", "container")
-    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
-    return proc
+    return provision_cli(*args, check=check)
 
 
-def as_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+as_json = last_json
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from provision_cli import last_json, provision_cli
 
 # the first test carries the first `up` (a llama.cpp build: ~5 min idle, longer on a busy machine)
 pytestmark = [pytest.mark.sim, pytest.mark.e2e, pytest.mark.timeout(2700)]
@@ -39,16 +39,7 @@ PHASES: dict[str, float] = {}
 
 def provision(*args: str, env: dict | None = None, timeout: float = 3000, check: bool = True
               ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stderr[-6000:]}\n{proc.stdout[-3000:]}")
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return provision_cli(*args, check=check, timeout=timeout, env=env)
 
 
 def host(cmd: str) -> str:

@@ -23,6 +23,7 @@ import yaml
 from provisioner.sim import manage
 from provisioner.sim.fixture import SimNode, allocate_ip, start_sim_node
 from provisioner.sim.hostfile import host_data
+from provision_cli import last_json, provision_cli
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(600)]
 
@@ -32,12 +33,7 @@ STEPS = "container,gpu"  # gpu: the devN entries (boot_fix off: nothing written 
 
 
 def provision(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          check=False, timeout=timeout)
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return provision_cli(*args, check=False, timeout=timeout)
 
 
 def data_for(node: SimNode, vmid: int) -> dict:

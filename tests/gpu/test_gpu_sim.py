@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +18,7 @@ import yaml
 from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH
 from provisioner.sim.hostfile import write_host_file
 from provisioner.sim.nvidia import NvidiaHost
+from provision_cli import last_json, provision_cli
 
 # the CPU build takes ~5 min on 2 idle cores and much longer when other builds share them
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3600)]
@@ -32,18 +32,12 @@ MEASURED = Path("/tmp/provision-gpu-sim-build.json")
 
 def provision(*args: str, only: str = STEPS, check: bool = True, timeout: float = 1800
               ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "provisioner.cli.main", *args]
     if any(a in ("up", "plan") for a in args[:3]):
-        cmd += ["--only", only]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}\n"
-                             f"{proc.stdout[-2000:]}")
-    return proc
+        args = (*args, "--only", only)
+    return provision_cli(*args, check=check, timeout=timeout)
 
 
-def report(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+report = last_json
 
 
 def applied(rep: dict) -> list[tuple[str, str]]:

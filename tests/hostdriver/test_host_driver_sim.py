@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from provisioner.sim import manage
 from provisioner.sim.fixture import SimNode, start_sim_node
 from provisioner.sim.hostfile import write_host_file
 from provisioner.sim.nvidia import Gpu
+from provision_cli import last_json, provision_cli
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(900)]
 
@@ -36,16 +36,7 @@ TIMES: dict[str, float] = {}
 
 
 def provision(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-5000:]}\n"
-                             f"{proc.stdout[-2000:]}")
-    return proc
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return provision_cli(*args, check=check, timeout=timeout)
 
 
 def host(node: SimNode, cmd: str) -> str:

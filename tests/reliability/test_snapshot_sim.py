@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,24 +12,17 @@ from provisioner.config import load
 from provisioner.engine import run
 from provisioner.facts.pve import MARKER_LINE
 from provisioner.sim.hostfile import write_host_file
+from provision_cli import last_json, provision_cli
 
 pytestmark = pytest.mark.sim
 VMID = 901
-CLI = "import sys; from provisioner.cli.main import run; run(sys.argv[1:])"
 
 
 def provision(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    # the installed entry point's way in (`-m provisioner.cli.main` would not see commands that
-    # register themselves on provisioner.cli.main.app, such as rollback)
-    proc = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
-    return proc
+    return provision_cli(*args, check=check)
 
 
-def as_json(proc: subprocess.CompletedProcess[str]) -> dict:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+as_json = last_json
 
 
 def with_changes(path: Path, tmp: Path, name: str, **container) -> Path:

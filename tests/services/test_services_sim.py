@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from provisioner.sim.hostfile import host_data
 
 from .hub_server import HubServer
 from .llama_bin import install_script, llama_server
+from provision_cli import provision_cli
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3000)]
 #: CT id per flavour: PVE 9 creates unprivileged CTs by default, our host file default is privileged
@@ -57,12 +57,7 @@ def provision(*args: str, check: bool = True, timeout: int = 2400, only: tuple[s
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     if "up" in args:
         args = (*args, *only)
-    proc = subprocess.run([sys.executable, "-c", "from provisioner.cli.main import run; run()", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False, cwd=SNAPSHOT[0],
-                          env={**os.environ, "PYTHONPATH": str(SNAPSHOT[0]), **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"provision {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}\n{proc.stdout}")
-    return proc
+    return provision_cli(*args, check=check, timeout=timeout, env=env, pythonpath=SNAPSHOT[0])
 
 
 def report(proc: subprocess.CompletedProcess[str]) -> dict:
