@@ -97,7 +97,8 @@ class _Transient(Exception):
     """A read failed for a reason that may pass (connection reset, timeout, 502-504)."""
 
 
-Validator = Callable[[str, str, dict[str, Any]], dict[str, str]]
+#: (schema version, method, path, params) -> problems by parameter; empty when the request is valid
+Validator = Callable[[str, str, str, dict[str, Any]], dict[str, str]]
 
 
 class PVE:
@@ -109,6 +110,9 @@ class PVE:
         self.node = endpoint.node
         self.calls = 0
         self._validator = validator
+        #: the PVE API schema ("8.4", "9.1") requests are validated against; None until the
+        #: server's version is known (facts set it from /version), and nothing is checked before
+        self.schema_version: str | None = None
         verify: bool | str
         if endpoint.fingerprint or endpoint.insecure:
             verify = False
@@ -168,8 +172,8 @@ class PVE:
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        if self._validator is not None:
-            problems = self._validator(method, path, params)
+        if self._validator is not None and self.schema_version is not None:
+            problems = self._validator(self.schema_version, method, path, params)
             if problems:
                 raise ProxmoxError(f"{method} {path}: the request does not match the PVE API schema",
                                    errors=problems, host=self.endpoint.host,

@@ -98,9 +98,7 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
     want_vmid = cfg.container.vmid if isinstance(cfg.container.vmid, int) else None
     try:
         pve = gather_pve(conn.pve, vmid=want_vmid, hostname=cfg.container.hostname)
-        state = getattr(conn.pve, "_version_state", None)
-        if state is not None:
-            state["version"] = pve.version if pve.version in ("8.4", "9.1") else None
+        conn.pve.schema_version = pve.version if pve.version in ("8.4", "9.1") else None
         access.pve_release = pve.release
     except ProvisionError as exc:
         access.api_error = exc

@@ -44,20 +44,16 @@ def root_path(cfg: HostFile) -> str:
     return "ssh"
 
 
-def pve_validator(version_getter: Callable[[], str | None]):
-    """Validate every request against the official schema of the server's version."""
+def pve_validator(version: str, method: str, path: str, params: dict[str, Any]) -> dict[str, str]:
+    """Validate a request against the official schema of the server's version."""
     from ..pveschema import UnknownEndpoint, validate
 
-    def check(method: str, path: str, params: dict[str, Any]) -> dict[str, str]:
-        version = version_getter()
-        if version is None or path in ("/version",):
-            return {}
-        try:
-            return validate(version, method, path, params)
-        except UnknownEndpoint:
-            return {}
-
-    return check
+    if path == "/version":
+        return {}
+    try:
+        return validate(version, method, path, params)
+    except UnknownEndpoint:
+        return {}
 
 
 def connect(cfg: HostFile) -> Connections:
@@ -70,11 +66,9 @@ def connect(cfg: HostFile) -> Connections:
     else:
         assert auth.password is not None
         creds = Credentials(user=auth.user, password=read_secret(auth.password, "proxmox.auth.password"))
-    state: dict[str, str | None] = {"version": None}
     pve = PVE(Endpoint(host=p.host, port=p.port, node=p.node, ca_file=str(Path(p.ca_file).expanduser()) if p.ca_file else None, fingerprint=p.fingerprint,
                        insecure=p.insecure, timeout=p.timeout), creds,
-              validator=pve_validator(lambda: state["version"]))
-    pve._version_state = state  # type: ignore[attr-defined]  # filled by gather_facts
+              validator=pve_validator)
     if p.node == placement.AUTO:  # a cluster: the node of our container, or one placement picks
         conn = Connections(pve=pve, ssh=SSH(SSHTarget(host=p.host)))
         placement.resolve(cfg, conn)
@@ -109,9 +103,7 @@ def gather_facts(cfg: HostFile, conn: Connections, steps: list[Step], *, allow_r
                  vmid_hint: int | None = None) -> PlanContext:
     vmid = cfg.container.vmid if isinstance(cfg.container.vmid, int) else vmid_hint
     pfacts = gather_pve(conn.pve, vmid=vmid, hostname=cfg.container.hostname)
-    state = getattr(conn.pve, "_version_state", None)
-    if state is not None:
-        state["version"] = pfacts.version if pfacts.version in ("8.4", "9.1") else _nearest(pfacts.version)
+    conn.pve.schema_version = pfacts.version if pfacts.version in ("8.4", "9.1") else _nearest(pfacts.version)
     running = bool(pfacts.ct and pfacts.ct.running)
     facts = gather(conn.ssh, step_facts(steps), vmid=pfacts.ct.vmid if pfacts.ct else None, ct_running=running)
     return PlanContext(cfg=cfg, pve=pfacts, facts=facts, root_path=root_path(cfg), allow_restart=allow_restart,
