@@ -77,6 +77,10 @@ def prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version
         raise RuleError(f"unable to modify read-only option: '{opt}'")
     elif opt == "tags":
         return normalise_tags(value)
+    elif re.fullmatch(r"net\d+", opt):
+        # parse_lxc_network gives a missing hwaddr a random one already here, so the pending
+        # value (and what a running CT hot-plugs) carries the address it will keep
+        return print_network(opt, value, version)
     elif re.fullmatch(r"dev\d+", opt):
         path = parse_key(opt, value, version).get("path")
         if path is None:

@@ -94,3 +94,13 @@ def test_start_config_carries_raw_lxc_lines(tmp_path: Path) -> None:
     path.write_text(path.read_text() + "lxc.cgroup2.devices.allow: c 195:* rwm\n")
     values = apply_pending(store, 120, "9.1")
     assert values["lxc"] == "lxc.cgroup2.devices.allow: c 195:* rwm"
+
+
+def test_net_value_gets_its_hwaddr_when_written_like_parse_lxc_network() -> None:
+    """update_pct_config re-prints netN at PUT time: the pending value already has its MAC."""
+    from provisioner.sim.rules import prepare_value
+
+    value = prepare_value(120, {}, "net0", "bridge=vmbr0,name=eth0,ip=dhcp", "9.1")
+    assert value.startswith("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:") and value.endswith(",ip=dhcp,type=veth")
+    given = prepare_value(120, {}, "net0", "bridge=vmbr0,name=eth0,hwaddr=02:00:00:00:00:01", "8.4")
+    assert "hwaddr=02:00:00:00:00:01" in given
