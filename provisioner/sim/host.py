@@ -15,7 +15,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
-| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
+| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
 real host if missing. Each node has its own /dev, so nodes never share device nodes.
@@ -163,17 +163,25 @@ def shadow_tools(sim_root: Path) -> None:
 
 
 def shadow_etc(sim_root: Path) -> None:
-    """The sim host's own /etc/apt, /usr/share/keyrings and /etc/modprobe.d (seeded once)."""
+    """The sim host's own /etc/apt, keyrings, modprobe.d, systemd units and modules-load.d (seeded once).
+
+    What `provision` writes on a host (NVIDIA's repo, the nouveau blacklist, the boot unit,
+    nvidia_uvm at boot) thus lands in the node, never in this machine's /etc, and each node
+    starts from what a fresh host has.
+    """
     host = sim_root / "host"
     from provisioner.facts.host_driver import STATE_DIR
 
     for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
-                       ("/etc/modprobe.d", "etc/modprobe.d"), (STATE_DIR, "var/lib/provision/host-driver")):
+                       ("/etc/modprobe.d", "etc/modprobe.d"), (STATE_DIR, "var/lib/provision/host-driver"),
+                       ("/etc/systemd/system", "etc/systemd/system"), ("/etc/modules-load.d", "etc/modules-load.d")):
         Path(real).mkdir(parents=True, exist_ok=True)
         if not (host / mine).exists():
             shutil.copytree(real, host / mine, symlinks=True)
-            for f in (host / mine).glob("sources.list.d/cuda-*"):
-                f.unlink()
+            # a fresh host has none of what provision writes (left on this machine by older runs)
+            for pattern in ("sources.list.d/cuda-*", "provision-*", "*/provision-*", "nvidia-uvm.conf"):
+                for f in (host / mine).glob(pattern):
+                    f.unlink()
         _bind(host / mine, real)
     # (no bind over /proc/sys/kernel/random/boot_id: a file mounted over anything in /proc makes the
     # kernel refuse a fresh proc mount in a user namespace, so unprivileged CTs would not start)

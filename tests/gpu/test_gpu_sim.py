@@ -7,6 +7,7 @@ the order `up` runs them; the CPU build of llama-server happens once, here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -61,9 +62,6 @@ def host_file(sim_node, tmp_path_factory) -> Iterator[Path]:
         yield path
     finally:
         provision("down", str(path), "--yes", check=False)
-        # the sim host shares this machine's /etc: remove what the boot step wrote there
-        for p in (BOOT_WANTS_LINK, BOOT_UNIT_PATH, MODULES_CONF_PATH):
-            Path(p).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +85,22 @@ def test_passthrough_entries_appear_and_converge(sim_node, host_file: Path, pass
     assert again["applied"] == []
 
 
-def test_boot_unit_written_and_enabled_by_symlink(host_file: Path, passthrough: dict) -> None:
-    # the sim host is this machine (no systemd as PID 1): the unit is enabled by its WantedBy symlink.
-    # Other sim nodes on this machine share /etc, so start from a known state: unit not enabled.
-    Path(BOOT_WANTS_LINK).unlink(missing_ok=True)
+def test_boot_unit_written_and_enabled_by_symlink(sim_node, host_file: Path, passthrough: dict) -> None:
+    # the sim host has no systemd as PID 1: the unit is enabled by its WantedBy symlink. The node has
+    # its own /etc/systemd/system and /etc/modules-load.d (SIM_ROOT/host/etc/...), never this machine's.
+    def on_node(path: str) -> Path:
+        return sim_node.sim_root / "host" / path.lstrip("/")
+
+    before = {p: Path(p).exists() or Path(p).is_symlink() for p in (BOOT_UNIT_PATH, BOOT_WANTS_LINK)}
+    on_node(BOOT_WANTS_LINK).unlink(missing_ok=True)
     rep = report(provision("--json", "up", str(host_file), "--yes", only="gpu,container"))
     assert applied(rep) == [("gpu.host", "write")]
-    unit = Path(BOOT_UNIT_PATH).read_text()
+    unit = on_node(BOOT_UNIT_PATH).read_text()
     assert "Before=pve-guests.service" in unit and " -u -c=0" in unit
-    assert Path(BOOT_WANTS_LINK).is_symlink() and Path(BOOT_WANTS_LINK).resolve() == Path(BOOT_UNIT_PATH)
-    assert Path(MODULES_CONF_PATH).read_text().strip().endswith("nvidia_uvm")
+    assert os.readlink(on_node(BOOT_WANTS_LINK)) == BOOT_UNIT_PATH
+    assert on_node(MODULES_CONF_PATH).read_text().strip().endswith("nvidia_uvm")
+    # and this machine's own /etc is as it was
+    assert before == {p: Path(p).exists() or Path(p).is_symlink() for p in (BOOT_UNIT_PATH, BOOT_WANTS_LINK)}
 
 
 def test_missing_uvm_nodes_are_created(sim_node, host_file: Path, passthrough: dict) -> None:
