@@ -17,7 +17,8 @@ def host_file(path: Path, api_node: SimNode, members: list[SimNode], *, vmid: in
               ip_node: SimNode | None = None, extra: dict[str, Any] | None = None) -> Path:
     """A host file that talks to ``api_node``'s API, lists every member's SSH, puts CT ``vmid`` on ``node``.
 
-    gpu.boot_fix is off: the boot unit would land in this machine's real /etc (the sim host shares it).
+    gpu.boot_fix is off: these tests are about placement and devN entries (the boot unit has its own
+    tests in tests/gpu).
     """
     data = host_data(api_node.conn, vmid=vmid, gpu=True, extra=extra or {})
     data["proxmox"]["node"] = node

@@ -4,8 +4,8 @@ Node A is the session's ``sim_node``; node B is started here (its own name, port
 certificate and SSH keys). The inventory mixes both shapes: a directory holding one host
 file (``a.yaml``) and one inventory file (``fleet.yaml``: ``defaults:`` plus host ``b`` and
 host ``broken``, whose API fingerprint is wrong). Only the container and GPU passthrough
-steps run (nothing compiles), with ``gpu.boot_fix: false`` so the GPU step writes nothing
-into this machine's /etc (which every simulated node shares).
+steps run (nothing compiles), with ``gpu.boot_fix: false``: the GPU step only sets the devN
+entries (the boot unit has its own tests in tests/gpu).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.sim, pytest.mark.timeout(600)]
 
 VMID_A, VMID_B, VMID_BROKEN = 961, 962, 963  # unusual: LXC names and IPs are shared by all sim nodes
 MEASURED = Path("/tmp/provision-fleet-sim.json")  # numbers quoted in the README
-STEPS = "container,gpu"  # gpu: the devN entries (boot_fix off: nothing written to the shared /etc)
+STEPS = "container,gpu"  # gpu: the devN entries (boot_fix off)
 
 
 def provision(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
