@@ -79,7 +79,9 @@ def files(node: SimNode, tmp_path_factory) -> dict[str, Path]:
                                     extra={"host": {"driver": {"manage": True, "version": version}}})
     out["off"] = write_host_file(d / "host-off.yaml", node.conn, vmid=VMIDS[0], gpu=True)
     for vmid in VMIDS:
-        out[f"ct{vmid}"] = write_host_file(d / f"ct{vmid}.yaml", node.conn, vmid=vmid, gpu=True)
+        # one GPU, two containers: they share it, which provision does only when asked
+        out[f"ct{vmid}"] = write_host_file(d / f"ct{vmid}.yaml", node.conn, vmid=vmid, gpu=True,
+                                           extra={"gpu": {"share": True}})
     return out
 
 
@@ -90,7 +92,9 @@ def test_plan_announces_the_reboot_and_changes_nothing(node: SimNode, files: dic
     data = last_json(provision("--json", "host", str(files["580"]), "--plan"))
     assert data["reboot_required"] is True and data["loaded"] is None and data["target"] == "580.95.05"
     actions = [(c["action"], c["summary"].split(" (")[0]) for c in data["planned"]]
-    assert [a for a, _ in actions] == ["write", "install", "check", "write", "install", "write"], actions
+    assert [a for a, _ in actions] == ["write", "install", "check", "write", "install", "write", "write"], actions
+    # a fresh host (the node has its own /etc) also gets nvidia_uvm at boot and the boot unit
+    assert actions[-1][1].startswith("nvidia_uvm at boot"), actions
     assert "trial DKMS build of 580.95.05" in data["planned"][2]["summary"]
     # --plan touched nothing
     assert packages(node) == {}
