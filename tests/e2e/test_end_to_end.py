@@ -186,17 +186,31 @@ def test_claude_code_answers_through_the_gateway(deployed: dict, tmp_path: Path)
     settings = json.loads(settings_path.read_text())
     env = settings["env"]
     assert env["ANTHROPIC_BASE_URL"] == f"http://{CT_IP}:4000"
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8192"  # a quarter of the 32K context
+    # The written settings as they are, but for the output budget: their env wins over the process
+    # env, and a tiny model on a CPU may ramble to 8192 tokens (~10 min here) before it stops.
+    env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "16"
     (home / ".claude").mkdir()
-    shutil.copy(settings_path, home / ".claude" / "settings.json")
+    (home / ".claude" / "settings.json").write_text(json.dumps(settings))
     claude = _claude_binary()
     t0 = time.monotonic()
-    proc = subprocess.run([claude, "-p", "Reply with the single word: pong"], capture_output=True, text=True,
-                          timeout=1500, cwd=tmp_path,
+    proc = subprocess.run([claude, "-p", "Reply with the single word: pong", "--output-format", "stream-json",
+                           "--verbose"], capture_output=True, text=True, timeout=900, cwd=tmp_path,
                           env={"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16",
                                "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
     PHASES["claude -p"] = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    assert proc.stdout.strip(), "claude printed no answer"
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    texts = [block.get("text", "") for e in events if e.get("type") == "assistant"
+             for block in e["message"].get("content", []) if block.get("type") == "text"]
+    answers = [t for t in texts if t.strip() and not t.startswith("API Error")]
+    errors = [t for t in texts if t.startswith("API Error")]
+    # The model's own words reached Claude Code through the gateway, streamed and well-formed.
+    assert answers, proc.stderr[-3000:] + proc.stdout[-3000:]
+    # A 135M model on a CPU may not finish within 16 tokens: Claude Code then asks it to resume a few
+    # times and gives up with its output-limit error. That is the only failure accepted here.
+    if proc.returncode != 0 or errors:
+        assert errors and all("output token maximum" in e for e in errors), errors or proc.stderr[-3000:]
+    print(f"claude -p: exit {proc.returncode}, {len(answers)} answer(s) from the model, first: {answers[0]!r}")
 
 
 def test_second_up_changes_nothing_within_seconds(deployed: dict) -> None:
