@@ -9,7 +9,7 @@ from ..errors import ProvisionError
 from ..facts.nvidia import DEVICES, DRIVER, DeviceNodes
 from ..facts.services import LLAMA_USER
 from ..operations.passthrough import desired_device_paths, owns_dev
-from .context import DoctorContext
+from .context import DoctorContext, sharing
 from .facts import CT_NODES, CtNodes
 from .findings import Evidence, Finding, fail, ok, warn
 
@@ -66,8 +66,15 @@ def check_devices(d: DoctorContext) -> list[Finding]:
     drv = d.fact(DRIVER.name)
     if drv is None or not drv.loaded:
         return []
+    # What this container needs for its GPUs whoever else holds them; a GPU that another managed
+    # container holds too is its own finding (container.gpu_exclusive), not a reason to stop here.
+    conflict: ProvisionError | None = None
     try:
-        want = desired_device_paths(d.plan)  # type: ignore[arg-type]
+        desired_device_paths(d.plan)  # type: ignore[arg-type]
+    except ProvisionError as exc:
+        conflict = exc
+    try:
+        want = desired_device_paths(sharing(d.plan))  # type: ignore[arg-type]
     except ProvisionError as exc:  # ConfigError from gpu.select
         return [fail("container.devices", f"cannot tell which GPUs to pass through: {exc}",
                      fix=getattr(exc, "fix", None) or "fix gpu.select")]
@@ -83,7 +90,7 @@ def check_devices(d: DoctorContext) -> list[Finding]:
             "container.devices", f"CT {d.ct.vmid} has no devN entry for {', '.join(missing)}", ev,
             fix="doctor --fix (or `provision up`) adds them: " +
                 " ".join(f"pct set {d.ct.vmid} --{k} {v}" for k, v in _new_entries(d, missing).items()),
-            fixable=True,
+            fixable=conflict is None,
             detail="a devN was removed by hand or never added; the container cannot use the GPU without it"))
     absent = [p for p in have if p.startswith("/dev/nvidia") and not host.has(p)]
     if absent:
@@ -97,7 +104,11 @@ def check_devices(d: DoctorContext) -> list[Finding]:
                              ev, fix="`provision up` removes them (or add the GPUs to gpu.select)"))
     if not findings:
         findings.append(ok("container.devices", f"devN entries match the host's nodes ({len(want)} nodes)", ev))
+    if conflict is not None:
+        findings.append(fail("container.gpu_exclusive", getattr(conflict, "message", str(conflict)), ev,
+                             fix=getattr(conflict, "fix", None)))
     return findings
+
 
 
 def _new_entries(d: DoctorContext, missing: list[str]) -> dict[str, str]:

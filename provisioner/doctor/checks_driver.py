@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import ProvisionError
 from ..facts.nvidia_ct import DRIVER_CT, PIN_PATH, DriverUserspace
 from ..operations.driver import FORBIDDEN, DriverStep, host_version
-from .context import DoctorContext
+from .context import DoctorContext, sharing
 from .facts import CT_PKGS, CT_SMI, SmiRun
 from .findings import Evidence, Finding, fail, ok, warn
 
@@ -17,7 +17,7 @@ def _inputs(d: DoctorContext) -> tuple[str, DriverUserspace] | None:
     if not d.ct_facts or d.plan is None:
         return None
     try:
-        version = host_version(d.plan)
+        version = host_version(sharing(d.plan))
     except ProvisionError:
         return None
     ct = d.fact(DRIVER_CT.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,3 +94,14 @@ class DoctorContext:
 
     def in_ct(self, command: str) -> str:
         return self.on_host(f"pct exec {self.vmid} -- {command}")
+
+
+def sharing(plan: PlanContext) -> PlanContext:
+    """``plan`` with ``gpu.share: true`` (and notes of its own).
+
+    Checks about a container's own GPUs (its devN entries, its driver userspace) look at the
+    GPUs it selects whoever else holds them; a GPU another managed container holds too is
+    the separate finding ``container.gpu_exclusive``.
+    """
+    cfg = plan.cfg.model_copy(update={"gpu": plan.cfg.gpu.model_copy(update={"share": True})})
+    return dataclasses.replace(plan, cfg=cfg, notes=[])

@@ -170,6 +170,10 @@ def test_vmid_option_checks_another_container(env, sim_node):
         assert finding(data, "container.running")["title"] == f"CT {OTHER} is running"
         f = finding(data, "container.devices")
         assert f["status"] == "fail" and "/dev/nvidiactl" in f["title"]
+        # the managed container of this host file holds GPU 0 too: said, and not "fixed" by sharing it
+        g = finding(data, "container.gpu_exclusive")
+        assert g["status"] == "fail" and "is already passed to CT" in g["title"] and "gpu.share" in g["fix"], g
+        assert not f["fixable"]
         assert finding(data, "driver.userspace")["status"] == "fail"  # no userspace installed there
     finally:
         sim_node.destroy_ct(OTHER)
