@@ -94,7 +94,9 @@ class Stack:
                 proc.wait()
 
 
-@pytest.fixture(scope="package")
+# module scope: the llama-server and gateway stop when the module that uses them ends
+# (tests/bench is no package, so "package" scope lasted the whole session)
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("bench-stack")).start()
     yield s
