@@ -16,9 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from .base import Fact
+from .nvidia_ct import KEYRING_PATH  # NVIDIA's repo lays out the same on the host and in a CT
 
-SOURCE_PATH_FMT = "/etc/apt/sources.list.d/cuda-{distro}-x86_64.list"
-KEYRING_PATH = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 BLACKLIST_PATH = "/etc/modprobe.d/provision-blacklist-nouveau.conf"
 #: what `provision host` installed last (version, flavour, previous version)
 STATE_DIR = "/var/lib/provision/host-driver"

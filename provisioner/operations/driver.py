@@ -21,6 +21,7 @@ import hashlib
 import re
 import shlex
 
+from ..config.schema import HostFile
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RefusedError, RemoteError
@@ -156,22 +157,34 @@ def _run(actx: ApplyContext, script: str, what: str, *, fix: str | None = None) 
     return result.stdout
 
 
-def add_repository(actx: ApplyContext, distro: str, source: str, source_path: str) -> None:
-    url = f"{actx.cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/{KEYRING_DEB}"
-    actx.status("adding NVIDIA's apt repository")
-    _run(actx, f"""
+def keyring_url(cfg: HostFile, distro: str) -> str:
+    return f"{cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/{KEYRING_DEB}"
+
+
+def keyring_script(url: str, source_path: str, *, before_dpkg: str = "") -> str:
+    """cuda-keyring installed once, and every other cuda-*.list source removed (ours is written next).
+
+    Shared by the container (``before_dpkg`` = the apt prelude's ``dpkg_recover``) and the host.
+    """
+    return f"""
 if [ ! -s {KEYRING_PATH} ]; then
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   /usr/lib/apt/apt-helper download-file {shlex.quote(url)} "$tmp/{KEYRING_DEB}"
-  dpkg_recover
+  {before_dpkg}
   dpkg -i "$tmp/{KEYRING_DEB}"
-  rm -rf "$tmp"
 fi
 for s in /etc/apt/sources.list.d/cuda-*.list; do
   [ -e "$s" ] && [ "$s" != {shlex.quote(source_path)} ] && rm -f "$s"
 done
 true
-""", "installing cuda-keyring", fix=f"check that the container reaches {url}")
+"""
+
+
+def add_repository(actx: ApplyContext, distro: str, source: str, source_path: str) -> None:
+    url = keyring_url(actx.cfg, distro)
+    actx.status("adding NVIDIA's apt repository")
+    _run(actx, keyring_script(url, source_path, before_dpkg="dpkg_recover"), "installing cuda-keyring",
+         fix=f"check that the container reaches {url}")
     actx.ct().put(source.encode(), source_path, mode="0644")
 
 

@@ -43,13 +43,12 @@ from ..errors import RefusedError, RemoteError, SSHError
 from ..facts.base import gather
 from ..facts.host_driver import (
     BLACKLIST_PATH,
-    KEYRING_PATH,
     MODULE_PACKAGE,
-    SOURCE_PATH_FMT,
     STATE_PATH,
     HostPackages,
     host_packages_fact,
 )
+from ..facts.nvidia_ct import SOURCE_PATH_FMT
 from ..facts.kernel import KERNEL, KernelModules, _kver_key
 from ..facts.nvidia import (
     BOOT,
@@ -63,7 +62,7 @@ from ..facts.nvidia import (
     cc_from_name,
 )
 from ..facts.pve import MARKER_TAG, has_marker
-from .driver import source_text
+from .driver import keyring_script, keyring_url, source_text
 from .passthrough import _sha, boot_files, enable_script
 
 STEP = "host.driver"
@@ -357,19 +356,10 @@ def _run(a: ApplyContext, script: str, what: str, *, fix: str | None = None, tim
 
 
 def add_repository(a: ApplyContext, distro: str, source: str, source_path: str) -> None:
-    url = f"{a.cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/cuda-keyring_1.1-1_all.deb"
+    url = keyring_url(a.cfg, distro)
     a.status("adding NVIDIA's apt repository on the host")
-    _run(a, f"""
-if [ ! -s {KEYRING_PATH} ]; then
-  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-  /usr/lib/apt/apt-helper download-file {shlex.quote(url)} "$tmp/cuda-keyring.deb"
-  dpkg -i "$tmp/cuda-keyring.deb"
-fi
-for s in /etc/apt/sources.list.d/cuda-*.list; do
-  [ -e "$s" ] && [ "$s" != {shlex.quote(source_path)} ] && rm -f "$s"
-done
-true
-""", "installing cuda-keyring on the host", fix=f"check that the host reaches {url}")
+    _run(a, keyring_script(url, source_path), "installing cuda-keyring on the host",
+         fix=f"check that the host reaches {url}")
     a.ssh.put(source.encode(), source_path, mode="0644")
     _run(a, f"{APT} update", "apt-get update")
 
