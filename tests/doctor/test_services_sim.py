@@ -11,10 +11,11 @@ from provisioner.engine import run
 from provisioner.engine.context import ApplyContext
 from provisioner.facts.services import LLAMA_BIN
 from provisioner.operations.services import ServicesStep
+from provisioner.sim import assets
 
 from . import simenv
 from .llama_bin import llama_server
-from .test_doctor_sim import MODEL, doctor_json, finding
+from .test_doctor_sim import doctor_json, finding
 
 pytestmark = pytest.mark.sim
 
@@ -49,13 +50,14 @@ def _wait_health(sim_node, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def served(sim_node, tmp_path_factory):
     binary = llama_server()
+    model = assets.smollm2_model()
     loaded = simenv.host_file(tmp_path_factory.mktemp("svc"), sim_node.conn, VMID, gpu={"enabled": False},
-                              model={"path": MODEL, "location": "container"}, gateway={"enabled": False},
+                              model={"path": str(model), "location": "container"}, gateway={"enabled": False},
                               server=SERVER)
     simenv.converge(loaded)
     rc, _, err = sim_node.run(
         f"pct exec {VMID} -- mkdir -p /srv/models {LLAMA_BIN.rsplit('/', 1)[0]} && "
-        f"pct push {VMID} {MODEL} /srv/models/SmolLM2-135M-Instruct.Q4_1.gguf --perms 0644 && "
+        f"pct push {VMID} {model} /srv/models/{model.name} --perms 0644 && "
         f"pct push {VMID} {binary} {LLAMA_BIN} --perms 0755", timeout=300)
     assert rc == 0, err
     _apply_services(loaded)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ INVENTORY = ROOT / "inventories" / "sim.yaml"
 SIM_ROOT = Path("/var/lib/provision-sim/pve")
 VMID = 200
 CT_IP = "10.0.3.200"
-CLAUDE_VERSION = "2.1.330"
 PHASES: dict[str, float] = {}
 
 
@@ -169,12 +167,9 @@ def test_openai_sdk_directly_against_llama_server(keys: dict) -> None:
 
 
 def _claude_binary() -> str:
-    found = os.environ.get("PROVISION_TEST_CLAUDE") or shutil.which("claude")
-    prefix = Path(f"/var/cache/provision-sim/npm-claude-{CLAUDE_VERSION}")
-    if not found and not (prefix / "bin" / "claude").exists():
-        subprocess.run(["npm", "install", "-g", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix),
-                        f"@anthropic-ai/claude-code@{CLAUDE_VERSION}"], check=True, timeout=600)
-    return found or str(prefix / "bin" / "claude")
+    from provisioner.sim import assets
+
+    return os.environ.get("PROVISION_TEST_CLAUDE") or str(assets.claude_code())
 
 
 def test_claude_code_answers_through_the_gateway(deployed: dict, tmp_path: Path) -> None:

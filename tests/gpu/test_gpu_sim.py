@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH
+from provisioner.sim import assets
 from provisioner.sim.hostfile import write_host_file
 from provisioner.sim.nvidia import NvidiaHost
 from provision_cli import last_json, provision_cli
@@ -26,8 +27,6 @@ pytestmark = [pytest.mark.sim, pytest.mark.timeout(3600)]
 
 VMID = 643  # LXC names and bridge IPs are shared by every sim node on this machine: keep it unusual
 STEPS = "gpu,container,driver,cuda,llama"
-SDIST = Path("/var/cache/provision-sim/sdist/llama_cpp_python-0.3.36.tar.gz")
-SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"
 MEASURED = Path("/tmp/provision-gpu-sim-build.json")
 
 
@@ -52,12 +51,9 @@ def ct(sim_node, script: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def host_file(sim_node, tmp_path_factory) -> Iterator[Path]:
-    if not SDIST.exists():
-        pytest.fail(f"missing {SDIST}: pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 "
-                    f"-d {SDIST.parent}")
     path = write_host_file(tmp_path_factory.mktemp("gpu") / "host.yaml", sim_node.conn, vmid=VMID, gpu=True,
                            extra={"llama_cpp": {"backend": "cpu", "keep_builds": 2,
-                                                "source": {"tarball": str(SDIST), "subdir": SUBDIR}}})
+                                                "source": {"tarball": str(assets.llama_sdist()), "subdir": assets.LLAMA_SUBDIR}}})
     try:
         yield path
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.operations.llama_build import BuildSpec, build_script, configure_args, configure_command
+from provisioner.sim import assets
 
 SRC, BUILD = "/src", "/build"
 COMMON = ("cmake -S /src -B /build -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER_LAUNCHER=ccache "
@@ -85,36 +86,18 @@ def test_build_script_builds_only_the_server_and_flips_current() -> None:
 
 # -- real configure -------------------------------------------------------------------------------
 
-SDIST = Path(os.environ.get("PROVISION_LLAMA_SDIST",
-                            "/var/cache/provision-sim/sdist/llama_cpp_python-0.3.36.tar.gz"))
-CUBLAS_DIR = Path("/var/cache/provision-sim/cublas")
-
-
 def _tree(tmp: Path) -> Path:
-    if not SDIST.exists():
-        pytest.fail(f"missing {SDIST}: pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 "
-                    f"-d {SDIST.parent}")
-    with tarfile.open(SDIST) as tf:
-        members = [m for m in tf.getmembers() if m.name.startswith("llama_cpp_python-0.3.36/vendor/llama.cpp/")]
+    sdist = assets.llama_sdist()
+    with tarfile.open(sdist) as tf:
+        members = [m for m in tf.getmembers() if m.name.startswith(assets.LLAMA_SUBDIR + "/")]
         tf.extractall(tmp, members=members, filter="data")
-    return tmp / "llama_cpp_python-0.3.36/vendor/llama.cpp"
+    return tmp / assets.LLAMA_SUBDIR
 
 
 def _cublas() -> tuple[Path, Path]:
     """cuBLAS from NVIDIA's PyPI wheel (this machine's /usr/local/cuda has nvcc and cudart only)."""
-    wheels = sorted(CUBLAS_DIR.glob("nvidia_cublas-13.0*.whl"))
-    if not wheels:
-        pytest.fail(f"missing the cuBLAS wheel: pip download --no-deps 'nvidia-cublas>=13.0,<13.1' -d {CUBLAS_DIR}")
-    root = CUBLAS_DIR / wheels[-1].stem
-    if not root.exists():
-        subprocess.run(["python3", "-m", "zipfile", "-e", str(wheels[-1]), str(root)], check=True)
-    lib = next(root.rglob("libcublas.so.*")).parent
-    inc = next(root.rglob("cublas_v2.h")).parent
-    for name in ("libcublas", "libcublasLt"):  # the wheel has only the versioned names
-        link = lib / f"{name}.so"
-        if not link.exists():
-            link.symlink_to(sorted(lib.glob(f"{name}.so.*"))[0].name)
-    return lib, inc
+    root = assets.cublas_root()
+    return root / "lib", root / "include"
 
 
 def test_real_cuda_configure_for_sm89(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from provisioner.sim import assets
 
-CACHE = Path(os.environ.get("PROVISION_SIM_CACHE", "/var/cache/provision-sim")) / "services-llama"
+CACHE = assets.CACHE.parent / "services-llama"
 FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF",
          "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
          "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DCMAKE_C_COMPILER_LAUNCHER=ccache",
