@@ -58,10 +58,10 @@ def main() -> int:
     ap.add_argument("--delay-ms", type=int, default=50)
     args = ap.parse_args()
 
-    from provisioner.sim.faults import Faults
-    from provisioner.sim.fixture import start_sim_node
-    from provisioner.sim.hostfile import write_host_file
     from provisioner.sim import manage
+    from provisioner.sim.fixture import start_sim_node
+    from provisioner.sim.host.faults import Faults
+    from provisioner.sim.hostfile import write_host_file
 
     node = None
     only: list[str] | None = None

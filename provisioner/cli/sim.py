@@ -38,7 +38,7 @@ def start(name: str = NAME,
           node: str = typer.Option("", "--node", help="PVE node name (default: NAME).")) -> None:
     """Start the node in the background (idempotent) and print how to connect."""
     from provisioner.sim import manage
-    from provisioner.sim.nvidia import Gpu, parse_gpu
+    from provisioner.sim.host.nvidia import Gpu, parse_gpu
 
     try:
         gpus = [parse_gpu(g) for g in gpu] if gpu else [Gpu()]
@@ -94,7 +94,7 @@ def status(name: str = NAME) -> None:
 
 def _faults(name: str):
     from provisioner.sim import manage
-    from provisioner.sim.faults import Faults
+    from provisioner.sim.host.faults import Faults
 
     root = manage.sim_root(name)
     if manage.host_pid(root) is None:

@@ -21,13 +21,14 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from provisioner.sim import manage, rootfs
-from provisioner.sim.backend import LxcBackend
-from provisioner.sim.faults import Faults
-from provisioner.sim.host import BRIDGE_IP
-from provisioner.sim.lxcconf import veth_name
-from provisioner.sim.nvidia import Gpu
-from provisioner.sim.pveconf import ConfStore, PveConf, Section
+from provisioner.sim import manage
+from provisioner.sim.host.faults import Faults
+from provisioner.sim.host.namespace import BRIDGE_IP
+from provisioner.sim.host.nvidia import Gpu
+from provisioner.sim.lxc import rootfs
+from provisioner.sim.lxc.backend import LxcBackend
+from provisioner.sim.lxc.conf import veth_name
+from provisioner.sim.pve.conf import ConfStore, PveConf, Section
 
 STALE = re.compile(r"pt(\d+)(?:x|c\d+)?")
 

@@ -1,7 +1,7 @@
 """Start, stop and inspect a simulated Proxmox node (``provision sim start|stop|status``).
 
 ``start`` prepares SIM_ROOT (settings, secrets, TLS, SSH keys, the NVIDIA view),
-makes sure the LXC bridge is up, and launches ``provisioner.sim.host`` in a
+makes sure the LXC bridge is up, and launches ``provisioner.sim.host.namespace`` in a
 private mount namespace, in the background. It is idempotent: a running node
 is left as it is. ``stop`` removes every container, mount, device node and
 process of the node, and (unless ``keep_state``) SIM_ROOT itself.
@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.errors import ProvisionError
-from provisioner.sim import cluster as sim_cluster
-from provisioner.sim import rootfs, tls
-from provisioner.sim.backend import LxcBackend
-from provisioner.sim.host import BRIDGE_IP, ensure_ssh_keys
-from provisioner.sim.nvidia import Gpu, NvidiaHost, NvidiaState
+from provisioner.sim.api import tls
+from provisioner.sim.host.namespace import BRIDGE_IP, ensure_ssh_keys
+from provisioner.sim.host.nvidia import Gpu, NvidiaHost, NvidiaState
+from provisioner.sim.lxc import rootfs
+from provisioner.sim.lxc.backend import LxcBackend
+from provisioner.sim.pve import cluster as sim_cluster
 
 BASE = Path(os.environ.get("PROVISION_SIM_BASE", "/var/lib/provision-sim"))
 TOKEN_ID = "root@pam!provision"
@@ -216,7 +217,7 @@ def start(opts: StartOptions, log=print) -> dict:
     out = open(root / "log" / "host.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
-         "provisioner.sim.host", "run", "--root", str(root)],
+         "provisioner.sim.host.namespace", "run", "--root", str(root)],
         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         env={**os.environ, "PYTHONPATH": _pythonpath()})
     (root / "run" / "host.pid").write_text(str(proc.pid))

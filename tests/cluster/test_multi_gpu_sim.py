@@ -13,7 +13,7 @@ import pytest
 
 from provisioner.sim import manage
 from provisioner.sim.fixture import SimNode, leftovers, start_sim_node
-from provisioner.sim.nvidia import Gpu
+from provisioner.sim.host.nvidia import Gpu
 
 from .simutil import gpu_devs, host_file, provision, up
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from provisioner.cli.main import app
 from provisioner.sim import assets
-from provisioner.sim.pveconf import ConfStore
+from provisioner.sim.pve.conf import ConfStore
 
 from . import simenv
 

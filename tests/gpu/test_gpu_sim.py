@@ -15,12 +15,12 @@ from typing import Iterator
 
 import pytest
 import yaml
+from provision_cli import last_json, provision_cli
 
 from provisioner.facts.nvidia import BOOT_UNIT_PATH, BOOT_WANTS_LINK, MODULES_CONF_PATH
 from provisioner.sim import assets
+from provisioner.sim.host.nvidia import NvidiaHost
 from provisioner.sim.hostfile import write_host_file
-from provisioner.sim.nvidia import NvidiaHost
-from provision_cli import last_json, provision_cli
 
 # the CPU build takes ~5 min on 2 idle cores and much longer when other builds share them
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(3600)]

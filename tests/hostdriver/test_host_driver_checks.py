@@ -12,7 +12,7 @@ from provisioner.facts.host_driver import CtUserspace, HostPackage, HostPackages
 from provisioner.facts.kernel import KernelModules
 from provisioner.facts.nvidia import BootSetup, DriverVersion, GpuInfo
 from provisioner.operations.host_driver import HostState, ManagedCt, plan
-from provisioner.sim.hostpkg import vercmp
+from provisioner.sim.host.packages import vercmp
 
 BASE = {"version": 1, "proxmox": {"endpoint": "https://pve:8006", "node": "pve",
                                   "auth": {"token_id": "root@pam!p", "token_secret": {"env": "X"}}}}

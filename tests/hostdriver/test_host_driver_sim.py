@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from provision_cli import last_json, provision_cli
 
 from provisioner.sim import manage
 from provisioner.sim.fixture import SimNode, start_sim_node
+from provisioner.sim.host.nvidia import Gpu
 from provisioner.sim.hostfile import write_host_file
-from provisioner.sim.nvidia import Gpu
-from provision_cli import last_json, provision_cli
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(900)]
 

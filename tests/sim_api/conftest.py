@@ -13,8 +13,8 @@ import pytest
 import requests
 import urllib3
 
-from provisioner.sim.api import SimApi
-from provisioner.sim.pveconf import ConfStore, PveConf
+from provisioner.sim.api.server import SimApi
+from provisioner.sim.pve.conf import ConfStore, PveConf
 
 from .dirbackend import DirBackend, tiny_template
 

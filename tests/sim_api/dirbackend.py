@@ -1,6 +1,6 @@
 """TEST BACKEND — plain directories, no LXC, no processes.
 
-A small implementation of ``provisioner.sim.backend_base.Backend`` for API-level
+A small implementation of ``provisioner.sim.lxc.base.Backend`` for API-level
 tests of the simulated PVE API: "containers" are directories under
 ``SIM_ROOT/storage/<sid>/images/<vmid>/rootfs`` and "running" is a marker file.
 It checks what PVE's pre-start hook checks for ``devN`` (the host node must
@@ -17,7 +17,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from provisioner.sim.backend_base import CtState, Log, SimTaskError
+from provisioner.sim.lxc.base import CtState, Log, SimTaskError
 
 
 def tiny_template(dest: Path) -> None:

@@ -1,4 +1,4 @@
-"""``python -m provisioner.sim.api --root`` serves and records its port and fingerprint."""
+"""``python -m provisioner.sim.api.server --root`` serves and records its port and fingerprint."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_module_entry_point(tmp_path: Path) -> None:
     (tmp_path / "sim.json").write_text(json.dumps({
         "version": "8.4", "node": "pve", "root_password": "pw-12345", "tokens": {TOKEN_ID: TOKEN_SECRET}}))
     (tmp_path / "sim.json").chmod(0o600)
-    proc = subprocess.Popen([sys.executable, "-m", "provisioner.sim.api", "--root", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner.sim.api.server", "--root", str(tmp_path),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=Path(__file__).resolve().parents[2], env={**os.environ, "PYTHONPATH": "."})
     try:

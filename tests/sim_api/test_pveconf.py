@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.sim.pveconf import ConfStore, PveConf, decode_text, digest, encode_text, parse, write
+from provisioner.sim.pve.conf import ConfStore, PveConf, decode_text, digest, encode_text, parse, write
 
 SAMPLE = """\
 #GPU box%3A llama.cpp

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.sim.pveconf import ConfStore, PveConf
-from provisioner.sim.rules import (ROOT, RuleError, Update, apply_pending, normalise_tags,
-                                   update_config)
+from provisioner.sim.pve.conf import ConfStore, PveConf
+from provisioner.sim.pve.rules import ROOT, RuleError, Update, apply_pending, normalise_tags, update_config
 
 BASE = {"arch": "amd64", "hostname": "llm", "memory": "512", "ostype": "debian",
         "rootfs": "local-lvm:vm-120-disk-0,size=8G", "unprivileged": "1"}
@@ -98,7 +97,7 @@ def test_start_config_carries_raw_lxc_lines(tmp_path: Path) -> None:
 
 def test_net_value_gets_its_hwaddr_when_written_like_parse_lxc_network() -> None:
     """update_pct_config re-prints netN at PUT time: the pending value already has its MAC."""
-    from provisioner.sim.rules import prepare_value
+    from provisioner.sim.pve.rules import prepare_value
 
     value = prepare_value(120, {}, "net0", "bridge=vmbr0,name=eth0,ip=dhcp", "9.1")
     assert value.startswith("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:") and value.endswith(",ip=dhcp,type=veth")

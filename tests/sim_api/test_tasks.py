@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.sim.backend_base import SimTaskError
-from provisioner.sim.tasks import TaskLog, TaskManager, make_upid, parse_upid
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve.tasks import TaskLog, TaskManager, make_upid, parse_upid
 
 
 def test_upid_format_round_trip() -> None:

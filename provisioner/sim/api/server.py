@@ -7,7 +7,7 @@ schema validation (400 with per-key PVE messages) -> handler. Errors are sent as
 PVE does: the reason line carries the message, body ``{"data":null,"message":...}``
 (plus ``errors`` for parameter errors); auth failures are bare 401s.
 
-    python -m provisioner.sim.api --root /var/lib/provision-sim/pve
+    python -m provisioner.sim.api.server --root /var/lib/provision-sim/pve
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from provisioner import pveschema
+from provisioner.sim.api import tls
+from provisioner.sim.lxc.base import Backend
+from provisioner.sim.pve.access import Authenticator, AuthFailure, Principal, read_settings, write_settings
+from provisioner.sim.pve.conf import ConfStore
+from provisioner.sim.pve.rules import RuleError
+from provisioner.sim.pve.tasks import TaskManager
 
-from . import tls
-from .auth import Authenticator, AuthFailure, Principal, read_settings, write_settings
-from .backend_base import Backend
-from .pveconf import ConfStore
-from .rules import RuleError
-from .tasks import TaskManager
-
-log = logging.getLogger("provisioner.sim.api")
+log = logging.getLogger("provisioner.sim.api.server")
 access_log = logging.getLogger("provisioner.sim.api.access")
 API_BASE = "/api2/json"
 FULL_VERSION = {"8.4": "8.4.2", "9.1": "9.1.3"}
@@ -110,7 +109,7 @@ class SimApi:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        from . import api_feature, api_lxc, api_node, api_snapshot, api_status  # noqa: F401 - registers routes
+        from provisioner.sim.api import feature, lxc, node, snapshot, status  # noqa: F401 - registers routes
 
     # -- settings read at request time (fault injection) --------------------------------
     def settings(self) -> dict[str, Any]:
@@ -194,7 +193,7 @@ class SimApi:
 
     # -- cluster (sim/cluster.py) -----------------------------------------------------------
     def members(self) -> dict[str, dict[str, Any]]:
-        from . import cluster
+        from provisioner.sim.pve import cluster
         return cluster.members(self.sim_root)
 
     def _other_node(self, path: str) -> dict[str, Any] | None:
@@ -280,7 +279,7 @@ class SimApi:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m provisioner.sim.api --root SIM_ROOT``: serve until interrupted."""
+    """``python -m provisioner.sim.api.server --root SIM_ROOT``: serve until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--version", choices=pveschema.VERSIONS)
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     version = args.version or settings.get("version") or "9.1"
     node = args.node or settings.get("node") or "pve"
     port = args.port if args.port is not None else int(settings.get("api_port") or 8006)
-    from .backend import LxcBackend
+    from provisioner.sim.lxc.backend import LxcBackend
     api = SimApi(args.root, LxcBackend(args.root), version=str(version), node=node, port=port)
 
     async def serve() -> None:
@@ -312,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: the route handlers
-    # register themselves in `provisioner.sim.api.ROUTES`, which __main__ would not see.
-    from provisioner.sim.api import main as _main
+    # register themselves in `provisioner.sim.api.server.ROUTES`, which __main__ would not see.
+    from provisioner.sim.api.server import main as _main
 
     raise SystemExit(_main())
 

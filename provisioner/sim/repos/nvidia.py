@@ -25,8 +25,8 @@ import threading
 from email.utils import formatdate
 from pathlib import Path
 
-from provisioner.sim import rootfs
-from provisioner.sim.nvidia import smi_script
+from provisioner.sim.host.nvidia import smi_script
+from provisioner.sim.lxc import rootfs
 
 REPO_PATH = "compute/cuda/repos/debian12/x86_64"
 KEY_DIR = rootfs.CACHE_DIR / "apt-key"

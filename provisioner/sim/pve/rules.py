@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from provisioner.pveschema import config_format, format_property_string, resolve_version, split_list
-
-from .ctperms import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
-from .pveerror import RuleError, param_error, perm_error  # noqa: F401 - re-exported
-from . import storage
-from .pveconf import ConfStore, PveConf
+from provisioner.sim.pve import storage
+from provisioner.sim.pve.conf import ConfStore, PveConf
+from provisioner.sim.pve.ct_permissions import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
+from provisioner.sim.pve.errors import RuleError, param_error, perm_error  # noqa: F401 - re-exported
 
 #: applied at once even on a running CT (LXC_FASTPLUG_OPTIONS)
 FASTPLUG = {"description", "onboot", "startup", "protection", "hostname", "hookscript",

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 from provisioner.pveschema import validate
-from provisioner.sim import rules
-from provisioner.sim.backend import LxcBackend
-from provisioner.sim.backend_base import SimTaskError
-from provisioner.sim.pveconf import ConfStore
+from provisioner.sim.lxc.backend import LxcBackend
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve import rules
+from provisioner.sim.pve.conf import ConfStore
 
 ATTACH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import ApiError, Request, route
-from .api_lxc import ct_summary, is_running, load
-from .backend_base import SimTaskError
-from .rules import apply_pending
-from .tasks import TaskLog
+from provisioner.sim.api.lxc import ct_summary, is_running, load
+from provisioner.sim.api.server import ApiError, Request, route
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve.rules import apply_pending
+from provisioner.sim.pve.tasks import TaskLog
+
 
 @route("/nodes/{node}/lxc/{vmid}/status", "GET")
 def status_index(req: Request) -> list[dict[str, str]]:

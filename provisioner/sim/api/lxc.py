@@ -10,14 +10,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import ctcreate
 from provisioner.pveschema import config_format, split_list
-
-from .api import ApiError, Request, route
-from .backend_base import SimTaskError
-from .pveconf import PveConf, Section
-from .rules import Update, pending_view, update_config
-from .tasks import TaskLog
+from provisioner.sim.api import ctcreate
+from provisioner.sim.api.server import ApiError, Request, route
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve.conf import PveConf, Section
+from provisioner.sim.pve.rules import Update, pending_view, update_config
+from provisioner.sim.pve.tasks import TaskLog
 
 
 def load(req: Request, vmid: int | None = None) -> PveConf:

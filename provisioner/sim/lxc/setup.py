@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from provisioner.sim.backend_base import SimTaskError
-from provisioner.sim.lxcconf import SIM_GATEWAY, net_ifs
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.lxc.conf import SIM_GATEWAY, net_ifs
 
 #: The sim host's resolver as the containers see it: lxc-net's dnsmasq on the bridge.
 HOST_NAMESERVER = SIM_GATEWAY

@@ -3,7 +3,7 @@
 Only what the simulator needs is translated: hostname, memory/swap (cgroup v1
 keys: this VM runs a v1/hybrid hierarchy), netN (veth), mpN bind mounts,
 unprivileged idmap, features (nesting, fuse) and the devN entries prepared by
-``provisioner.sim.devices``. Bridges: every PVE bridge name (``vmbr0``...) is
+``provisioner.sim.lxc.devices``. Bridges: every PVE bridge name (``vmbr0``...) is
 mapped to the real ``lxcbr0``, which lxc-net serves with dnsmasq and NAT.
 """
 

@@ -12,8 +12,7 @@ import re
 
 from provisioner.pveschema import config_format
 from provisioner.pveschema.propstring import PropertyStringError, split_property_string
-
-from .pveerror import perm_error
+from provisioner.sim.pve.errors import perm_error
 
 ROOT = "root@pam"
 

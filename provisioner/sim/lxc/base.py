@@ -1,7 +1,7 @@
 """The interface between the simulated API (tasks) and what really runs containers.
 
 The API server and the simulated `pct` both drive containers only through this
-interface; `provisioner.sim.backend.LxcBackend` implements it with real LXC.
+interface; `provisioner.sim.lxc.backend.LxcBackend` implements it with real LXC.
 Errors a real PVE task would print are raised as ``SimTaskError`` with PVE's text,
 so the task ends with that text as its ``exitstatus``.
 """

@@ -1,7 +1,7 @@
 """The simulated Proxmox host: a private mount namespace with the fake kernel view, sshd,
 the API server and the apt repository.
 
-``python -m provisioner.sim.host run --root SIM_ROOT`` is started by ``manage.start``
+``python -m provisioner.sim.host.namespace run --root SIM_ROOT`` is started by ``manage.start``
 under ``unshare --mount --propagation private``. Inside that namespace only:
 
 | real path          | shows                                    |
@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from provisioner.sim import aptrepo
-from provisioner.sim.nvidia import NvidiaHost, _python_tool, _write_exec
+from provisioner.sim.host.nvidia import NvidiaHost, _python_tool, _write_exec
+from provisioner.sim.repos import nvidia as aptrepo
 
 BRIDGE_IP = "10.0.3.1"
 
@@ -96,8 +96,8 @@ if [ -e {sim_root}/run/rebooting ]; then echo "Connection closed: the host is re
 [ -n "$SSH_ORIGINAL_COMMAND" ] || exec "${{SHELL:-/bin/sh}}" -l
 exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
 """)
-    _write_exec(bindir / "pct", _python_tool("provisioner.sim.pct", "", sim_root))
-    _write_exec(bindir / "pvesh", _python_tool("provisioner.sim.pvesh", "", sim_root))
+    _write_exec(bindir / "pct", _python_tool("provisioner.sim.cli.pct", "", sim_root))
+    _write_exec(bindir / "pvesh", _python_tool("provisioner.sim.cli.pvesh", "", sim_root))
     version = settings.get("version", "9.1")
     manager = {"8.4": "8.4.1/2a5fa54a8503f96d", "9.1": "9.1.1/42db4a6cf33dac83"}.get(version, f"{version}.0/0")
     _write_exec(bindir / "pveversion", f'#!/bin/sh\necho "pve-manager/{manager} (running kernel: $(uname -r))"\n')
@@ -141,9 +141,9 @@ def shadow_tools(sim_root: Path) -> None:
     and binding over a symlink would shadow its target. Checked afterwards: a node whose
     `reboot` or `apt-get` would be the real one does not start.
     """
-    from provisioner.sim.hostpkg import REAL_DPKG, TOOLS
+    from provisioner.sim.host.packages import REAL_DPKG, TOOLS
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     for sub in ("bin", "sbin"):
         upper, work = sim_root / "host/overlay" / sub / "upper", sim_root / "host/overlay" / sub / "work"
         upper.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def shadow_tools(sim_root: Path) -> None:
             if where == sub:
                 _write_exec(upper / name, f"#!/bin/sh\n# provision-sim: simulated host tool (sim/hostpkg.py)\n"
                                           f"PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "
-                                          f"-m provisioner.sim.hostpkg --root {sim_root} {name} \"$@\"\n")
+                                          f"-m provisioner.sim.host.packages --root {sim_root} {name} \"$@\"\n")
         if sub == "bin" and Path("/usr/bin/dpkg").exists():
             shutil.copy2("/usr/bin/dpkg", upper / Path(REAL_DPKG).name)
         subprocess.run(["mount", "-t", "overlay", f"provision-sim-usr-{sub}", "-o",
@@ -170,10 +170,11 @@ def shadow_etc(sim_root: Path) -> None:
     starts from what a fresh host has.
     """
     host = sim_root / "host"
-    from provisioner.facts.host_driver import STATE_DIR
-
+    # /var/lib/provision/host-driver: where a tool that manages the host's driver keeps its state on
+    # the host (provision's does); a node of its own gets a directory of its own, as every real host has.
     for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
-                       ("/etc/modprobe.d", "etc/modprobe.d"), (STATE_DIR, "var/lib/provision/host-driver"),
+                       ("/etc/modprobe.d", "etc/modprobe.d"),
+                       ("/var/lib/provision/host-driver", "var/lib/provision/host-driver"),
                        ("/etc/systemd/system", "etc/systemd/system"), ("/etc/modules-load.d", "etc/modules-load.d")):
         Path(real).mkdir(parents=True, exist_ok=True)
         if not (host / mine).exists():
@@ -217,7 +218,7 @@ def setup_namespace(sim_root: Path) -> None:
 
 def hostpkg_seed(sim_root: Path) -> None:
     """First start: the packages of the driver the node starts with (as installed from NVIDIA's repo)."""
-    from provisioner.sim.hostpkg import DEBIAN_DKMS, Host
+    from provisioner.sim.host.packages import DEBIAN_DKMS, Host
 
     h = Host(sim_root)
     if (h.dir / "status.json").exists():
@@ -269,7 +270,7 @@ class HostProcess:
         if os.environ.get("PROVISION_SIM_NO_API") != "1":
             log = open(root / "log" / "api.log", "ab")  # noqa: SIM115 - the child keeps it
             self.children["api"] = subprocess.Popen(
-                [sys.executable, "-m", "provisioner.sim.api", "--root", str(root)],
+                [sys.executable, "-m", "provisioner.sim.api.server", "--root", str(root)],
                 stdout=log, stderr=log)
         (root / "run" / "host.ready").write_text(json.dumps(
             {name: p.pid for name, p in self.children.items()}))

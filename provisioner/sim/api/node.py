@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import aplinfo, storage
-from .api import REPOID, ApiError, Request, route
-from .auth import AuthFailure
-from .rules import param_error
-from .tasks import TaskLog, parse_upid
+from provisioner.sim.api.server import REPOID, ApiError, Request, route
+from provisioner.sim.pve import aplinfo, storage
+from provisioner.sim.pve.access import AuthFailure
+from provisioner.sim.pve.rules import param_error
+from provisioner.sim.pve.tasks import TaskLog, parse_upid
 
 
 @route("/version", "GET")
@@ -65,7 +65,7 @@ def _port_open(port: int) -> bool:
 
 def _used_vmids(req: Request) -> set[int]:
     """Cluster-wide in a cluster (sim/cluster.py), else this node's."""
-    from . import cluster
+    from provisioner.sim.pve import cluster
     return set(req.api.store.vmids()) | set(cluster.vmid_nodes(req.api.sim_root))
 
 
@@ -85,7 +85,7 @@ def nextid(req: Request) -> int:
 
 @route("/cluster/resources", "GET")
 def resources(req: Request) -> list[dict[str, Any]]:
-    from .api_lxc import ct_summary
+    from provisioner.sim.api.lxc import ct_summary
     kind = req.params.get("type")
     out: list[dict[str, Any]] = []
     if kind in (None, "vm"):
@@ -109,9 +109,9 @@ def _other_members_guests(req: Request) -> list[dict[str, Any]]:
     the sim reads the shared configs and asks the member's LXC for the state)."""
     from types import SimpleNamespace
 
-    from .api_lxc import ct_summary
-    from .backend import LxcBackend
-    from .pveconf import ConfStore
+    from provisioner.sim.api.lxc import ct_summary
+    from provisioner.sim.lxc.backend import LxcBackend
+    from provisioner.sim.pve.conf import ConfStore
     out: list[dict[str, Any]] = []
     for name, member in sorted(req.api.members().items()):
         if name == req.api.node or not Path(member["sim_root"]).exists():

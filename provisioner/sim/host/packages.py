@@ -39,7 +39,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from provisioner.sim.nvidia import NvidiaHost
+from provisioner.sim.host.nvidia import NvidiaHost
 
 REAL_DPKG = "/usr/bin/dpkg.real-provision-sim"  # the real dpkg, reachable inside the namespace
 DEBIAN_DKMS = "3.0.10-8+deb12u1"
@@ -674,8 +674,8 @@ def dkms(h: Host, argv: list[str]) -> int:
 # -- modules, initramfs, reboot -----------------------------------------------------------------------
 
 def _gpu_cts_running(h: Host) -> list[int]:
-    from provisioner.sim.backend import LxcBackend
-    from provisioner.sim.pveconf import ConfStore
+    from provisioner.sim.lxc.backend import LxcBackend
+    from provisioner.sim.pve.conf import ConfStore
 
     store, backend, out = ConfStore(h.root), LxcBackend(h.root), []
     for vmid in backend.running_vmids():
@@ -757,16 +757,16 @@ def uvm_at_boot() -> bool:
 def reboot(h: Host, argv: list[str]) -> int:
     """Returns at once, like `reboot` over SSH; a detached worker does the 'boot'."""
     with open(h.root / "log" / "reboot.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "provisioner.sim.hostpkg", "--root", str(h.root), "reboot-worker"],
+        subprocess.Popen([sys.executable, "-m", "provisioner.sim.host.packages", "--root", str(h.root), "reboot-worker"],
                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                          env={**os.environ})
     return 0
 
 
 def reboot_worker(h: Host) -> int:
-    from provisioner.sim.backend import LxcBackend
-    from provisioner.sim.faults import Faults
-    from provisioner.sim.pveconf import ConfStore
+    from provisioner.sim.host.faults import Faults
+    from provisioner.sim.lxc.backend import LxcBackend
+    from provisioner.sim.pve.conf import ConfStore
 
     marker = h.root / "run" / "rebooting"
     time.sleep(0.5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .pveerror import RuleError
+from provisioner.sim.pve.errors import RuleError
 
 STORAGES: dict[str, dict[str, str]] = {
     "local": {"type": "dir", "content": "backup,iso,vztmpl"},

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .api import Request, route
-from .api_lxc import load
-from .storage import STORAGES
+from provisioner.sim.api.lxc import load
+from provisioner.sim.api.server import Request, route
+from provisioner.sim.pve.storage import STORAGES
 
 #: storage types with snapshots in PVE (lvmthin, zfspool, rbd, btrfs); dir/nfs/lvm have none for CTs
 SNAPSHOT_TYPES = {"lvmthin", "zfspool", "rbd", "btrfs", "cephfs"}

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from provisioner.sim.backend_base import Log, SimTaskError
+from provisioner.sim.lxc.base import Log, SimTaskError
 
 CACHE_DIR = Path(os.environ.get("PROVISION_SIM_CACHE", "/var/cache/provision-sim"))
 SUITE = "bookworm"

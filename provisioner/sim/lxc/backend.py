@@ -16,8 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from provisioner.sim import ctsetup, devices, lxcconf, rootfs
-from provisioner.sim.backend_base import CtState, Log, SimTaskError
+from provisioner.sim.lxc import conf as lxcconf
+from provisioner.sim.lxc import devices, rootfs
+from provisioner.sim.lxc import setup as ctsetup
+from provisioner.sim.lxc.base import CtState, Log, SimTaskError
 
 
 class LxcBackend:
@@ -219,7 +221,7 @@ class LxcBackend:
                 if p.name.isdigit() and self.status(int(p.name)) == "running"]
 
 
-#: overmounts made by provisioner.sim.host that would stop unprivileged CTs mounting proc/sys
+#: overmounts made by provisioner.sim.host.namespace that would stop unprivileged CTs mounting proc/sys
 FAKE_VIEW_MOUNTS = {"/proc/devices", "/proc/driver", "/sys/module", "/dev"}
 
 

@@ -3,7 +3,7 @@
 Uses the new mount API (open_tree + move_mount, Linux >= 5.2) through ctypes:
 the detached bind mount is made in the host namespace, then moved onto the
 target inside the CT. setns() into a mount namespace needs a single-threaded
-process, so this runs as its own process: ``python -m provisioner.sim.mountinject SRC PID DST``.
+process, so this runs as its own process: ``python -m provisioner.sim.lxc.mountinject SRC PID DST``.
 The target must already exist in the CT (create it with lxc-attach: host root
 is not mapped in an unprivileged CT).
 """

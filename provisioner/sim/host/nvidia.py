@@ -1,7 +1,7 @@
 """The simulated NVIDIA host: loaded driver, GPUs, device nodes, host tools.
 
 Files (under ``SIM_ROOT/host``, shown at the real paths inside the sim host's
-mount namespace, see ``provisioner.sim.host``):
+mount namespace, see ``provisioner.sim.host.namespace``):
 
 - ``sys/module/nvidia/version``            bare version of the *loaded* module
 - ``proc/driver/nvidia/version``           open-module NVRM banner
@@ -198,7 +198,7 @@ class NvidiaHost:
             (bindir / "nvidia-smi").unlink(missing_ok=True)
         _write_exec(bindir / "modinfo", MODINFO)
         _write_exec(bindir / "nvidia-modprobe",
-                    _python_tool("provisioner.sim.nvidia", "modprobe", self.host.parent))
+                    _python_tool("provisioner.sim.host.nvidia", "modprobe", self.host.parent))
 
     # -- device nodes ------------------------------------------------------
     def node_specs(self, st: NvidiaState) -> dict[Path, tuple[int, int]]:
@@ -321,7 +321,7 @@ def _write_exec(path: Path, text: str) -> None:
 
 def _python_tool(module: str, sub: str, sim_root: Path) -> str:
     """A host tool script that runs ``python -m module sub --root SIM_ROOT args``."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     sub = f"{sub} " if sub else ""
     return (f"#!/bin/sh\nPYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "
             f"-m {module} {sub}--root {sim_root} \"$@\"\n")

@@ -9,20 +9,24 @@ task removes the config again. ``unprivileged`` defaults to 1 on PVE 9, 0 on PVE
 
 from __future__ import annotations
 
-
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
-from . import storage
-from .api import ApiError, Request
-from .backend_base import SimTaskError
-from .pveconf import PveConf
-from .ctperms import mountpoint_type, parse_key
-from .rules import (RuleError, allocate_volume, apply_pending_stopped, check_modify_perm,
-                    prepare_value)
-from .tasks import TaskLog
+from provisioner.sim.api.server import ApiError, Request
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve import storage
+from provisioner.sim.pve.conf import PveConf
+from provisioner.sim.pve.ct_permissions import mountpoint_type, parse_key
+from provisioner.sim.pve.rules import (
+    RuleError,
+    allocate_volume,
+    apply_pending_stopped,
+    check_modify_perm,
+    prepare_value,
+)
+from provisioner.sim.pve.tasks import TaskLog
 
 _NOT_CONFIG = {"node", "vmid", "ostemplate", "password", "ssh-public-keys", "storage", "force",
                "restore", "unique", "pool", "ignore-unpack-errors", "bwlimit", "start",
@@ -65,7 +69,7 @@ def _set_credentials(root: Path, password: str | None, keys: str | None, log: Ta
 
 def _owner(api: Any, vmid: int) -> str:
     """The node that has ``vmid`` (this one or, in a cluster, another), "" when it is free."""
-    from . import cluster
+    from provisioner.sim.pve import cluster
     if api.store.exists(vmid):
         return api.node
     return cluster.vmid_nodes(api.sim_root).get(vmid, "")
@@ -138,7 +142,7 @@ def create(req: Request) -> str:
             message = exc.message if isinstance(exc, RuleError) else str(exc)
             raise SimTaskError(f"unable to create CT {vmid} - {message}") from exc
         if start_after:
-            from .api_status import start_work
+            from provisioner.sim.api.status import start_work
             start_work(api, vmid, log)
 
     def undo() -> None:

@@ -12,14 +12,15 @@ import re
 import time
 from typing import Any
 
-from .api import ApiError, Request, route
-from .api_lxc import is_running, load
-from .api_feature import volume_has_snapshot
-from .api_status import start_work
-from .ctperms import parse_key
-from .backend_base import SimTaskError
-from .pveconf import Section
-from .tasks import TaskLog
+from provisioner.sim.api.feature import volume_has_snapshot
+from provisioner.sim.api.lxc import is_running, load
+from provisioner.sim.api.server import ApiError, Request, route
+from provisioner.sim.api.status import start_work
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve.conf import Section
+from provisioner.sim.pve.ct_permissions import parse_key
+from provisioner.sim.pve.tasks import TaskLog
+
 
 @route("/nodes/{node}/lxc/{vmid}/snapshot", "GET")
 def snapshot_list(req: Request) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from provisioner.sim.nvidia import NvidiaHost
+from provisioner.sim.host.nvidia import NvidiaHost
 
 _LOCKER = r"""
 use Fcntl;
@@ -59,7 +59,7 @@ class Faults:
         host.refresh(st)
         # the simulated package database agrees: its kernel package, and DKMS built for it
         # (headers installed) or not (no headers: the usual way into the upgrade trap)
-        from provisioner.sim.hostpkg import Host
+        from provisioner.sim.host.packages import Host
 
         if not kver:
             return
@@ -77,7 +77,7 @@ class Faults:
 
     def dkms_build_fails(self, version: str, kver: str) -> None:
         """DKMS cannot build driver ``version`` for kernel ``kver`` (e.g. a kernel too new for it)."""
-        from provisioner.sim.hostpkg import Host
+        from provisioner.sim.host.packages import Host
 
         path = Host(self.root).dir / "dkms-broken"
         lines = path.read_text().split("\n") if path.exists() else []

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from provisioner.sim.backend_base import SimTaskError
-from provisioner.sim.lxcconf import ID_SHIFT, parse_prop
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.lxc.conf import ID_SHIFT, parse_prop
 
 
 def dev_entries(conf: dict[str, str]) -> list[dict[str, str]]:
@@ -100,7 +100,7 @@ def hotplug(value: str, *, unpriv: bool, passthrough: Path, host_dev: Path,
 
 def inject_mount(src: str, init_pid: int, dst: str, *, read_only: bool = False) -> None:
     """Bind ``src`` (host) onto ``dst`` inside the running CT whose init is ``init_pid``."""
-    cmd = [sys.executable, "-m", "provisioner.sim.mountinject", src, str(init_pid), dst]
+    cmd = [sys.executable, "-m", "provisioner.sim.lxc.mountinject", src, str(init_pid), dst]
     proc = subprocess.run(cmd + (["ro"] if read_only else []), capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .auth import write_settings
-from .backend_base import SimTaskError
+from provisioner.sim.lxc.base import SimTaskError
+from provisioner.sim.pve.access import write_settings
 
 
 @dataclass

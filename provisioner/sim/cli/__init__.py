@@ -1,0 +1,1 @@
+"""The node's command-line tools (`pct`, `pvesh`), run over SSH inside the host namespace."""
