@@ -13,10 +13,13 @@ the template is our own tarball we copy the already-unpacked cache instead
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from provisioner.sim.lxc.base import Log, SimTaskError
@@ -45,30 +48,55 @@ PREPARE_VERSION = "2"
 STAMP = "etc/.provision-sim-cache"
 
 
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    """One builder of the cache at a time: every simulated node and every test run on this machine
+    shares it, and two debootstraps into one directory break each other."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".rootfs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove a half-built tree; a debootstrap that was killed leaves proc/sys mounted inside it."""
+    if not path.exists():
+        return
+    with open("/proc/self/mounts") as fh:
+        mounts = [line.split()[1] for line in fh]
+    for mnt in sorted((m for m in mounts if m == str(path) or m.startswith(f"{path}/")), reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False)
+    shutil.rmtree(path)
+
+
 def ensure_rootfs(log: Log = print, suite: str = SUITE) -> Path:
     """Build the debootstrap cache once (minutes); later calls return at once."""
     target = rootfs_dir(suite)
-    if (target / "etc" / "os-release").exists():
-        stamp = target / STAMP
-        if not stamp.exists() or stamp.read_text().strip() != PREPARE_VERSION:
-            _prepare_for_containers(target)
-            template_path().unlink(missing_ok=True)
-            shutil.rmtree(target.with_name(target.name + "-userns"), ignore_errors=True)
+    with _cache_lock():
+        if (target / "etc" / "os-release").exists():
+            stamp = target / STAMP
+            if not stamp.exists() or stamp.read_text().strip() != PREPARE_VERSION:
+                _prepare_for_containers(target)
+                template_path().unlink(missing_ok=True)
+                shutil.rmtree(target.with_name(target.name + "-userns"), ignore_errors=True)
+            return target
+        partial = target.with_name(target.name + ".partial")
+        _remove_partial(partial)
+        log(f"building the {suite} rootfs cache with debootstrap (once; takes minutes)")
+        t0 = time.monotonic()
+        cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite,
+               str(partial), MIRROR]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log_tail = ""
+            if (partial / "debootstrap/debootstrap.log").exists():
+                log_tail = (partial / "debootstrap/debootstrap.log").read_text(errors="replace")[-2000:]
+            _remove_partial(partial)
+            raise SimTaskError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}\n{log_tail}")
+        _prepare_for_containers(partial)
+        partial.rename(target)
+        log(f"rootfs cache built in {time.monotonic() - t0:.0f}s")
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    log(f"building the {suite} rootfs cache with debootstrap (once; takes minutes)")
-    t0 = time.monotonic()
-    cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite,
-           str(partial), MIRROR]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SimTaskError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    _prepare_for_containers(partial)
-    partial.rename(target)
-    log(f"rootfs cache built in {time.monotonic() - t0:.0f}s")
-    return target
 
 
 def _prepare_for_containers(root: Path) -> None:
@@ -106,11 +134,13 @@ def ensure_template(log: Log = print) -> Path:
         return tpl
     if shutil.which("zstd") is None:
         raise SimTaskError("zstd is missing: apt-get install -y zstd")
-    tmp = tpl.with_name(tpl.name + ".partial")
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(src), "-I", "zstd -T0",
-                    "-cf", str(tmp), "."], check=True)
-    tmp.rename(tpl)
-    log(f"template {tpl.name} written")
+    with _cache_lock():
+        if not tpl.exists():
+            tmp = tpl.with_name(tpl.name + ".partial")
+            subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(src), "-I", "zstd -T0",
+                            "-cf", str(tmp), "."], check=True)
+            tmp.rename(tpl)
+            log(f"template {tpl.name} written")
     return tpl
 
 
@@ -161,14 +191,15 @@ def shifted_rootfs_dir() -> Path:
     src = ensure_rootfs()
     target = src.with_name(src.name + "-userns")
     stamp = target / STAMP
-    if stamp.exists() and stamp.read_text() == (src / STAMP).read_text():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    for old in (partial, target):
-        shutil.rmtree(old, ignore_errors=True)
-    subprocess.run(["cp", "-a", f"{src}/.", str(partial)], check=True)
-    shift_ownership(partial, ID_SHIFT)
-    partial.rename(target)
+    with _cache_lock():
+        if stamp.exists() and stamp.read_text() == (src / STAMP).read_text():
+            return target
+        partial = target.with_name(target.name + ".partial")
+        for old in (partial, target):
+            shutil.rmtree(old, ignore_errors=True)
+        subprocess.run(["cp", "-a", f"{src}/.", str(partial)], check=True)
+        shift_ownership(partial, ID_SHIFT)
+        partial.rename(target)
     return target
 
 
