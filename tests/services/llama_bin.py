@@ -9,50 +9,14 @@ OpenMP/OpenSSL, so it runs in the minimal Debian 12 container as it is.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
-import tarfile
 from pathlib import Path
 
 from provisioner.sim import assets
 
-CACHE = assets.CACHE.parent / "services-llama"
-FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF",
-         "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-         "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DCMAKE_C_COMPILER_LAUNCHER=ccache",
-         "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-
 
 def llama_server() -> Path:
-    """The cached binary (builds it the first time: minutes on 2 cores)."""
-    out = CACHE / "llama-server"
-    if out.exists():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if out.exists():
-            return out
-        src = CACHE / "src"
-        if not (src / "llama.cpp" / "CMakeLists.txt").exists():
-            with tarfile.open(assets.llama_source()) as tar:
-                tar.extractall(src, filter="data")
-        top = src / "llama.cpp"
-        build = CACHE / "build"
-        log = CACHE / "build.log"
-        with open(log, "w") as fh:
-            for cmd in (["cmake", "-S", str(top), "-B", str(build), *FLAGS],
-                        ["cmake", "--build", str(build), "-j2", "-t", "llama-server"]):
-                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"building llama-server failed; see {log}")
-        built = build / "bin" / "llama-server"
-        tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(built.read_bytes())
-        tmp.chmod(0o755)
-        tmp.replace(out)
-    return out
+    """The cached static CPU build (see ``provisioner.sim.assets.static_llama_server``)."""
+    return assets.static_llama_server()
 
 
 def install_script(build_id: str) -> str:
