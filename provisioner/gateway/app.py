@@ -34,8 +34,10 @@ OPEN_PATHS = frozenset({"/", "/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: object, status: int = 200, request_id: str | None = None) -> web.Response:
+def _json(data: object, status: int = 200, request_id: str | None = None,
+          extra_headers: dict[str, str] | None = None) -> web.Response:
     headers = {"request-id": request_id} if request_id else {}
+    headers.update(extra_headers or {})
     if status >= 400:  # the header Anthropic's SDKs obey before their own status rules
         headers["x-should-retry"] = "true" if status >= 500 or status == 429 else "false"
     return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
@@ -67,7 +69,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     except ApiError as exc:
         record.status, record.error = exc.status, exc.error_type
-        return _json(exc.body(record.request_id), exc.status, record.request_id)
+        return _json(exc.body(record.request_id), exc.status, record.request_id, exc.headers)
     except web.HTTPException as exc:
         error = (not_found(f"{request.method} {request.path} does not exist") if exc.status == 404
                  else ApiError(exc.status, "invalid_request_error", exc.reason))

@@ -144,7 +144,7 @@ class Upstream:
         finally:
             response.release()
         if response.status >= 300:
-            raise error_from_upstream(response.status, _loads_or_text(body))
+            raise error_from_upstream(response.status, _loads_or_text(body), response.headers)
         try:
             return loads(body)
         except (ValueError, RecursionError) as exc:
@@ -161,7 +161,7 @@ class Upstream:
             body = b""
         finally:
             response.release()
-        raise error_from_upstream(response.status, _loads_or_text(body))
+        raise error_from_upstream(response.status, _loads_or_text(body), response.headers)
 
     async def health(self) -> dict[str, Any]:
         """The upstream's ``/health``: ``{"status": "ok"|"loading"|"down", "http_status": n}``."""

@@ -2,7 +2,9 @@
 
 Mapping (what Claude Code then does in brackets):
 
-- upstream 429/503, "busy", "loading", full queue  → 529 overloaded_error (retries)
+- upstream 429                                     → 429 rate_limit_error, its ``Retry-After`` and
+                                                     ``retry-after-ms`` kept (retries after that long)
+- upstream 503, "busy", "loading", full queue      → 529 overloaded_error (retries)
 - connection refused / reset                       → 502 api_error (retries)
 - silence longer than ``upstream_timeout_s``       → 504 api_error (retries)
 - context exceeded                                 → 400 "prompt is too long: N tokens > M maximum"
@@ -20,12 +22,12 @@ and cut short, so a key echoed by a backend never reaches a client.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 
 from provisioner import redact
-from provisioner.gateway.api_errors import ApiError, invalid_request, overloaded
+from provisioner.gateway.api_errors import ApiError, invalid_request, overloaded, rate_limited
 
 _BUSY_WORDS = ("busy", "queue", "loading", "unavailable", "overload", "no slot")
 
@@ -43,14 +45,22 @@ def _message_of(body: Any) -> tuple[str, dict]:
     return "", {}
 
 
-def error_from_upstream(status: int, body: Any) -> ApiError:
-    """Map an upstream error status and body (JSON or text) to an Anthropic error."""
+#: the headers that say when to retry (the Anthropic SDKs read both: ``retry-after-ms`` first)
+RETRY_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def error_from_upstream(status: int, body: Any, headers: Mapping[str, str] | None = None) -> ApiError:
+    """Map an upstream error status, body (JSON or text) and headers to an Anthropic error."""
     raw, detail = _message_of(body)
     if isinstance(detail.get("code"), int) and status in (200, 500):
         status = detail["code"]  # errors sent inside a stream carry their own code
     message = redact.redact(raw)[:400] or f"HTTP {status}"
     lower = message.lower() + " " + str(detail.get("type", "")).lower()
-    if status in (429, 503) or any(word in lower for word in _BUSY_WORDS):
+    if status == 429:
+        retry = {name: value for name in RETRY_HEADERS
+                 if (value := (headers or {}).get(name)) and len(value) <= 32}
+        return rate_limited(f"the model server is rate limiting: {message}", retry)
+    if status == 503 or any(word in lower for word in _BUSY_WORDS):
         return overloaded(f"the model server is busy: {message}")
     if status in (401, 403):
         return ApiError(500, "api_error", "the model server rejected the gateway's credentials; "

@@ -4,7 +4,7 @@ Each request to ``/v1/chat/completions`` (or ``/v1/messages`` for native mode) t
 the next script from ``scripts``; it records what it got and whether the client
 went away before the script finished. Steps:
 
-- ``("status", code, body)``  answer an error status at once
+- ``("status", code, body[, headers])``  answer an error status at once
 - ``("json", obj)``           a non-streaming JSON answer
 - ``("chunk", obj)``          one ``data: <json>`` SSE frame (a dict) — or raw bytes
 - ``("raw", bytes)``          bytes as they are
@@ -133,7 +133,8 @@ class ScriptedUpstream:
             await asyncio.sleep(script[0][1])
             script = script[1:]
         if script[0][0] == "status":
-            return web.json_response(script[0][2], status=script[0][1])
+            return web.json_response(script[0][2], status=script[0][1],
+                                     headers=script[0][3] if len(script[0]) > 3 else None)
         if script[0][0] == "json":
             return web.json_response(script[0][1])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
