@@ -11,8 +11,9 @@ Layout: ``config`` (settings and their documentation), ``translate_request`` +
 upstream client; the one place its failures are mapped), ``stream_serve`` +
 ``sse_channel`` (streaming, pings, disconnects), ``messages_translate`` /
 ``messages_native`` (the two modes), ``app`` (routes, auth, errors), ``access_log``,
-``sanitize`` (billing header, fields backends reject), ``__main__`` (the
-``provision-gateway`` command).
+``sanitize`` (billing header, fields backends reject), ``documents`` + ``pdf_text``
+(document blocks → text, before either mode), ``__main__`` (the ``provision-gateway``
+command).
 """
 
 from provisioner.gateway.app import build_app

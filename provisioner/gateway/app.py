@@ -23,6 +23,7 @@ from provisioner.gateway import access_log, messages_native, messages_translate
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.api_errors import ApiError, invalid_request, not_found
 from provisioner.gateway.config import GatewaySettings, read_key_file
+from provisioner.gateway.documents import DocumentReader
 from provisioner.gateway.ids import new_id
 from provisioner.gateway.jsonfast import dumps, loads
 from provisioner.gateway.state import RECORD, STATE, GatewayState, record_of, state_of
@@ -114,7 +115,7 @@ def _resolve_model(request: web.Request, body: object) -> str:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    body = await _read_body(request)
+    body = await state_of(request).documents.inline(await _read_body(request))
     upstream_model = _resolve_model(request, body)
     translated = translate_request(body, upstream_model=upstream_model)
     record_of(request).stream = translated.stream
@@ -126,7 +127,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens`` via the upstream's ``/apply-template`` and ``/tokenize``."""
-    body = await _read_body(request)
+    body = await state_of(request).documents.inline(await _read_body(request))
     upstream_model = _resolve_model(request, body)
     payload = translate_request(body, upstream_model=upstream_model, count_only=True).payload
     template_input = {k: payload[k] for k in ("messages", "tools", "tool_choice", "chat_template_kwargs")
@@ -188,7 +189,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     state = GatewayState(settings=settings, upstream=Upstream(settings, api_key=upstream_key),
                          api_key=api_key.encode() if api_key else None,
-                         created_at=created.isoformat().replace("+00:00", "Z"))
+                         created_at=created.isoformat().replace("+00:00", "Z"),
+                         documents=DocumentReader(fetch_urls=settings.fetch_document_urls,
+                                                  max_bytes=settings.max_request_bytes))
     app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_request_bytes)
     app[STATE] = state
 
@@ -196,6 +199,7 @@ def build_app(settings: GatewaySettings) -> web.Application:
         await state.upstream.start()
         yield
         await state.upstream.close()
+        await state.documents.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/messages", messages)

@@ -15,7 +15,10 @@
     local_model_id             "local"       the model id the upstream serves
     model_aliases              {}            requested name -> upstream model id
     accept_claude_models       true          any claude-* name maps to local_model_id
-    max_request_bytes          33554432      larger bodies get 413 request_too_large
+    max_request_bytes          33554432      larger bodies get 413 request_too_large (also the largest
+                                             PDF fetched for a document URL)
+    fetch_document_urls        true          fetch PDFs given as document URLs (the gateway's own
+                                             HTTP client; false: such documents get a 400)
     ping_interval_s            5.0           SSE ping after this many idle seconds
     upstream_timeout_s         600.0         longest silence from the upstream, prefill included
     upstream_connect_timeout_s 10.0          TCP connect timeout to the upstream
@@ -68,6 +71,7 @@ class GatewaySettings:
     model_aliases: Mapping[str, str] = field(default_factory=dict)
     accept_claude_models: bool = True
     max_request_bytes: int = 32 * 1024 * 1024
+    fetch_document_urls: bool = True
     ping_interval_s: float = 5.0
     upstream_timeout_s: float = 600.0
     upstream_connect_timeout_s: float = 10.0

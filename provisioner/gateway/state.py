@@ -8,6 +8,7 @@ from aiohttp import web
 
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.config import GatewaySettings
+from provisioner.gateway.documents import DocumentReader
 from provisioner.gateway.upstream import Upstream
 
 
@@ -19,6 +20,7 @@ class GatewayState:
     upstream: Upstream
     api_key: bytes | None
     created_at: str
+    documents: DocumentReader
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -51,26 +51,22 @@ def _image_part(block: dict, path: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-TEXT_LIKE = ("text", "document", "search_result", "tool_reference")
+#: document blocks are text by now (:mod:`provisioner.gateway.documents` runs first)
+TEXT_LIKE = ("text", "search_result", "tool_reference")
 
 
 def _text_of(block: dict, path: str) -> str:
-    """Text for a text block, a plain-text document, a search result or a tool reference."""
+    """Text for a text block, a search result or a tool reference."""
     kind = block["type"]
     if kind == "text":
         return string_field(block, "text", path)
     if kind == "tool_reference":  # Claude Code's tool search: the tool is now available
         return f"[tool available: {string_field(block, 'tool_name', path)}]"
-    if kind == "search_result":
-        title = optional_string(block, "title", path) or ""
-        parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
-                           for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
-                           if b["type"] == "text"]
-        return "\n".join(p for p in parts if p)
-    source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "text":
-        return string_field(source, "data", f"{path}.source")
-    raise invalid_request(f"{path}.source: only plain-text documents are supported")
+    title = optional_string(block, "title", path) or ""  # a search result
+    parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
+                       for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
+                       if b["type"] == "text"]
+    return "\n".join(p for p in parts if p)
 
 
 def _join_parts(parts: list[dict]) -> str | list[dict]:

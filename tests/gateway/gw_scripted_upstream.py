@@ -12,8 +12,9 @@ went away before the script finished. Steps:
 - ``("done",)``               ``data: [DONE]``
 - ``("abort",)``              drop the connection mid-body
 - ``("delay_headers", s)``    (first step only) wait before sending any status
-It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word)
-and ``/health`` (status settable).
+It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word),
+``/health`` (status settable) and ``GET /files/<name>`` (bytes put in ``files``, for
+documents given by URL).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class ScriptedUpstream:
         self.disconnects = 0
         self.completed = 0
         self.health_status = 200
+        self.files: dict[str, bytes] = {}
+        self.file_gets = 0
         self.disconnected = threading.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -98,6 +101,7 @@ class ScriptedUpstream:
         app.router.add_post("/apply-template", self._apply_template)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/files/{name}", self._file)
         return app
 
     async def start(self, port: int = 0) -> int:
@@ -174,6 +178,13 @@ class ScriptedUpstream:
         body = await request.json()
         self.requests.append((request.path, body))
         return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self.file_gets += 1
+        data = self.files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404, text="no such file")
+        return web.Response(body=data, content_type="application/pdf")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_status == 200:
