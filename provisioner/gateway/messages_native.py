@@ -4,6 +4,9 @@ llama-server's native endpoint has known gaps, fixed here:
 
 - a named ``tool_choice`` is not enforced → such requests go through translate mode,
   where it is enforced by grammar;
+- structured outputs (``output_config.format``, ``output_format``) are dropped (its
+  Anthropic → OpenAI conversion copies a fixed set of keys, tools/server/server-chat.cpp:348-620)
+  → such requests go through translate mode too;
 - only ``thinking.type = "enabled"`` is honoured → ``adaptive`` becomes ``enabled``
   (budget: ``max_tokens - 1``), ``disabled`` is removed;
 - the response names the upstream model → ``model`` is rewritten to the requested name;
@@ -122,7 +125,7 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
                  ) -> web.StreamResponse:
     """Serve a validated request through the upstream's native endpoint."""
     choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "tool":
+    if (isinstance(choice, dict) and choice.get("type") == "tool") or "response_format" in translated.payload:
         return await messages_translate.handle(request, translated)
     state = state_of(request)
     model = translated.requested_model

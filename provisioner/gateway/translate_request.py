@@ -194,6 +194,39 @@ def _thinking(body: dict, payload: dict) -> None:
         payload["thinking_budget_tokens"] = budget
 
 
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+
+
+def _output_format(body: dict, payload: dict) -> None:
+    """Structured outputs (``output_config.format``, or the beta's ``output_format``) → llama-server's
+    JSON-schema constrained output: ``response_format: {type: json_schema, json_schema: {schema}}``
+    (tools/server/server-common.cpp:1259-1277 reads it and turns the schema into a grammar; a
+    schema it cannot express comes back as a 400, see upstream_errors)."""
+    config = body.get("output_config")
+    fmt, where = None, "output_config.format"
+    if config is not None:
+        if not isinstance(config, dict):
+            raise field_error("output_config", "an object", config)
+        effort = config.get("effort")
+        if effort is not None and effort not in EFFORTS:
+            raise invalid_request(f"output_config.effort: expected one of {', '.join(EFFORTS)}, found {effort!r}")
+        fmt = config.get("format")
+    if body.get("output_format") is not None:
+        if fmt is not None:
+            raise invalid_request("output_format: give output_config.format or output_format, not both")
+        fmt, where = body["output_format"], "output_format"
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise field_error(where, "an object", fmt)
+    if fmt.get("type") != "json_schema":
+        raise invalid_request(f"{where}.type: expected 'json_schema', found {fmt.get('type')!r}")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise field_error(f"{where}.schema", "a JSON schema object", schema)
+    payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
 def _messages(body: dict) -> tuple[list[dict], list[str]]:
     """OpenAI messages, and the text of system-role messages found among them.
 
@@ -244,6 +277,7 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
         payload["tools"] = tools
     apply_tool_choice(body, payload, tools, count_only)
     _thinking(body, payload)
+    _output_format(body, payload)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise field_error("stream", "a boolean", stream)
