@@ -8,7 +8,8 @@ llama-server's native endpoint has known gaps, fixed here:
   Anthropic → OpenAI conversion copies a fixed set of keys, tools/server/server-chat.cpp:348-620)
   → such requests go through translate mode too;
 - only ``thinking.type = "enabled"`` is honoured → ``adaptive`` becomes ``enabled``
-  (budget: ``max_tokens - 1``), ``disabled`` is removed;
+  (budget: ``max_tokens - 1``), ``disabled`` is removed, and each sets the template's
+  ``enable_thinking`` (without it, a model that thinks by default still thinks);
 - the response names the upstream model → ``model`` is rewritten to the requested name;
 - a thinking block may close without a ``signature_delta`` → one is added;
 - a matched stop sequence comes with ``stop_reason: end_turn`` → ``stop_sequence``;
@@ -43,10 +44,13 @@ def native_body(body: dict, upstream_model: str) -> dict:
     out["model"] = upstream_model
     thinking = out.get("thinking")
     if isinstance(thinking, dict):
+        # it reads only type "enabled" (a budget; tools/server/server-chat.cpp:600-606) and passes
+        # chat_template_kwargs through (:593), which is how a template's thinking is switched
         if thinking.get("type") == "disabled":
             out.pop("thinking")
         elif thinking.get("type") == "adaptive":
             out["thinking"] = {"type": "enabled", "budget_tokens": max(1, int(out["max_tokens"]) - 1)}
+        out["chat_template_kwargs"] = {"enable_thinking": thinking.get("type") != "disabled"}
     return out
 
 

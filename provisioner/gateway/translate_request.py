@@ -173,6 +173,9 @@ def _system_text(system: Any, where: str = "system") -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
+THINKING_TYPES = ("enabled", "adaptive", "disabled")
+
+
 def _thinking(body: dict, payload: dict) -> None:
     thinking = body.get("thinking")
     if thinking is None:
@@ -180,8 +183,11 @@ def _thinking(body: dict, payload: dict) -> None:
     if not isinstance(thinking, dict):
         raise field_error("thinking", "an object", thinking)
     kind = thinking.get("type")
-    if kind not in ("enabled", "adaptive", "disabled"):
+    if kind not in THINKING_TYPES:
         raise invalid_request(f"thinking.type: expected enabled, adaptive or disabled, found {kind!r}")
+    # adaptive (recent Claude Code): the model decides how long to think, as a reasoning model does
+    # by itself once thinking is on; disabled turns it off for templates that think by default
+    # (tools/server/server-common.cpp:1362-1367 reads enable_thinking)
     payload["chat_template_kwargs"] = {"enable_thinking": kind != "disabled"}
     if kind == "enabled" and "budget_tokens" in thinking:
         budget = thinking["budget_tokens"]
@@ -247,6 +253,10 @@ def _messages(body: dict) -> tuple[list[dict], list[str]]:
         role = message.get("role")
         if "content" not in message:
             raise invalid_request(f"{path}.content: field required")
+        if message["content"] in ([], "") and not (role == "assistant" and i == len(messages) - 1):
+            # Anthropic's own 400 for it, word for word; dropping the turn would change the conversation
+            raise invalid_request(f"{path}: all messages must have non-empty content except for the optional "
+                                  "final assistant message")
         if role == "user":
             out.extend(_user_messages(message["content"], f"{path}.content"))
         elif role == "assistant":
@@ -287,8 +297,10 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
             raise field_error("max_tokens", "an integer", max_tokens)
-        if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        if max_tokens < 1:
             raise invalid_request("max_tokens: must be at least 1")
+        if max_tokens > MAX_TOKENS_LIMIT:
+            raise invalid_request(f"max_tokens: must be at most {MAX_TOKENS_LIMIT}, found {max_tokens}")
         payload["max_tokens"] = max_tokens
     for key, hi in (("temperature", 1.0), ("top_p", 1.0)):
         value = number_field(body, key, 0.0, hi)
