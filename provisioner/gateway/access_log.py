@@ -1,6 +1,6 @@
 """Structured access log: one JSON line per request, on the ``provisioner.gateway.access`` logger.
 
-Fields: ts, request_id, method, path, status, model, stream, input_tokens,
+Fields: ts, request_id, method, path, status, model, upstream_model, stream, input_tokens,
 output_tokens, cache_read_input_tokens, stop_reason, ttft_ms, duration_ms, error.
 Never prompt contents, never keys.
 """
@@ -26,6 +26,7 @@ class AccessRecord:
     started: float
     status: int = 0
     model: str | None = None
+    upstream_model: str | None = None
     stream: bool | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None

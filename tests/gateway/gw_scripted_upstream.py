@@ -13,7 +13,7 @@ went away before the script finished. Steps:
 - ``("abort",)``              drop the connection mid-body
 - ``("delay_headers", s)``    (first step only) wait before sending any status
 It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word),
-``/health`` (status settable) and ``GET /files/<name>`` (bytes put in ``files``, for
+``/health`` (status settable), ``GET /v1/models`` and ``GET /files/<name>`` (bytes put in ``files``, for
 documents given by URL).
 """
 
@@ -88,6 +88,7 @@ class ScriptedUpstream:
         self.completed = 0
         self.health_status = 200
         self.files: dict[str, bytes] = {}
+        self.model_ids = ["smollm2"]  # what GET /v1/models answers, as llama-server: its --alias
         self.file_gets = 0
         self.disconnected = threading.Event()
         self.runner: web.AppRunner | None = None
@@ -102,6 +103,7 @@ class ScriptedUpstream:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/health", self._health)
         app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/v1/models", self._models)
         return app
 
     async def start(self, port: int = 0) -> int:
@@ -178,6 +180,9 @@ class ScriptedUpstream:
         body = await request.json()
         self.requests.append((request.path, body))
         return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.model_ids]})
 
     async def _file(self, request: web.Request) -> web.Response:
         self.file_gets += 1
