@@ -98,3 +98,22 @@ def test_the_local_model_id_is_learnt_from_the_upstream(make_gw):
     assert gw.last_request()["model"] == "qwen2.5-coder-7b"
     gw.client().messages.create(model="qwen2.5-coder-7b", max_tokens=5, messages=HI)
     assert gw.last_request()["model"] == "qwen2.5-coder-7b"
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_gateway_exposes(gw):
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "templates/grafana/provision-gateway.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"provision_gateway_[a-z_]+", e)}
+    gw.client().messages.create(model="claude-x", max_tokens=5, messages=HI)
+    exposed = set()
+    text = requests.get(gw.url + "/metrics", headers=HEADERS, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            exposed |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
+    assert used and used <= exposed, used - exposed
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
