@@ -143,6 +143,22 @@ def run(args: argparse.Namespace, llama_port: int, gateway_port: int) -> list[di
     return rows
 
 
+def gateway_overhead(port: int) -> dict[str, float]:
+    """From the gateway's own /metrics (``gateway_added_seconds``): of each TTFT, the time spent in the
+    gateway rather than waiting for llama-server, measured inside the same requests, so the load of a
+    shared machine, which swamps the TTFT ratio there, does not enter it."""
+    from provisioner.gateway.metrics import parse
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"x-api-key": KEY})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        samples = {(n, tuple(sorted(labels.items()))): v for n, labels, v in parse(resp.read().decode())}
+    p, stream = "provision_gateway_", (("stream", "true"),)
+    added = [samples[(f"{p}gateway_added_seconds_{k}", stream)] for k in ("sum", "count")]
+    ttft = [samples[(f"{p}time_to_first_token_seconds_{k}", (("model", MODEL), *stream))] for k in ("sum", "count")]
+    return {"requests": added[1], "mean_added_ms": added[0] / added[1] * 1000, "mean_ttft_s": ttft[0] / ttft[1],
+            "added_share": added[0] / ttft[0]}
+
+
 def summarise(rows: list[dict[str, Any]], turns: int) -> dict[str, Any]:
     def cell(path: str, turn: int, key: str) -> list[float]:
         return [r[key] for r in rows if r["path"] == path and r["turn"] == turn]
@@ -197,11 +213,13 @@ def main() -> int:
                                       env={**os.environ, "PYTHONPATH": str(ROOT)}))
         wait_http(f"http://127.0.0.1:{gateway_port}/health", procs[-1], 60)
         rows = run(args, llama_port, gateway_port)
+        inside = gateway_overhead(gateway_port)
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
     summary = summarise(rows, args.turns)
+    summary["gateway_inside"] = inside
     print("\nturn  prompt  gateway cache_n  direct cache_n  gateway TTFT  direct TTFT  ratio"
           + ("  header-kept cache_n / TTFT" if args.header_kept else ""))
     for t in summary["turns"]:
@@ -211,6 +229,8 @@ def main() -> int:
     print(f"median TTFT ratio gateway/direct: all turns {summary['ttft_ratio_median_all']:.3f}, "
           f"turn 2 on {summary['ttft_ratio_median_turn2_on']:.3f}; "
           f"least reuse of the previous prompt {summary['min_reuse_of_previous_prompt']:.1%}")
+    print(f"inside the gateway ({inside['requests']:.0f} requests): {inside['mean_added_ms']:.2f} ms of a mean TTFT of "
+          f"{inside['mean_ttft_s']:.2f} s ({inside['added_share']:.4%})")
     out = ROOT / "bench" / "results" / f"prompt-cache-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "load_average": os.getloadavg(), "rows": rows,

@@ -66,7 +66,7 @@ class GatewaySettings:
     upstream_connect_timeout_s: float = _setting(10.0, "TCP connect timeout to the upstream")
     header_wait_s: float = _setting(0.25, "how long a stream waits for the upstream's status before "
                                     "committing to HTTP 200 (so a quick 503 still becomes a 529 the "
-                                    "client retries; llama-server sends no headers until prefill is done)")
+                                    "client retries; a slow upstream gets message_start and pings meanwhile)")
     max_upstream_connections: int = _setting(64, "size of the upstream connection pool")
     log_level: str = _setting("info", "debug | info | warning | error (stderr)")
     event_loop: str = _setting("auto", "auto: uvloop when installed, else asyncio; uvloop (required) | asyncio")

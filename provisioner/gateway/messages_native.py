@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 
 from aiohttp import web
 
@@ -74,9 +75,11 @@ class NativeRelay:
         self.rest = b""
         self.thinking_index: int | None = None
         self.signed = False
+        self.arrived: float | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Frames completed by ``chunk``, fixed, ready to send."""
+    def feed(self, chunk: bytes, arrived: float | None = None) -> bytes:
+        """Frames completed by ``chunk`` (which came at ``arrived``), fixed, ready to send."""
+        self.arrived = arrived
         frames = (self.rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
         self.rest = frames.pop()
         return b"".join(self._frame(f) for f in frames if f.strip())
@@ -84,7 +87,7 @@ class NativeRelay:
     def _frame(self, raw: bytes) -> bytes:
         if raw.startswith(b"event: content_block_delta"):
             if self.record.first_token_at is None:
-                self.record.mark_first_token()
+                self.record.mark_first_token(self.arrived)
             if self.thinking_index is not None and b'"signature_delta"' in raw:
                 self.signed = True
             return raw + b"\n\n"
@@ -134,8 +137,10 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
     state = state_of(request)
     model = translated.requested_model
     payload = native_body(body, upstream_model)
+    record_of(request).upstream_sent_at = time.monotonic()
     if not translated.stream:
         message = await state.upstream.request_json("POST", MESSAGES_PATH, payload)
+        record_of(request).mark_first_token(time.monotonic())
         if isinstance(message, dict):
             message["model"] = model
             fix_stop_reason(message)
@@ -150,7 +155,7 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
         relay = NativeRelay(model, record_of(request))
         async with contextlib.aclosing(stream.raw_chunks()) as chunks:
             async for chunk in chunks:
-                out = relay.feed(chunk)
+                out = relay.feed(chunk, time.monotonic())
                 if out:
                     await channel.send(out)
 

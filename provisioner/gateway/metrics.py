@@ -25,6 +25,7 @@ PREFIX = "provision_gateway_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: seconds: from a cached prompt's first token to a long prefill on a small GPU
 TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+ADDED_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 WINDOW_S = 60
 CLASSES = ("2xx", "4xx", "5xx")
@@ -76,6 +77,7 @@ class Metrics:
         self.ttft: dict[Labels, _Histogram] = {}
         self.duration: dict[Labels, _Histogram] = {}
         self.upstream: dict[Labels, _Histogram] = {}
+        self.added: dict[Labels, _Histogram] = {}
         self.upstream_errors: dict[Labels, int] = defaultdict(int)
         self.open_streams = 0
         self.in_flight = 0
@@ -101,6 +103,9 @@ class Metrics:
             stream = "true" if record.stream else "false"
             self._hist(self.ttft, (("model", model), ("stream", stream)), TIME_BUCKETS).observe(
                 record.first_token_at - record.started)
+        added = record.gateway_added()
+        if added is not None:
+            self._hist(self.added, (("stream", "true" if record.stream else "false"),), ADDED_BUCKETS).observe(added)
         self._hist(self.duration, (("route", route),), TIME_BUCKETS).observe(now - record.started)
         for kind, value in (("input", record.input_tokens), ("output", record.output_tokens),
                             ("cache_read", record.cache_read_input_tokens)):
@@ -164,10 +169,15 @@ class Metrics:
         samples("tokens_total", self.tokens)
         family("time_to_first_token_seconds", "histogram", "From the request to its first generated token.")
         histograms("time_to_first_token_seconds", self.ttft)
+        family("gateway_added_seconds", "histogram", "Of the time to first token, what the gateway itself took: "
+                                                      "until the request went upstream, and from the upstream's "
+                                                      "first token to its own.")
+        histograms("gateway_added_seconds", self.added)
         family("request_duration_seconds", "histogram", "From the request to the end of its answer.")
         histograms("request_duration_seconds", self.duration)
         family("upstream_latency_seconds", "histogram", "From sending a request upstream to its response "
-                                                         "headers (llama-server sends them after prefill).")
+                                                         "headers (for a stream llama-server sends them at once; "
+                                                         "a non-streamed answer comes whole).")
         histograms("upstream_latency_seconds", self.upstream)
         family("upstream_errors_total", "counter", "Upstream requests that failed (status none: no answer) or "
                                                    "answered 5xx.")

@@ -179,3 +179,24 @@ def test_each_turn_reuses_the_previous_turns_prompt_from_llama_servers_cache(cac
     assert rows[-1][1] > 3000, "the session should grow to a few thousand tokens"
     for prev, cur in zip(rows, rows[1:]):
         assert cur[2] >= 0.95 * prev[1], f"turn {cur[0]}: {cur[2]} of the previous {prev[1]} tokens from the cache"
+
+
+def test_structured_output_on_the_real_server(cache_stack):
+    """Issue 19.4 on llama-server itself: the schema constrains the answer; one it cannot express is a 400."""
+    url, _ = cache_stack
+    client = anthropic.Anthropic(base_url=url, api_key=GATEWAY_KEY, max_retries=0, timeout=300)
+    schema = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Bern", "Paris"]},
+                                               "sunny": {"type": "boolean"}},
+              "required": ["city", "sunny"], "additionalProperties": False}
+    message = client.messages.create(model="claude-x", max_tokens=40, output_config={
+        "format": {"type": "json_schema", "schema": schema}},
+        messages=[{"role": "user", "content": "Is it sunny in Paris? Answer in JSON."}])
+    answer = json.loads(message.content[0].text)
+    assert set(answer) == {"city", "sunny"} and answer["city"] in ("Bern", "Paris")
+    assert isinstance(answer["sunny"], bool)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="claude-x", max_tokens=8, output_config={
+            "format": {"type": "json_schema", "schema": {"$ref": "#/$defs/missing"}}},
+            messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["error"]["message"].startswith(
+        "the model server cannot express a JSON schema of this request as a grammar")

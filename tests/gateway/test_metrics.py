@@ -60,6 +60,11 @@ def test_counters_match_the_requests_sent(gw):
     assert value(s, "tokens_total", model="smollm2", kind="output") == 2 + 1 + 2
     assert value(s, "time_to_first_token_seconds_count", model="smollm2", stream="true") == 2
     assert value(s, "time_to_first_token_seconds_count", model="smollm2", stream="false") == 1
+    assert value(s, "gateway_added_seconds_count", stream="true") == 2
+    assert value(s, "gateway_added_seconds_count", stream="false") == 1
+    # what the gateway adds to a local round trip is well under the time of the whole request
+    assert 0 < value(s, "gateway_added_seconds_sum", stream="true") < value(
+        s, "time_to_first_token_seconds_sum", model="smollm2", stream="true")
     assert value(s, "request_duration_seconds_count", route=route) == 6
     assert value(s, "upstream_latency_seconds_count", path="/v1/chat/completions") == 4
     assert value(s, "recent_requests", window="60s", **{"class": "2xx"}) == 3
