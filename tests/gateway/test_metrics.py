@@ -93,8 +93,7 @@ def test_open_streams_gauge_and_public_metrics(make_gw):
 
 def test_the_local_model_id_is_learnt_from_the_upstream(make_gw):
     """Issue 19: with no local_model_id the gateway answers to the upstream's own model name."""
-    gw = make_gw(local_model_id=None)
-    gw.upstream.model_ids = ["qwen2.5-coder-7b"]
+    gw = make_gw(local_model_id=None, upstream_models=["qwen2.5-coder-7b"])
     deadline = time.monotonic() + 5
     while [m.id for m in gw.client().models.list().data] != ["qwen2.5-coder-7b"]:
         assert time.monotonic() < deadline
