@@ -10,7 +10,7 @@ Mapping (what Claude Code then does in brackets):
 - context exceeded                                 → 400 "prompt is too long: N tokens > M maximum"
                                                      (Claude Code compacts on this text)
 - "not supported" (images on a text-only model)    → 400 invalid_request_error (not retried)
-- "JSON schema conversion failed"                  → 400 naming the schemas it can come from
+- "JSON schema conversion failed" / "... error"     → 400 naming the schemas it can come from
 - other 4xx                                        → 400 invalid_request_error
 - 401/403                                          → 500 api_error; the gateway's upstream key is
                                                      wrong, which the client can do nothing about
@@ -71,8 +71,9 @@ def error_from_upstream(status: int, body: Any, headers: Mapping[str, str] | Non
         if isinstance(n_prompt, int) and isinstance(n_ctx, int):
             return invalid_request(f"prompt is too long: {n_prompt} tokens > {n_ctx} maximum")
         return invalid_request(f"prompt is too long: {message}")
-    if "json schema conversion failed" in lower:
-        # common/json-schema-to-grammar.cpp:977 and :1004 (an unresolved $ref, an invalid pattern, ...)
+    if "json schema conversion failed" in lower or "json schema error" in lower:
+        # common/json-schema-to-grammar.cpp:977 and :1004 (an unresolved $ref, an invalid pattern, ...);
+        # with a chat template's own parser, common/json-schema.cpp:23 via common/chat.cpp:1364
         return invalid_request("the model server cannot express a JSON schema of this request as a grammar "
                                f"(output_config.format.schema, or a tool's input_schema): {message}")
     if "not supported" in lower or "unsupported" in lower:

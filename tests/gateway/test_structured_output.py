@@ -56,13 +56,19 @@ def test_sdk_structured_output_reaches_the_upstream(make_gw, mode):
     assert gw.last_request()["response_format"] == EXPECTED
 
 
-def test_a_schema_the_server_cannot_express_is_a_clear_400(gw):
-    # the message llama-server answers (common/json-schema-to-grammar.cpp:977, an unresolved $ref)
-    gw.script([("status", 400, {"error": {"code": 400, "type": "invalid_request_error",
-                                          "message": "JSON schema conversion failed:\nUnresolved $ref #/$defs/x"}})])
+@pytest.mark.parametrize("upstream_message", [
+    # common/json-schema-to-grammar.cpp:977 (the grammar converter)
+    "JSON schema conversion failed:\nUnresolved $ref #/$defs/x",
+    # what b11312 answers with SmolLM2's template (common/chat.cpp:1364 around common/json-schema.cpp:23),
+    # seen in tests/bench/test_prompt_cache_real.py
+    "Unable to generate parser for this template. Automatic parser generation failed: JSON schema error at #: "
+    "cannot resolve $ref #/$defs/x, $defs not found",
+])
+def test_a_schema_the_server_cannot_express_is_a_clear_400(gw, upstream_message):
+    gw.script([("status", 400, {"error": {"code": 400, "type": "invalid_request_error", "message": upstream_message}})])
     with pytest.raises(anthropic.BadRequestError) as info:
         gw.client().messages.create(**body(output_config={"format": {"type": "json_schema",
                                                                      "schema": {"$ref": "#/$defs/x"}}}))
     assert info.value.body["error"]["message"] == (
         "the model server cannot express a JSON schema of this request as a grammar (output_config.format.schema, "
-        "or a tool's input_schema): JSON schema conversion failed:\nUnresolved $ref #/$defs/x")
+        f"or a tool's input_schema): {upstream_message}")
