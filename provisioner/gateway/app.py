@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from provisioner import __version__
+import provisioner
 from provisioner.gateway import access_log, messages_native, messages_translate
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.api_errors import ApiError, invalid_request, not_found
@@ -192,7 +192,7 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format (see :mod:`provisioner.gateway.metrics`)."""
     state = state_of(request)
-    body = state.metrics.render({"version": __version__, "mode": state.settings.mode})
+    body = state.metrics.render({"version": provisioner.__version__, "mode": state.settings.mode})
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
