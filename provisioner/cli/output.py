@@ -126,6 +126,9 @@ class Output:
             data["container"] = {"vmid": ct.vmid, "status": ct.status, "ours": ct.ours,
                                  "hostname": ct.config.get("hostname"),
                                  "pending": sorted(set(ct.pending) | set(ct.pending_delete))}
+        from ..fleet.status import gateway_line, gateway_models
+
+        data["gateway_models"] = gateway_models(ctx.cfg)
         for name, value in sorted(ctx.facts.items()):
             data.setdefault("facts", {})[name] = _plain(value)
         if self.json_mode:
@@ -140,6 +143,9 @@ class Output:
                            + ("" if c["ours"] else " [yellow](not created by provision)[/]"))
             if c["pending"]:
                 self.err.print(f"  pending until restart: {', '.join(c['pending'])}")
+        line = gateway_line(ctx)
+        if line:
+            self.err.print(line, markup=False)
         for name, value in data.get("facts", {}).items():
             self.err.print(f"  {name}: {redact(json.dumps(value, default=str))[:200]}", markup=False)
 

@@ -1,5 +1,6 @@
 """Service checks: llama-server's unit and /health, the model file, the context Claude Code needs,
-model + KV cache against VRAM, port conflicts, the gateway and one end-to-end request."""
+model + KV cache against VRAM, port conflicts, the gateway, one end-to-end request and the gateway's
+error rate over the last minute."""
 
 from __future__ import annotations
 
@@ -254,7 +255,50 @@ def check_gateway(d: DoctorContext) -> list[Finding]:
                 if e2e.status in (401, 403) else \
                 f"read `pct exec {d.vmid} -- journalctl -u {GATEWAY_UNIT} -u {LLAMA_UNIT} -n 50`"
             out.append(fail("services.e2e", f"a tiny Messages request fails ({e2e.error or e2e.status})", ev2, fix=fix))
-    return out
+    return out + _gateway_error_rate(d)
+
+
+#: a warning above this share of server errors (5xx) among the last minute's requests
+ERROR_RATE_WARN = 0.05
+
+
+def _gateway_error_rate(d: DoctorContext) -> list[Finding]:
+    """The last minute's error rate, from the gateway's /metrics (``recent_requests`` by status class)."""
+    from ..gateway.metrics import parse  # the gateway's own reader of its format
+
+    probe = d.probes.get("gateway.metrics")
+    if probe is None or probe.status in (0, 401, 403):
+        return []  # no answer or the wrong key: services.gateway_health / services.e2e say so
+    ev = Evidence(f"curl -s {probe.url} -H 'x-api-key: ...' | grep recent_requests",
+                  probe.error or "\n".join(line for line in probe.body.splitlines()
+                                            if line.startswith("provision_gateway_recent_requests")))
+    if probe.status == 404:
+        return [warn("services.gateway_errors", "the gateway has no /metrics (an older version)", ev,
+                     fix="`provision up FILE` installs the current gateway")]
+    counts = {labels.get("class"): value for name, labels, value in _parse_or_empty(parse, probe.body)
+              if name == "provision_gateway_recent_requests"}
+    if not probe.ok or not counts:
+        return [warn("services.gateway_errors", f"the gateway's /metrics answered {probe.status} without "
+                     "recent_requests", ev, fix=f"read `pct exec {d.vmid} -- journalctl -u {GATEWAY_UNIT} -n 50`")]
+    total = int(sum(counts.values()))
+    server, client = int(counts.get("5xx", 0)), int(counts.get("4xx", 0))
+    if total == 0:
+        return [ok("services.gateway_errors", "no client requests in the last minute", ev)]
+    rate = server / total
+    title = (f"last minute: {total} request{'s' if total != 1 else ''}, {server} server error"
+             f"{'s' if server != 1 else ''} ({rate:.0%}), {client} refused (4xx)")
+    if rate > ERROR_RATE_WARN:
+        return [warn("services.gateway_errors", title, ev,
+                     fix=f"see which errors in `curl {probe.url} | grep errors_total` and read "
+                         f"`pct exec {d.vmid} -- journalctl -u {GATEWAY_UNIT} -u {LLAMA_UNIT} -n 100`")]
+    return [ok("services.gateway_errors", title, ev)]
+
+
+def _parse_or_empty(parse, text: str) -> list:
+    try:
+        return list(parse(text))
+    except ValueError:
+        return []
 
 
 def _is_message(body: str) -> bool:

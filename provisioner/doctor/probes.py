@@ -1,4 +1,5 @@
-"""HTTP requests doctor makes itself, in parallel: gateway /health and a tiny end-to-end request."""
+"""HTTP requests doctor makes itself, in parallel: gateway /health, a tiny end-to-end request and the
+gateway's /metrics (for the last minute's error rate)."""
 
 from __future__ import annotations
 
@@ -61,14 +62,16 @@ def gateway_key(cfg: HostFile, from_ct: str | None) -> str | None:
 
 
 def run_probes(cfg: HostFile, base_url: str, key: str | None) -> dict[str, Probe]:
-    """/health and one tiny Messages request, concurrently."""
+    """/metrics first (so the last minute's error rate is the clients', not doctor's own request), then
+    /health and one tiny Messages request, concurrently."""
     model = cfg.model.model_id if cfg.model else "default"
     headers = {"anthropic-version": "2023-06-01"}
     if key:
         headers["x-api-key"] = key
     message = {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "Say OK."}]}
+    metrics = _request("gateway.metrics", f"{base_url}/metrics", headers=headers, timeout=5)
     with ThreadPoolExecutor(max_workers=2) as pool:
         health = pool.submit(_request, "gateway.health", f"{base_url}/health", timeout=10)
         e2e = pool.submit(_request, "gateway.e2e", f"{base_url}/v1/messages", data=message, headers=headers,
                           timeout=120)
-        return {"gateway.health": health.result(), "gateway.e2e": e2e.result()}
+        return {"gateway.health": health.result(), "gateway.e2e": e2e.result(), "gateway.metrics": metrics}

@@ -52,6 +52,32 @@ def _health(services: Any, name: str, unit: str, running: bool) -> str:
     return "ok" if code == 200 else ("down" if code == 0 else f"HTTP {code}")
 
 
+def gateway_models(cfg: Any) -> list[str]:
+    """Which model names the gateway maps to which model, read from the very config ``up`` writes."""
+    if cfg.model is None or not cfg.gateway.enabled:
+        return []
+    import json
+
+    from ..gateway.config import settings_from_mapping
+    from ..gateway.models import ModelMap
+    from ..operations.units import gateway_config
+
+    return ModelMap.from_settings(settings_from_mapping(json.loads(gateway_config(cfg)))).describe()
+
+
+def gateway_line(ctx: PlanContext) -> str | None:
+    """``gateway :4000 ok, serves claude-* → m, m, fast → m`` for single-host ``status``."""
+    cfg = ctx.cfg
+    if not cfg.gateway.enabled:
+        return "gateway: off (gateway.enabled: false)"
+    models = gateway_models(cfg)
+    if not models:
+        return None
+    running = bool(ctx.pve.ct and ctx.pve.ct.running)
+    health = _health(ctx.facts.get("services.ct"), "gateway", GATEWAY_UNIT, running)
+    return f"gateway :{cfg.gateway.port} ({cfg.gateway.mode}, health {health}) maps " + ", ".join(models)
+
+
 def status_row(ctx: PlanContext) -> dict[str, Any]:
     cfg, ct = ctx.cfg, ctx.pve.ct
     driver = ctx.facts.get("nvidia.driver")
@@ -76,4 +102,5 @@ def status_row(ctx: PlanContext) -> dict[str, Any]:
         "driver_mismatch": bool(host_driver and ct_driver and ct_driver != host_driver),
         "llama": _health(services, "llama", LLAMA_UNIT, running),
         "gateway": _health(services, "gateway", GATEWAY_UNIT, running) if cfg.gateway.enabled else "off",
+        "gateway_models": gateway_models(cfg),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from typing import Any, Sequence
@@ -16,32 +17,56 @@ from aiohttp import web
 
 from provisioner.errors import ConfigError
 from provisioner.gateway.app import build_app
-from provisioner.gateway.config import GatewaySettings, load_settings, settings_from_mapping
+from provisioner.gateway.config import (EVENT_LOOPS, LOG_LEVELS, MODES, GatewaySettings, load_settings,
+                                       settings_from_mapping)
 
-FLAGS: dict[str, tuple[str, type]] = {
-    "--host": ("listen_host", str), "--port": ("listen_port", int), "--upstream": ("upstream_url", str),
-    "--mode": ("mode", str), "--api-key-file": ("api_key_file", str),
-    "--upstream-api-key-file": ("upstream_api_key_file", str), "--model-id": ("local_model_id", str),
-    "--ping-interval": ("ping_interval_s", float), "--upstream-timeout": ("upstream_timeout_s", float),
-    "--max-request-bytes": ("max_request_bytes", int), "--log-level": ("log_level", str),
-    "--event-loop": ("event_loop", str),
-}
+#: short flags kept from before every setting had its own (``--port`` for ``--listen-port``, ...)
+SHORT_FLAGS = {"listen_host": "--host", "listen_port": "--port", "upstream_url": "--upstream",
+               "local_model_id": "--model-id", "ping_interval_s": "--ping-interval",
+               "upstream_timeout_s": "--upstream-timeout"}
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def _metavar(key: str, kind: str) -> str:
+    choices = {"mode": MODES, "log_level": LOG_LEVELS, "event_loop": EVENT_LOOPS}.get(key)
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    if key.endswith("_file"):
+        return "FILE"
+    if key.endswith("_url"):
+        return "URL"
+    return {"local_model_id": "ID", "listen_host": "ADDRESS"}.get(key, _TYPES[kind].__name__.upper())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provision-gateway", description="Run the Anthropic Messages gateway in front of llama-server.",
+        epilog="Every setting is a key of the --config JSON file; a flag overrides its key.")
+    parser.add_argument("--config", metavar="FILE", help="JSON settings file (keys as named below)")
+    defaults = GatewaySettings()
+    for f in dataclasses.fields(GatewaySettings):
+        flags = ["--" + f.name.replace("_", "-")] + ([SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else [])
+        help_text = f"[key {f.name}] {f.metadata['help']}"
+        default = getattr(defaults, f.name)
+        if f.type == "bool":
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {str(default).lower()})")
+        elif f.type == "Mapping[str, str]":
+            parser.add_argument("--alias", *flags, dest=f.name, action="append", default=None,
+                                metavar="NAME=MODEL", help=f"{help_text}; repeatable")
+        else:
+            parser.add_argument(*flags, dest=f.name, type=_TYPES[f.type], default=None,
+                                metavar=_metavar(f.name, f.type),
+                                help=f"{help_text} (default: {'null' if default is None else default})")
+    return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[str | None, dict[str, Any]]:
     """The config file path and the keys given as flags."""
-    parser = argparse.ArgumentParser(
-        prog="provision-gateway", description="Run the Anthropic Messages gateway in front of llama-server.",
-        epilog="Every flag overrides the config-file key named in its help; see provisioner.gateway.config.")
-    parser.add_argument("--config", metavar="FILE", help="JSON settings file")
-    for flag, (key, kind) in FLAGS.items():
-        parser.add_argument(flag, dest=key, type=kind, metavar=kind.__name__.upper(), help=f"key {key}")
-    parser.add_argument("--alias", action="append", default=[], metavar="NAME=MODEL",
-                        help="map a requested model name to an upstream model (repeatable)")
-    args = vars(parser.parse_args(argv))
-    overrides = {k: v for k, v in args.items() if k not in ("config", "alias") and v is not None}
-    if args["alias"]:
-        pairs = [a.split("=", 1) for a in args["alias"]]
+    args = vars(_parser().parse_args(argv))
+    overrides = {k: v for k, v in args.items() if k not in ("config", "model_aliases") and v is not None}
+    if args["model_aliases"]:
+        pairs = [a.split("=", 1) for a in args["model_aliases"]]
         if any(len(p) != 2 for p in pairs):
             raise ConfigError("expected NAME=MODEL", key="--alias")
         overrides["model_aliases"] = dict(pairs)

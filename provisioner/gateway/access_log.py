@@ -1,7 +1,9 @@
 """Structured access log: one JSON line per request, on the ``provisioner.gateway.access`` logger.
 
-Fields: ts, request_id, method, path, status, model, stream, input_tokens,
-output_tokens, cache_read_input_tokens, stop_reason, ttft_ms, duration_ms, error.
+Fields: ts, request_id, method, path, status, model, upstream_model, stream, input_tokens,
+output_tokens, cache_read_input_tokens, stop_reason, ttft_ms, gateway_ms (what the gateway itself
+added before the first token: until the request went upstream, plus from the upstream's first
+token to its own), duration_ms, error.
 Never prompt contents, never keys.
 """
 
@@ -26,18 +28,31 @@ class AccessRecord:
     started: float
     status: int = 0
     model: str | None = None
+    upstream_model: str | None = None
     stream: bool | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     stop_reason: str | None = None
     first_token_at: float | None = None
+    #: when the request went upstream, and when the upstream's first token (or whole answer) arrived
+    upstream_sent_at: float | None = None
+    upstream_token_at: float | None = None
     error: str | None = None
 
-    def mark_first_token(self) -> None:
-        """Remember when the first generated token went out (once)."""
+    def mark_first_token(self, upstream_at: float | None = None) -> None:
+        """Remember when the first generated token went out (once), and when it came from upstream."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+            self.upstream_token_at = upstream_at
+
+    def gateway_added(self) -> float | None:
+        """Seconds of the time to first token spent in the gateway, not waiting for the upstream."""
+        if None in (self.first_token_at, self.upstream_sent_at, self.upstream_token_at):
+            return None
+        assert self.first_token_at is not None and self.upstream_sent_at is not None
+        assert self.upstream_token_at is not None
+        return (self.upstream_sent_at - self.started) + (self.first_token_at - self.upstream_token_at)
 
     def set_usage(self, usage: dict | None) -> None:
         """Copy token counts from an Anthropic usage object."""
@@ -53,11 +68,15 @@ class AccessRecord:
         data["ts"] = round(time.time(), 3)
         if self.first_token_at is not None:
             data["ttft_ms"] = round((self.first_token_at - self.started) * 1000, 1)
+        added = self.gateway_added()
+        if added is not None:
+            data["gateway_ms"] = round(added * 1000, 2)
         data["duration_ms"] = round((now - self.started) * 1000, 1)
         return dumps(data).decode()
 
 
-_LOGGED = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "first_token_at"))
+_LOGGED = tuple(f.name for f in fields(AccessRecord)
+                if f.name not in ("started", "first_token_at", "upstream_sent_at", "upstream_token_at"))
 
 
 def write(record: AccessRecord) -> None:

@@ -7,6 +7,8 @@ into these in exactly one place, :mod:`provisioner.gateway.upstream`.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from provisioner.errors import ProvisionError
 from provisioner.gateway.jsonfast import dumps
 
@@ -14,10 +16,13 @@ from provisioner.gateway.jsonfast import dumps
 class ApiError(ProvisionError):
     """An error the gateway answers with ``{"type":"error","error":{...}}``."""
 
-    def __init__(self, status: int, error_type: str, message: str) -> None:
+    def __init__(self, status: int, error_type: str, message: str, *,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
+        #: response headers that come with the error (``Retry-After`` on a 429)
+        self.headers: dict[str, str] = dict(headers or {})
 
     def body(self, request_id: str | None = None) -> dict:
         """The JSON error body Anthropic's clients expect."""
@@ -39,6 +44,11 @@ def invalid_request(message: str) -> ApiError:
 def not_found(message: str) -> ApiError:
     """404 not_found_error."""
     return ApiError(404, "not_found_error", message)
+
+
+def rate_limited(message: str, headers: Mapping[str, str]) -> ApiError:
+    """429 rate_limit_error, with the upstream's ``Retry-After`` (the SDKs wait that long)."""
+    return ApiError(429, "rate_limit_error", message, headers=headers)
 
 
 def overloaded(message: str = "the model server is busy; retry shortly") -> ApiError:

@@ -6,11 +6,13 @@ Routes (``?beta=true`` and other query strings are ignored):
 - ``POST /v1/messages/count_tokens``    the backend's tokenizer on the templated prompt
 - ``GET  /v1/models``, ``/v1/models/{id}``  Anthropic list shape
 - ``GET  /health``                      gateway and upstream health, no key needed
+- ``GET  /metrics``                     Prometheus text format (no key with ``metrics_public``)
 - ``GET|HEAD /``                        liveness, no key needed
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hmac
 import logging
@@ -19,12 +21,16 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+import provisioner
 from provisioner.gateway import access_log, messages_native, messages_translate
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.api_errors import ApiError, invalid_request, not_found
 from provisioner.gateway.config import GatewaySettings, read_key_file
+from provisioner.gateway.documents import DocumentReader
 from provisioner.gateway.ids import new_id
 from provisioner.gateway.jsonfast import dumps, loads
+from provisioner.gateway.metrics import CONTENT_TYPE, Metrics
+from provisioner.gateway.models import ModelMap
 from provisioner.gateway.state import RECORD, STATE, GatewayState, record_of, state_of
 from provisioner.gateway.translate_request import translate_request
 from provisioner.gateway.upstream import Upstream
@@ -34,8 +40,10 @@ OPEN_PATHS = frozenset({"/", "/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: object, status: int = 200, request_id: str | None = None) -> web.Response:
+def _json(data: object, status: int = 200, request_id: str | None = None,
+          extra_headers: dict[str, str] | None = None) -> web.Response:
     headers = {"request-id": request_id} if request_id else {}
+    headers.update(extra_headers or {})
     if status >= 400:  # the header Anthropic's SDKs obey before their own status rules
         headers["x-should-retry"] = "true" if status >= 500 or status == 429 else "false"
     return web.Response(body=dumps(data), status=status, content_type="application/json", headers=headers)
@@ -58,16 +66,18 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     record = AccessRecord(request_id=new_id("req_"), method=request.method, path=request.path,
                           started=time.monotonic())
     request[RECORD] = record
+    state = state_of(request)
+    state.metrics.in_flight += 1
     try:
-        key = state_of(request).api_key
-        if key is not None and request.path not in OPEN_PATHS and not _authorised(request, key):
+        key = state.api_key
+        if key is not None and request.path not in state.open_paths and not _authorised(request, key):
             raise ApiError(401, "authentication_error", "invalid x-api-key")
         response = await handler(request)
         record.status = record.status or response.status
         return response
     except ApiError as exc:
         record.status, record.error = exc.status, exc.error_type
-        return _json(exc.body(record.request_id), exc.status, record.request_id)
+        return _json(exc.body(record.request_id), exc.status, record.request_id, exc.headers)
     except web.HTTPException as exc:
         error = (not_found(f"{request.method} {request.path} does not exist") if exc.status == 404
                  else ApiError(exc.status, "invalid_request_error", exc.reason))
@@ -82,7 +92,15 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         if not record.status:
             record.status = 499  # the client went away before an answer
+        state.metrics.in_flight -= 1
+        state.metrics.observe(record, _route(request), time.monotonic())
         access_log.write(record)
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (a bounded label set; an unknown path is "other")."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "other"
 
 
 async def _read_body(request: web.Request) -> object:
@@ -103,16 +121,17 @@ def _resolve_model(request: web.Request, body: object) -> str:
     model = body.get("model") if isinstance(body, dict) else None
     if not isinstance(model, str):
         raise invalid_request("model: field required" if model is None else "model: expected a string")
-    upstream_model = state_of(request).settings.resolve_model(model)
+    upstream_model = state_of(request).models.resolve(model)
     if upstream_model is None:
         raise not_found(f"model: {model}")
     record_of(request).model = model
+    record_of(request).upstream_model = upstream_model
     return upstream_model
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    body = await _read_body(request)
+    body = await state_of(request).documents.inline(await _read_body(request))
     upstream_model = _resolve_model(request, body)
     translated = translate_request(body, upstream_model=upstream_model)
     record_of(request).stream = translated.stream
@@ -124,7 +143,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens`` via the upstream's ``/apply-template`` and ``/tokenize``."""
-    body = await _read_body(request)
+    body = await state_of(request).documents.inline(await _read_body(request))
     upstream_model = _resolve_model(request, body)
     payload = translate_request(body, upstream_model=upstream_model, count_only=True).payload
     template_input = {k: payload[k] for k in ("messages", "tools", "tool_choice", "chat_template_kwargs")
@@ -142,9 +161,8 @@ async def count_tokens(request: web.Request) -> web.Response:
 
 
 def _model_entries(state: GatewayState) -> list[dict]:
-    names = [state.settings.local_model_id, *state.settings.model_aliases]
     return [{"type": "model", "id": name, "display_name": name, "created_at": state.created_at}
-            for name in dict.fromkeys(names)]
+            for name in state.models.listed()]
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -157,7 +175,7 @@ async def get_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{id}``: any name the gateway serves."""
     state = state_of(request)
     name = request.match_info["model_id"]
-    if state.settings.resolve_model(name) is None:
+    if state.models.resolve(name) is None:
         raise not_found(f"model: {name}")
     return _json({"type": "model", "id": name, "display_name": name, "created_at": state.created_at})
 
@@ -169,6 +187,13 @@ async def health(request: web.Request) -> web.Response:
     ok = upstream["status"] == "ok"
     return _json({"status": "ok" if ok else "degraded", "mode": state.settings.mode,
                   "upstream": upstream}, 200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format (see :mod:`provisioner.gateway.metrics`)."""
+    state = state_of(request)
+    body = state.metrics.render({"version": provisioner.__version__, "mode": state.settings.mode})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def root(request: web.Request) -> web.Response:
@@ -184,16 +209,25 @@ def build_app(settings: GatewaySettings) -> web.Application:
     if api_key is None:
         log.warning("no api_key_file configured: the gateway accepts requests without a key")
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    state = GatewayState(settings=settings, upstream=Upstream(settings, api_key=upstream_key),
-                         api_key=api_key.encode() if api_key else None,
-                         created_at=created.isoformat().replace("+00:00", "Z"))
+    gauges = Metrics()
+    state = GatewayState(settings=settings, upstream=Upstream(settings, api_key=upstream_key, metrics=gauges),
+                         api_key=api_key.encode() if api_key else None, metrics=gauges,
+                         models=ModelMap.from_settings(settings),
+                         open_paths=OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set()),
+                         created_at=created.isoformat().replace("+00:00", "Z"),
+                         documents=DocumentReader(fetch_urls=settings.fetch_document_urls,
+                                                  max_bytes=settings.max_request_bytes))
     app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_request_bytes)
     app[STATE] = state
 
     async def lifecycle(app: web.Application):
         await state.upstream.start()
+        discovery = asyncio.create_task(state.models.discover(
+            lambda: state.upstream.request_json("GET", "/v1/models", timeout=10.0)))
         yield
+        discovery.cancel()
         await state.upstream.close()
+        await state.documents.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/v1/messages", messages)
@@ -201,5 +235,6 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)  # GET routes answer HEAD too
     return app

@@ -1,32 +1,9 @@
 """Gateway settings: one immutable record, loaded from a JSON file plus flags.
 
-``provision-gateway --config gw.json`` reads a JSON object with these keys
-(all optional; unknown keys are an error so typos do not pass silently)::
-
-    listen_host                "127.0.0.1"   address the gateway listens on
-    listen_port                8082          port the gateway listens on
-    upstream_url               "http://127.0.0.1:8080"
-                                             llama-server base URL (no /v1)
-    mode                       "translate"   translate: Anthropic -> OpenAI chat completions;
-                                             native: the upstream's own /v1/messages, gaps fixed
-    api_key_file               null          file with the key clients must send (x-api-key or
-                                             Authorization: Bearer); null = no authentication
-    upstream_api_key_file      null          file with the key sent to the upstream (Bearer)
-    local_model_id             "local"       the model id the upstream serves
-    model_aliases              {}            requested name -> upstream model id
-    accept_claude_models       true          any claude-* name maps to local_model_id
-    max_request_bytes          33554432      larger bodies get 413 request_too_large
-    ping_interval_s            5.0           SSE ping after this many idle seconds
-    upstream_timeout_s         600.0         longest silence from the upstream, prefill included
-    upstream_connect_timeout_s 10.0          TCP connect timeout to the upstream
-    header_wait_s              0.25          how long a stream waits for the upstream's status
-                                             before committing to HTTP 200 (so a quick 503 still
-                                             becomes an HTTP 529 the client retries; llama-server
-                                             sends no headers until prefill is done)
-    max_upstream_connections   64            size of the upstream connection pool
-    log_level                  "info"        debug | info | warning | error (stderr)
-    event_loop                 "auto"        auto: uvloop when installed, else asyncio;
-                                             uvloop (required) | asyncio
+``provision-gateway --config gw.json`` reads a JSON object whose keys are the fields
+of :class:`GatewaySettings` (all optional; unknown keys are an error so typos do not
+pass silently). Each field carries its help text, declared once here: that text is what
+``provision-gateway --help`` prints, next to the flag that overrides the key.
 
 Example (what a systemd unit's ``provision-gateway --config /etc/provision/gateway.json`` reads)::
 
@@ -54,37 +31,50 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
+def _setting(default: Any, help_text: str) -> Any:
+    """A field with its help text (a dict default becomes a fresh dict per instance)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Validated gateway configuration (see the module docstring for the keys)."""
+    """Validated gateway configuration; each field's ``metadata["help"]`` documents it."""
 
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8082
-    upstream_url: str = "http://127.0.0.1:8080"
-    mode: str = "translate"
-    api_key_file: str | None = None
-    upstream_api_key_file: str | None = None
-    local_model_id: str = "local"
-    model_aliases: Mapping[str, str] = field(default_factory=dict)
-    accept_claude_models: bool = True
-    max_request_bytes: int = 32 * 1024 * 1024
-    ping_interval_s: float = 5.0
-    upstream_timeout_s: float = 600.0
-    upstream_connect_timeout_s: float = 10.0
-    header_wait_s: float = 0.25
-    max_upstream_connections: int = 64
-    log_level: str = "info"
-    event_loop: str = "auto"
+    listen_host: str = _setting("127.0.0.1", "address the gateway listens on")
+    listen_port: int = _setting(8082, "port the gateway listens on")
+    upstream_url: str = _setting("http://127.0.0.1:8080", "llama-server's base URL; the /v1 form "
+                                 "(http://host:8080/v1) is accepted too")
+    mode: str = _setting("translate", "translate: Anthropic -> OpenAI chat completions; native: the "
+                         "upstream's own /v1/messages, its gaps fixed")
+    api_key_file: str | None = _setting(None, "file with the key clients must send (x-api-key or "
+                                        "Authorization: Bearer); null: no authentication")
+    upstream_api_key_file: str | None = _setting(None, "file with the key sent to the upstream (Bearer)")
+    local_model_id: str | None = _setting(None, "the upstream's model id (provision writes the host file's "
+                                          "model alias); null: ask the upstream's /v1/models")
+    model_aliases: Mapping[str, str] = _setting({}, "requested model name -> upstream model id")
+    accept_claude_models: bool = _setting(True, "any claude-* model name means the local model")
+    max_request_bytes: int = _setting(32 * 1024 * 1024, "larger bodies get 413 request_too_large (also the "
+                                      "largest PDF fetched for a document URL)")
+    fetch_document_urls: bool = _setting(True, "fetch PDFs given as document URLs (false: such documents "
+                                         "get a 400 asking for base64)")
+    metrics_public: bool = _setting(False, "serve /metrics without the client key (for a Prometheus "
+                                    "scraper on a trusted network)")
+    ping_interval_s: float = _setting(5.0, "SSE ping after this many idle seconds")
+    upstream_timeout_s: float = _setting(600.0, "longest silence from the upstream, prefill included")
+    upstream_connect_timeout_s: float = _setting(10.0, "TCP connect timeout to the upstream")
+    header_wait_s: float = _setting(0.25, "how long a stream waits for the upstream's status before "
+                                    "committing to HTTP 200 (so a quick 503 still becomes a 529 the "
+                                    "client retries; a slow upstream gets message_start and pings meanwhile)")
+    max_upstream_connections: int = _setting(64, "size of the upstream connection pool")
+    log_level: str = _setting("info", "debug | info | warning | error (stderr)")
+    event_loop: str = _setting("auto", "auto: uvloop when installed, else asyncio; uvloop (required) | asyncio")
 
-    def resolve_model(self, requested: str) -> str | None:
-        """The upstream model id for a requested name, or None if it is not served."""
-        if requested in self.model_aliases:
-            return self.model_aliases[requested]
-        if requested == self.local_model_id:
-            return requested
-        if self.accept_claude_models and requested.startswith("claude"):
-            return self.local_model_id
-        return None
+
+def setting_help() -> dict[str, str]:
+    """Key -> help text, in declaration order."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(GatewaySettings)}
 
 
 def _field_types() -> dict[str, Any]:
@@ -115,7 +105,7 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if kind == "str | None":
         if value is not None and (not isinstance(value, str) or not value):
-            raise fail("a file path or null")
+            raise fail("a model id or null" if key == "local_model_id" else "a file path or null")
         return value
     if kind == "Mapping[str, str]":
         if not isinstance(value, dict) or not all(
@@ -136,10 +126,9 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"expected an http:// or https:// URL, found {value!r}",
                               file=source, key=key)
-        value = value.rstrip("/")
-        if value.endswith("/v1"):
-            raise ConfigError("the upstream URL must not end in /v1", file=source, key=key,
-                              fix=f"use {value[:-3]!r}")
+        # every OpenAI client (and every peer gateway) is configured with the /v1 form; the
+        # gateway adds the paths itself (/v1/chat/completions, /apply-template, /health)
+        value = value.rstrip("/").removesuffix("/v1").rstrip("/")
     return value
 
 

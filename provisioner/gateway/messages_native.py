@@ -4,8 +4,12 @@ llama-server's native endpoint has known gaps, fixed here:
 
 - a named ``tool_choice`` is not enforced → such requests go through translate mode,
   where it is enforced by grammar;
+- structured outputs (``output_config.format``, ``output_format``) are dropped (its
+  Anthropic → OpenAI conversion copies a fixed set of keys, tools/server/server-chat.cpp:348-620)
+  → such requests go through translate mode too;
 - only ``thinking.type = "enabled"`` is honoured → ``adaptive`` becomes ``enabled``
-  (budget: ``max_tokens - 1``), ``disabled`` is removed;
+  (budget: ``max_tokens - 1``), ``disabled`` is removed, and each sets the template's
+  ``enable_thinking`` (without it, a model that thinks by default still thinks);
 - the response names the upstream model → ``model`` is rewritten to the requested name;
 - a thinking block may close without a ``signature_delta`` → one is added;
 - a matched stop sequence comes with ``stop_reason: end_turn`` → ``stop_sequence``;
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 
 from aiohttp import web
 
@@ -40,10 +45,13 @@ def native_body(body: dict, upstream_model: str) -> dict:
     out["model"] = upstream_model
     thinking = out.get("thinking")
     if isinstance(thinking, dict):
+        # it reads only type "enabled" (a budget; tools/server/server-chat.cpp:600-606) and passes
+        # chat_template_kwargs through (:593), which is how a template's thinking is switched
         if thinking.get("type") == "disabled":
             out.pop("thinking")
         elif thinking.get("type") == "adaptive":
             out["thinking"] = {"type": "enabled", "budget_tokens": max(1, int(out["max_tokens"]) - 1)}
+        out["chat_template_kwargs"] = {"enable_thinking": thinking.get("type") != "disabled"}
     return out
 
 
@@ -67,9 +75,11 @@ class NativeRelay:
         self.rest = b""
         self.thinking_index: int | None = None
         self.signed = False
+        self.arrived: float | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Frames completed by ``chunk``, fixed, ready to send."""
+    def feed(self, chunk: bytes, arrived: float | None = None) -> bytes:
+        """Frames completed by ``chunk`` (which came at ``arrived``), fixed, ready to send."""
+        self.arrived = arrived
         frames = (self.rest + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
         self.rest = frames.pop()
         return b"".join(self._frame(f) for f in frames if f.strip())
@@ -77,7 +87,7 @@ class NativeRelay:
     def _frame(self, raw: bytes) -> bytes:
         if raw.startswith(b"event: content_block_delta"):
             if self.record.first_token_at is None:
-                self.record.mark_first_token()
+                self.record.mark_first_token(self.arrived)
             if self.thinking_index is not None and b'"signature_delta"' in raw:
                 self.signed = True
             return raw + b"\n\n"
@@ -122,13 +132,15 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
                  ) -> web.StreamResponse:
     """Serve a validated request through the upstream's native endpoint."""
     choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "tool":
+    if (isinstance(choice, dict) and choice.get("type") == "tool") or "response_format" in translated.payload:
         return await messages_translate.handle(request, translated)
     state = state_of(request)
     model = translated.requested_model
     payload = native_body(body, upstream_model)
+    record_of(request).upstream_sent_at = time.monotonic()
     if not translated.stream:
         message = await state.upstream.request_json("POST", MESSAGES_PATH, payload)
+        record_of(request).mark_first_token(time.monotonic())
         if isinstance(message, dict):
             message["model"] = model
             fix_stop_reason(message)
@@ -143,7 +155,7 @@ async def handle(request: web.Request, body: dict, translated: Translated, upstr
         relay = NativeRelay(model, record_of(request))
         async with contextlib.aclosing(stream.raw_chunks()) as chunks:
             async for chunk in chunks:
-                out = relay.feed(chunk)
+                out = relay.feed(chunk, time.monotonic())
                 if out:
                     await channel.send(out)
 

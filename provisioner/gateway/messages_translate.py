@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 from aiohttp import web
 
@@ -27,6 +28,7 @@ async def _pump(translator: StreamTranslator, stream: UpstreamStream, channel: S
     collected: list[bytes] = []
     async with contextlib.aclosing(stream.data_batches()) as batches:
         async for batch in batches:
+            arrived = time.monotonic()
             out: list[bytes] = []
             try:
                 for data in batch:
@@ -37,7 +39,7 @@ async def _pump(translator: StreamTranslator, stream: UpstreamStream, channel: S
                 raise
             if out:
                 if translator.first_token:
-                    record.mark_first_token()
+                    record.mark_first_token(arrived)
                 if channel is not None:
                     await channel.send(b"".join(out))
                 else:
@@ -67,19 +69,23 @@ async def handle(request: web.Request, translated: Translated) -> web.StreamResp
         async def pump(stream: UpstreamStream, channel: SseChannel) -> None:
             await _pump(translator, stream, channel, request)
 
+        record.upstream_sent_at = time.monotonic()
         return await serve_stream(request, opener=state.upstream.open_stream(CHAT_PATH, translated.payload),
                                   first_frame=translator.start(), pump=pump)
     if translated.stop_sequences:
         # Served from an upstream stream so the gateway can match (and report) stop sequences.
         payload = {**translated.payload, "stream": True, "stream_options": {"include_usage": True}}
         translator = StreamTranslator(model=model, stop_sequences=translated.stop_sequences)
+        record.upstream_sent_at = time.monotonic()
         async with await state.upstream.open_stream(CHAT_PATH, payload) as stream:
             events = translator.start() + await _pump(translator, stream, None, request)
         message = message_from_events(events)
     else:
+        record.upstream_sent_at = time.monotonic()
         response = await state.upstream.request_json("POST", CHAT_PATH, translated.payload)
+        answered = time.monotonic()
         message = from_openai(response, model=model)
-        record.mark_first_token()
+        record.mark_first_token(answered)
         record.stop_reason = message["stop_reason"]
         record.set_usage(message["usage"])
     record.status = 200

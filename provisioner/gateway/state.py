@@ -8,6 +8,9 @@ from aiohttp import web
 
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.config import GatewaySettings
+from provisioner.gateway.documents import DocumentReader
+from provisioner.gateway.metrics import Metrics
+from provisioner.gateway.models import ModelMap
 from provisioner.gateway.upstream import Upstream
 
 
@@ -19,6 +22,11 @@ class GatewayState:
     upstream: Upstream
     api_key: bytes | None
     created_at: str
+    documents: DocumentReader
+    models: ModelMap
+    metrics: Metrics
+    #: paths answered without the client key
+    open_paths: frozenset[str]
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -26,7 +26,7 @@ Pump = Callable[[UpstreamStream, SseChannel], Awaitable[None]]
 async def serve_stream(request: web.Request, *, opener: Awaitable[UpstreamStream],
                        first_frame: bytes | None, pump: Pump) -> web.StreamResponse:
     """Run ``pump`` over the upstream stream that ``opener`` opens, with all the guarantees above."""
-    settings = state_of(request).settings
+    settings, metrics = state_of(request).settings, state_of(request).metrics
     record = record_of(request)
     task = asyncio.ensure_future(opener)
     channel: SseChannel | None = None
@@ -36,6 +36,7 @@ async def serve_stream(request: web.Request, *, opener: Awaitable[UpstreamStream
             task.result()  # an upstream error now is still an HTTP error status
         channel = await SseChannel.open(request, settings.ping_interval_s,
                                         {"request-id": record.request_id})
+        metrics.open_streams += 1
         record.status = 200
         async with channel.keepalive():
             if first_frame is not None:
@@ -62,6 +63,8 @@ async def serve_stream(request: web.Request, *, opener: Awaitable[UpstreamStream
         if current is not None:
             current.uncancel()  # our own pinger found the client gone: finish normally
     finally:
+        if channel is not None:
+            metrics.open_streams -= 1
         if not task.done():
             task.cancel()
         elif not task.cancelled() and task.exception() is None:

@@ -20,6 +20,7 @@ from provisioner.gateway.jsonfast import dumps
 from provisioner.gateway.request_fields import (as_blocks, field_error, number_field, optional_string,
                                                   string_field)
 from provisioner.gateway.sanitize import is_billing_header
+from provisioner.gateway.translate_options import apply_output_format, apply_thinking
 from provisioner.gateway.translate_tools import apply_tool_choice, translate_tools
 
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -51,26 +52,22 @@ def _image_part(block: dict, path: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-TEXT_LIKE = ("text", "document", "search_result", "tool_reference")
+#: document blocks are text by now (:mod:`provisioner.gateway.documents` runs first)
+TEXT_LIKE = ("text", "search_result", "tool_reference")
 
 
 def _text_of(block: dict, path: str) -> str:
-    """Text for a text block, a plain-text document, a search result or a tool reference."""
+    """Text for a text block, a search result or a tool reference."""
     kind = block["type"]
     if kind == "text":
         return string_field(block, "text", path)
     if kind == "tool_reference":  # Claude Code's tool search: the tool is now available
         return f"[tool available: {string_field(block, 'tool_name', path)}]"
-    if kind == "search_result":
-        title = optional_string(block, "title", path) or ""
-        parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
-                           for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
-                           if b["type"] == "text"]
-        return "\n".join(p for p in parts if p)
-    source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "text":
-        return string_field(source, "data", f"{path}.source")
-    raise invalid_request(f"{path}.source: only plain-text documents are supported")
+    title = optional_string(block, "title", path) or ""  # a search result
+    parts = [title] + [string_field(b, "text", f"{path}.content.{i}")
+                       for i, b in enumerate(as_blocks(block.get("content"), f"{path}.content"))
+                       if b["type"] == "text"]
+    return "\n".join(p for p in parts if p)
 
 
 def _join_parts(parts: list[dict]) -> str | list[dict]:
@@ -177,27 +174,6 @@ def _system_text(system: Any, where: str = "system") -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
-def _thinking(body: dict, payload: dict) -> None:
-    thinking = body.get("thinking")
-    if thinking is None:
-        return
-    if not isinstance(thinking, dict):
-        raise field_error("thinking", "an object", thinking)
-    kind = thinking.get("type")
-    if kind not in ("enabled", "adaptive", "disabled"):
-        raise invalid_request(f"thinking.type: expected enabled, adaptive or disabled, found {kind!r}")
-    payload["chat_template_kwargs"] = {"enable_thinking": kind != "disabled"}
-    if kind == "enabled" and "budget_tokens" in thinking:
-        budget = thinking["budget_tokens"]
-        if isinstance(budget, bool) or not isinstance(budget, int):
-            raise field_error("thinking.budget_tokens", "an integer", budget)
-        if budget < 1:
-            raise invalid_request("thinking.budget_tokens: must be at least 1")
-        # llama-server's own per-request name (server-common.cpp reads `thinking_budget_tokens`
-        # and ends the reasoning block after that many tokens, for templates with thinking tags).
-        payload["thinking_budget_tokens"] = budget
-
-
 def _messages(body: dict) -> tuple[list[dict], list[str]]:
     """OpenAI messages, and the text of system-role messages found among them.
 
@@ -218,6 +194,10 @@ def _messages(body: dict) -> tuple[list[dict], list[str]]:
         role = message.get("role")
         if "content" not in message:
             raise invalid_request(f"{path}.content: field required")
+        if message["content"] in ([], "") and not (role == "assistant" and i == len(messages) - 1):
+            # Anthropic's own 400 for it, word for word; dropping the turn would change the conversation
+            raise invalid_request(f"{path}: all messages must have non-empty content except for the optional "
+                                  "final assistant message")
         if role == "user":
             out.extend(_user_messages(message["content"], f"{path}.content"))
         elif role == "assistant":
@@ -247,7 +227,8 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     if tools:
         payload["tools"] = tools
     apply_tool_choice(body, payload, tools, count_only)
-    _thinking(body, payload)
+    apply_thinking(body, payload)
+    apply_output_format(body, payload)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise field_error("stream", "a boolean", stream)
@@ -257,8 +238,10 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
             raise field_error("max_tokens", "an integer", max_tokens)
-        if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        if max_tokens < 1:
             raise invalid_request("max_tokens: must be at least 1")
+        if max_tokens > MAX_TOKENS_LIMIT:
+            raise invalid_request(f"max_tokens: must be at most {MAX_TOKENS_LIMIT}, found {max_tokens}")
         payload["max_tokens"] = max_tokens
     for key, hi in (("temperature", 1.0), ("top_p", 1.0)):
         value = number_field(body, key, 0.0, hi)

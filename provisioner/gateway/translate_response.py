@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from provisioner.gateway.api_errors import ApiError
 from provisioner.gateway.ids import new_id
 from provisioner.gateway.jsonfast import loads
 from provisioner.gateway.translate_stream import FINISH_REASONS, anthropic_usage, thinking_signature
 from provisioner.gateway.upstream_errors import protocol_error
 
 
-def _tool_input(arguments: Any) -> dict:
+def _tool_input(arguments: Any) -> dict | None:
+    """The call's input, or None when its arguments are not complete JSON (cut off, or broken)."""
     if isinstance(arguments, dict):
         return arguments
     if not isinstance(arguments, str) or not arguments.strip():
@@ -24,8 +26,14 @@ def _tool_input(arguments: Any) -> dict:
     try:
         value = loads(arguments)
     except (ValueError, RecursionError):
-        return {"_raw_arguments": arguments}  # keep what the model said rather than lose it
+        return None
     return value if isinstance(value, dict) else {"value": value}
+
+
+def _broken_tool_call(name: str) -> ApiError:
+    """A finished turn with unparseable tool arguments: never hand a client a tool to run with them."""
+    return protocol_error(f"the model server ended a call of tool {name!r} with arguments that are not "
+                          "valid JSON")
 
 
 def from_openai(response: Any, *, model: str) -> dict:
@@ -44,6 +52,8 @@ def from_openai(response: Any, *, model: str) -> dict:
     text = message.get("content")
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
+    finish = choice.get("finish_reason")
+    truncated = finish == "length"
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
@@ -53,12 +63,20 @@ def from_openai(response: Any, *, model: str) -> dict:
         if not isinstance(name, str) or not name:
             continue
         call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else new_id("toolu_")
-        content.append({"type": "tool_use", "id": call_id, "name": name,
-                        "input": _tool_input(function.get("arguments"))})
-    if any(block["type"] == "tool_use" for block in content):
+        tool_input = _tool_input(function.get("arguments"))
+        if tool_input is None:
+            if truncated:
+                continue  # cut off by max_tokens: the turn says max_tokens, the half call is left out
+            raise _broken_tool_call(name)
+        content.append({"type": "tool_use", "id": call_id, "name": name, "input": tool_input})
+    if truncated:
+        # Anthropic's answer to a turn cut off by max_tokens, whatever it was doing (a tool call too):
+        # llama-server says "length" for any stop that was neither a stop word nor EOS
+        # (tools/server/server-task.cpp:415-424), tool calls included.
+        stop_reason = "max_tokens"
+    elif any(block["type"] == "tool_use" for block in content):
         stop_reason = "tool_use"
     else:
-        finish = choice.get("finish_reason")
         stop_reason = FINISH_REASONS.get(finish if isinstance(finish, str) else "stop", "end_turn")
         if stop_reason == "tool_use":
             stop_reason = "end_turn"
@@ -94,6 +112,15 @@ def message_from_events(stream: bytes) -> dict:
         elif kind == "message_delta":
             message.update(event["delta"])
             message["usage"] = event["usage"]
+    broken = []
     for index, text in json_bufs.items():
-        message["content"][index]["input"] = _tool_input(text)
+        tool_input = _tool_input(text)
+        if tool_input is None:
+            if message.get("stop_reason") != "max_tokens":
+                raise _broken_tool_call(message["content"][index]["name"])
+            broken.append(index)
+        else:
+            message["content"][index]["input"] = tool_input
+    # a call cut off by max_tokens is left out, as in from_openai
+    message["content"] = [b for i, b in enumerate(message["content"]) if i not in broken]
     return message

@@ -77,6 +77,17 @@ class _Tool:
         self.closed = False
         self._checked = -1  # len(args) when last found incomplete: interleaving would re-parse each time
 
+    def args_parse(self) -> bool:
+        """The arguments are complete JSON (an empty string counts: no arguments)."""
+        text = "".join(self.args)
+        if not text.strip():
+            return True
+        try:
+            loads(text)
+        except (ValueError, RecursionError):
+            return False
+        return True
+
     def args_complete(self) -> bool:
         if self._checked == len(self.args):
             return False
@@ -272,7 +283,16 @@ class StreamTranslator:
             self._open({"type": "text", "text": ""}, out)
             out.append(_delta(self.next_index - 1, "text_delta", "text", text))
         self._close(out)
-        if self.tool_started:
+        if self.finish_reason == "length":
+            # cut off by max_tokens, a tool call too (llama-server says "length" for any stop that was
+            # neither a stop word nor EOS: tools/server/server-task.cpp:415-424): the client must not
+            # run a call whose input was cut short, and Anthropic says max_tokens here
+            reason = "max_tokens"
+        elif self.tool_started:
+            for tool in self.tools.values():
+                if tool.block is not None and not tool.args_parse():
+                    raise protocol_error(f"the model server ended a call of tool {tool.name!r} with "
+                                         "arguments that are not valid JSON")
             reason = "tool_use"
         elif self.stop is not None and self.stop.matched is not None:
             reason = "stop_sequence"

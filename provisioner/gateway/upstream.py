@@ -13,6 +13,7 @@ Every failure leaves this module as an :class:`~provisioner.gateway.api_errors.A
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncGenerator
 
 import aiohttp
@@ -20,6 +21,7 @@ import aiohttp
 from provisioner.gateway.api_errors import ApiError, invalid_request
 from provisioner.gateway.config import GatewaySettings
 from provisioner.gateway.jsonfast import dumps, loads
+from provisioner.gateway.metrics import Metrics
 from provisioner.gateway.upstream_errors import error_from_exception, error_from_upstream, protocol_error
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
@@ -89,8 +91,10 @@ def _loads_or_text(data: bytes) -> Any:
 class Upstream:
     """Client for the upstream's HTTP API."""
 
-    def __init__(self, settings: GatewaySettings, *, api_key: str | None = None) -> None:
+    def __init__(self, settings: GatewaySettings, *, api_key: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.base_url = settings.upstream_url
+        self._metrics = metrics
         self._settings = settings
         self._headers = {"Content-Type": "application/json"}
         if api_key:
@@ -128,10 +132,16 @@ class Upstream:
                 raise invalid_request("the request nests too deeply") from exc
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        started = time.monotonic()
         try:
-            return await self.session.request(method, self.base_url + path, **kwargs)
+            response = await self.session.request(method, self.base_url + path, **kwargs)
         except _UPSTREAM_ERRORS as exc:
+            if self._metrics is not None:
+                self._metrics.observe_upstream(path, time.monotonic() - started, None)
             raise error_from_exception(exc) from exc
+        if self._metrics is not None:
+            self._metrics.observe_upstream(path, time.monotonic() - started, response.status)
+        return response
 
     async def request_json(self, method: str, path: str, payload: Any = None, *,
                            timeout: float | None = None) -> Any:
@@ -144,7 +154,7 @@ class Upstream:
         finally:
             response.release()
         if response.status >= 300:
-            raise error_from_upstream(response.status, _loads_or_text(body))
+            raise error_from_upstream(response.status, _loads_or_text(body), response.headers)
         try:
             return loads(body)
         except (ValueError, RecursionError) as exc:
@@ -161,7 +171,7 @@ class Upstream:
             body = b""
         finally:
             response.release()
-        raise error_from_upstream(response.status, _loads_or_text(body))
+        raise error_from_upstream(response.status, _loads_or_text(body), response.headers)
 
     async def health(self) -> dict[str, Any]:
         """The upstream's ``/health``: ``{"status": "ok"|"loading"|"down", "http_status": n}``."""

@@ -64,3 +64,20 @@ def test_service_health() -> None:
     assert status_row(ctx(services="health llama 503\n"))["llama"] == "HTTP 503"
     assert status_row(ctx())["llama"] == "n/a"  # no model configured: no services facts
     assert status_row(ctx(status="stopped", services=out))["llama"] == "-"
+
+
+def test_status_shows_which_models_the_gateway_maps(capsys) -> None:
+    """Issue 19: `provision status` names the models the gateway maps (from the config `up` writes)."""
+    from provisioner.cli.output import Output
+    from provisioner.fleet.status import gateway_line
+
+    cfg = load_text(HOST + "model: {repo: bartowski/Qwen2.5-Coder-7B-Instruct-GGUF, "
+                           "file: Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf, name: coder}\n"
+                           "gateway: {model_aliases: {fast: coder}}\n").config
+    c = ctx(services="unit provision-gateway active enabled\nhealth gateway 200\n")
+    c = PlanContext(cfg=cfg, pve=c.pve, facts=c.facts, root_path="ssh")
+    assert status_row(c)["gateway_models"] == ["claude-* → coder", "coder", "fast → coder"]
+    assert gateway_line(c) == "gateway :4000 (translate, health ok) maps claude-* → coder, coder, fast → coder"
+    Output().status(c)
+    assert "gateway :4000 (translate, health ok) maps claude-* → coder, coder, fast → coder" in capsys.readouterr().err
+    assert status_row(ctx())["gateway_models"] == []  # no model: no gateway

@@ -51,6 +51,8 @@ class Harness:
         key_file.write_text(API_KEY + "\n")
         self.loop = LoopThread()
         self.upstream = ScriptedUpstream()
+        # what the upstream's /v1/models answers, set before the gateway starts (it asks at start-up)
+        self.upstream.model_ids = list(overrides.pop("upstream_models", self.upstream.model_ids))
         self.loop.call(self.upstream.start())
         values = {"upstream_url": self.upstream.url, "api_key_file": str(key_file),
                   "local_model_id": "smollm2", "ping_interval_s": 5.0, **overrides}

@@ -4,7 +4,7 @@ Each request to ``/v1/chat/completions`` (or ``/v1/messages`` for native mode) t
 the next script from ``scripts``; it records what it got and whether the client
 went away before the script finished. Steps:
 
-- ``("status", code, body)``  answer an error status at once
+- ``("status", code, body[, headers])``  answer an error status at once
 - ``("json", obj)``           a non-streaming JSON answer
 - ``("chunk", obj)``          one ``data: <json>`` SSE frame (a dict) — or raw bytes
 - ``("raw", bytes)``          bytes as they are
@@ -12,8 +12,9 @@ went away before the script finished. Steps:
 - ``("done",)``               ``data: [DONE]``
 - ``("abort",)``              drop the connection mid-body
 - ``("delay_headers", s)``    (first step only) wait before sending any status
-It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word)
-and ``/health`` (status settable).
+It also serves ``/apply-template``, ``/tokenize`` (one token per whitespace word),
+``/health`` (status settable), ``GET /v1/models`` and ``GET /files/<name>`` (bytes put in ``files``, for
+documents given by URL).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class ScriptedUpstream:
         self.disconnects = 0
         self.completed = 0
         self.health_status = 200
+        self.files: dict[str, bytes] = {}
+        self.model_ids = ["smollm2"]  # what GET /v1/models answers, as llama-server: its --alias
+        self.file_gets = 0
         self.disconnected = threading.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -98,6 +102,8 @@ class ScriptedUpstream:
         app.router.add_post("/apply-template", self._apply_template)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/v1/models", self._models)
         return app
 
     async def start(self, port: int = 0) -> int:
@@ -133,7 +139,8 @@ class ScriptedUpstream:
             await asyncio.sleep(script[0][1])
             script = script[1:]
         if script[0][0] == "status":
-            return web.json_response(script[0][2], status=script[0][1])
+            return web.json_response(script[0][2], status=script[0][1],
+                                     headers=script[0][3] if len(script[0]) > 3 else None)
         if script[0][0] == "json":
             return web.json_response(script[0][1])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -173,6 +180,16 @@ class ScriptedUpstream:
         body = await request.json()
         self.requests.append((request.path, body))
         return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.model_ids]})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        self.file_gets += 1
+        data = self.files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404, text="no such file")
+        return web.Response(body=data, content_type="application/pdf")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_status == 200:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import anthropic
@@ -147,3 +148,36 @@ def test_usage_only_in_finish_chunk(gw):
                                      messages=[{"role": "user", "content": "x"}]) as stream:
         message = stream.get_final_message()
     assert (message.usage.input_tokens, message.usage.output_tokens) == (9, 1)
+
+
+RATE_LIMITED = ("status", 429, {"error": {"code": 429, "message": "too many requests", "type": "rate_limit"}},
+                {"Retry-After": "7", "retry-after-ms": "6500"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_429_is_a_rate_limit_error_with_retry_after(gw, stream):
+    """Issue 19.2: 429 stays 429 rate_limit_error and keeps Retry-After (it was 529 without it)."""
+    gw.script([RATE_LIMITED])
+    with pytest.raises(anthropic.RateLimitError) as info:
+        if stream:
+            with gw.client().messages.stream(model="claude-x", max_tokens=5,
+                                             messages=[{"role": "user", "content": "x"}]) as s:
+                s.get_final_message()
+        else:
+            gw.client().messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 429 and info.value.body["error"]["type"] == "rate_limit_error"
+    headers = info.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"], headers["x-should-retry"]) == ("7", "6500", "true")
+    # overload stays 529
+    gw.script([("status", 503, {"error": {"code": 503, "message": "Loading model"}})])
+    with pytest.raises(anthropic.APIStatusError) as info:
+        gw.client().messages.create(model="claude-x", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
+
+
+def test_429_after_the_stream_committed_is_a_rate_limit_error_event(make_gw):
+    gw = make_gw(ping_interval_s=0.2, header_wait_s=0.05)
+    gw.script([("delay_headers", 0.4), RATE_LIMITED])
+    frames = raw_events(gw)
+    assert frames[0][0] == "message_start" and frames[-1][0] == "error"
+    assert json.loads(frames[-1][1])["error"]["type"] == "rate_limit_error"

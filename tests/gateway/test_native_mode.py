@@ -42,6 +42,7 @@ def test_native_stream_rewrites_model_and_sanitises_body(make_gw):
     sent = gw.last_request("/v1/messages")
     assert sent == {"model": "smollm2", "max_tokens": 64, "stream": True,
                     "thinking": {"type": "enabled", "budget_tokens": 63},
+                    "chat_template_kwargs": {"enable_thinking": True},
                     "system": [{"type": "text", "text": "Sys."}],
                     "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
 
@@ -112,3 +113,14 @@ def test_native_thinking_block_gets_a_signature(make_gw):
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == "hm" and message.content[0].signature.startswith("local.")
     assert events.index("signature") < events.index("content_block_stop")
+
+
+def test_native_thinking_disabled_turns_the_templates_thinking_off(make_gw):
+    """Issue 19.5: without enable_thinking=false a model that thinks by default still thinks."""
+    gw = make_gw(mode="native")
+    gw.script(NATIVE_STREAM)
+    with gw.client().messages.stream(model="claude-x", max_tokens=64, thinking={"type": "disabled"},
+                                     messages=[{"role": "user", "content": "hi"}]) as stream:
+        stream.get_final_message()
+    sent = gw.last_request("/v1/messages")
+    assert "thinking" not in sent and sent["chat_template_kwargs"] == {"enable_thinking": False}

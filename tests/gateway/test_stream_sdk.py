@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import anthropic
+import pytest
+
 from gw_scripted_upstream import chunk, text_script, tool_delta, usage_chunk
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city",
@@ -186,3 +189,64 @@ def test_claude_code_request_prefix_is_stable_across_billing_headers(gw):
     assert [t["function"]["name"] for t in upstream["tools"]] == ["Bash", "mcp__x__y"]
     assert "cache_control" not in sent[0] and "defer_loading" not in sent[0] and "strict" not in sent[0]
     assert upstream["chat_template_kwargs"] == {"enable_thinking": True} and upstream["max_tokens"] == 32000
+
+
+# --- issue 19.1: a tool call cut off by max_tokens is max_tokens, never a tool to run -------------
+CUT_TOOL = [chunk(content="Reading."),
+            chunk(tool_calls=[tool_delta(0, id="c5", name="get_time", args='{"tz": "Eur')]),
+            chunk(finish="length"), usage_chunk(5, 8), ("done",)]
+
+
+def test_tool_call_cut_by_max_tokens_streams_max_tokens(gw):
+    gw.script(CUT_TOOL)
+    with gw.client().messages.stream(model="claude-x", max_tokens=8, tools=TOOLS,
+                                     messages=[{"role": "user", "content": "t"}]) as stream:
+        message = stream.get_final_message()
+    assert message.stop_reason == "max_tokens"
+    # raw SSE: the live tool block went out, the turn ends with max_tokens
+    import requests
+    from gw_harness import API_KEY
+    gw.script(CUT_TOOL)
+    body = {"model": "claude-x", "max_tokens": 8, "stream": True, "tools": TOOLS,
+            "messages": [{"role": "user", "content": "t"}]}
+    with requests.post(gw.url + "/v1/messages", json=body, stream=True,
+                       headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines(decode_unicode=True)
+                  if line.startswith("data: ")]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_tool_call_cut_by_max_tokens_non_streaming_leaves_the_half_call_out(gw):
+    gw.script([("json", {"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "finish_reason": "length", "message": {
+            "role": "assistant", "content": "Reading.", "tool_calls": [
+                {"id": "c5", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "Eur'}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 8}})])
+    message = gw.client().messages.create(model="claude-x", max_tokens=8, tools=TOOLS,
+                                          messages=[{"role": "user", "content": "t"}])
+    assert message.stop_reason == "max_tokens"
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == "Reading."
+    # the same through the stop-sequence path (a non-streaming answer served from a stream)
+    gw.script(CUT_TOOL)
+    message = gw.client().messages.create(model="claude-x", max_tokens=8, tools=TOOLS, stop_sequences=["##"],
+                                          messages=[{"role": "user", "content": "t"}])
+    assert message.stop_reason == "max_tokens" and [b.type for b in message.content] == ["text"]
+
+
+def test_finished_tool_call_with_broken_arguments_is_an_error_not_a_tool_to_run(gw):
+    gw.script([("json", {"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": None, "tool_calls": [
+                {"id": "c5", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": '}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 8}})])
+    with pytest.raises(anthropic.APIStatusError) as info:
+        gw.client().messages.create(model="claude-x", max_tokens=8, tools=TOOLS,
+                                    messages=[{"role": "user", "content": "t"}])
+    assert info.value.status_code == 502 and "not valid JSON" in info.value.body["error"]["message"]
+    gw.script([chunk(tool_calls=[tool_delta(0, id="c5", name="get_time", args='{"tz": ')]),
+               chunk(finish="tool_calls"), ("done",)])
+    with pytest.raises(anthropic.APIStatusError):
+        with gw.client().messages.stream(model="claude-x", max_tokens=8, tools=TOOLS,
+                                         messages=[{"role": "user", "content": "t"}]) as stream:
+            stream.get_final_message()

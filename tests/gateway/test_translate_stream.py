@@ -189,7 +189,9 @@ def check_contract(events: list[dict]) -> None:
     end = events[-1]
     assert end["type"] == "message_delta" and end["delta"]["stop_reason"] in (
         "end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal")
-    assert (end["delta"]["stop_reason"] == "tool_use") == tool_seen
+    # a tool call cut off by max_tokens is reported as max_tokens, never as a tool to run
+    assert end["delta"]["stop_reason"] in (("tool_use", "max_tokens") if tool_seen else
+                                           ("end_turn", "max_tokens", "stop_sequence", "refusal"))
 
 
 @settings(max_examples=600, deadline=None)
