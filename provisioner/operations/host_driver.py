@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.schema import HostFile
-from ..cuda_matrix import TOOLKITS, driver_supports, vtuple
+from ..cuda_matrix import TOOLKITS, driver_supports, min_driver, vtuple
 from ..driver_support import cuda_level, gpu_problem, resolve
 from ..engine.context import ApplyContext
 from ..engine.plan import Change
@@ -206,7 +206,7 @@ def check_cuda(cfg: HostFile, st: HostState, target: str) -> None:
     short = [(tk, who) for tk, who in needs.items() if tk in TOOLKITS and not driver_supports(tk, target)]
     if short:
         level = cuda_level(target) or "none known"
-        what = "; ".join(f"{who} uses CUDA {tk} (needs driver ≥ {TOOLKITS[tk]})" for tk, who in short)
+        what = "; ".join(f"{who} uses CUDA {tk} (needs driver ≥ {min_driver(tk)})" for tk, who in short)
         raise _refuse(f"driver {target} gives CUDA {level}, below what the managed containers need: {what}",
                       "choose a newer driver, or move those containers to an older toolkit first")
 

@@ -83,7 +83,7 @@ LDD = ("binary 1\n"
        "ldd \tlibcublas.so.13 => /usr/local/cuda-13.0/lib64/libcublas.so.13 (0x00007f2)\n"
        "ldd \tlibcuda.so.1 => /usr/lib/x86_64-linux-gnu/libcuda.so.1 (0x00007f3)\n")
 TOOLKIT = ("pkg cuda-nvcc-13-0 13.0.88-1 ii \npkg cuda-cudart-dev-13-0 13.0.96-1 ii \n"
-           "pkg libcublas-dev-13-0 13.0.2.14-1 ii \navail cuda-nvcc-12-8\navail cuda-nvcc-13-0\n")
+           "pkg cuda-cccl-13-0 13.0.85-1 ii \npkg libcublas-dev-13-0 13.0.2.14-1 ii \navail cuda-nvcc-12-8\navail cuda-nvcc-13-0\n")
 
 
 def cuda_ctx(stamp=STAMP, ldd=LDD, toolkit=TOOLKIT, **raw_extra):

@@ -118,10 +118,25 @@ def test_cuda_toolkit_install_then_converged() -> None:
     facts = {**host_facts("580.95.05"), "ct.cuda": CudaPackages({}, ["12.8", "13.0"])}
     changes = CudaStep().plan(ctx(facts))
     assert [c.summary for c in changes] == [
-        "CUDA toolkit 13.0 (cuda-nvcc-13-0, cuda-cudart-dev-13-0, libcublas-dev-13-0)"]
+        "CUDA toolkit 13.0 (cuda-nvcc-13-0, cuda-cudart-dev-13-0, cuda-cccl-13-0, libcublas-dev-13-0); "
+        "driver 580.95.05 ≥ 580.65.06, CUDA 13.0's own minimum"]
     facts["ct.cuda"] = CudaPackages({"cuda-nvcc-13-0": "13.0.88-1", "cuda-cudart-dev-13-0": "13.0.96-1",
-                                     "libcublas-dev-13-0": "13.0.2.14-1"}, ["12.8", "13.0"])
+                                     "cuda-cccl-13-0": "13.0.85-1", "libcublas-dev-13-0": "13.0.2.14-1"},
+                                    ["12.8", "13.0"])
     assert CudaStep().plan(ctx(facts)) == []
+
+
+def test_535_host_gets_a_12x_toolkit_by_minor_version_compatibility() -> None:
+    """GTX 1080 on 535: the repository offers 12.3+ only (each needs 545+ by its own minimum)."""
+    from provisioner.facts.nvidia import GpuInfo
+    gtx1080 = GpuInfo(0, "NVIDIA GeForce GTX 1080", "6.1", 8192, "00000000:01:00.0", 0)
+    offered = ["12.3", "12.4", "12.5", "12.6", "12.8", "12.9", "13.0", "13.1", "13.2"]
+    c = ctx({**host_facts("535.247.01", [gtx1080]), "ct.cuda": CudaPackages({}, offered)})
+    changes = CudaStep().plan(c)
+    assert [ch.summary.split(";")[0] for ch in changes] == [
+        "CUDA toolkit 12.9 (cuda-nvcc-12-9, cuda-cudart-dev-12-9, cuda-cccl-12-9, libcublas-dev-12-9)"]
+    assert "minor-version compatibility: driver 535.247.01 ≥ 525.60.13" in changes[0].summary
+    assert any(n.startswith("CUDA 12.9 by minor-version compatibility") for n in c.notes)
 
 
 def test_cuda_override_on_pascal_refused_at_plan() -> None:
@@ -142,7 +157,7 @@ def test_llama_build_then_skip(tmp_path: Path) -> None:
     extra = f"llama_cpp: {{source: {{tarball: {tar}, subdir: a/b}}}}\n"
     c = ctx({**host_facts(), "ct.cuda": CudaPackages({}, ["13.0"])}, extra=extra)
     spec = build_spec(c)
-    assert (spec.backend, spec.architectures, spec.toolkit) == ("cuda", ("89",), "13.0")
+    assert (spec.backend, spec.architectures, spec.toolkit) == ("cuda", ("89-real",), "13.0")
     assert spec.source == {"tarball_sha256": hashlib.sha256(b"not really a tarball").hexdigest(), "subdir": "a/b"}
     changes = LlamaStep().plan(c)
     assert [c.summary for c in changes] == ["build llama-server (cuda sm 89, CUDA 13.0)"]
