@@ -88,9 +88,38 @@ def test_no_gpu_no_driver() -> None:
 
 def test_pin_file() -> None:
     text = pin_text("580.95.05", PKGS)
-    assert "Pin: version 580.95.05-1*\nPin-Priority: 1001\n" in text
-    assert "Package: nvidia-* libnvidia-* libcuda1 libnvcuvid1 libnvoptix1 libxnvctrl0 xserver-xorg-video-nvidia*\n" \
-        in text
+    assert "Pin: version 580.95.05-*\nPin-Priority: 1001\n" in text  # any Debian revision
+    assert ("Package: nvidia-* libnvidia-* libcuda* libnv* firmware-nvidia-* libegl-nvidia* libgles-nvidia* "
+            "libglx-nvidia* libgl1-nvidia* xserver-xorg-video-nvidia* libxnvctrl* cuda-drivers*\n") in text
+
+
+def test_family_is_decided_by_version_not_by_name() -> None:
+    from provisioner.operations.driver import in_family
+    assert in_family("libcudadebugger1", "580.95.05-1") and in_family("firmware-nvidia-gsp", "595.71.05-1")
+    assert in_family("nvidia-kernel-support", "580.95.05-1") and in_family("libnvidia-nvvm4", "1:580.95.05-2")
+    for name, version in (("nvidia-container-toolkit", "1.19.0-1"), ("libnvidia-container1", "1.19.0-1"),
+                          ("libnvidia-egl-gbm1", "1.1.3-1"), ("libnvidia-egl-xcb1", "1:1.0.5-1"),
+                          ("nvidia-driver-pinning-580.105.08", "580.105.08-1"), ("nvidia-driver-pinning-580", "580-5"),
+                          ("cuda-keyring", "1.1-1")):
+        assert not in_family(name, version), name
+
+
+def test_same_prefix_packages_with_their_own_versions_converge() -> None:
+    extra = {n: Package(n, v, True, False) for n, v in (
+        ("nvidia-container-toolkit", "1.19.0-1"), ("nvidia-container-toolkit-base", "1.19.0-1"),
+        ("libnvidia-container1", "1.19.0-1"), ("libnvidia-egl-xcb1", "1:1.0.5-1"))}
+    extra["libcudadebugger1"] = Package("libcudadebugger1", "580.95.05-1", True, True)
+    assert plan({**host_facts("580.95.05"), "ct.driver": userspace("580.95.05", extra=extra)}) == []
+    changes = DriverStep().plan(ctx({**host_facts("580.105.08"), "ct.driver": userspace("580.105.08", extra=extra)}))
+    assert changes[-1].diff == {"libcudadebugger1": ("580.95.05-1", "580.105.08")}  # only the driver's own
+
+
+def test_nvidia_kernel_support_is_userspace_but_dkms_is_not() -> None:
+    sim = ("Inst nvidia-kernel-support (580.95.05-1 x [amd64])\nInst nvidia-modprobe (580.95.05-1 x [amd64])\n"
+           "Inst nvidia-kernel-open-dkms (580.95.05-1 x [amd64])\nInst proxmox-default-headers (1.1.0 x [all])\n"
+           "Inst nvidia-kernel-source (580.95.05-1 x [amd64])\nInst linux-headers-amd64 (6.1 x [amd64])\n")
+    assert forbidden_packages(sim) == ["nvidia-kernel-open-dkms", "proxmox-default-headers", "nvidia-kernel-source",
+                                       "linux-headers-amd64"]
 
 
 def test_forbidden_packages_in_apt_simulation() -> None:
