@@ -34,7 +34,9 @@ def test_host_driver_upgraded_mismatch_in_plain_words():
     # (the recorded repository URL differs from this config's, so the source is rewritten too)
     assert [x.summary for x in fixes][-2:] == ["driver: pin NVIDIA driver packages to 580.105.08",
                                          "driver: NVIDIA driver userspace 580.105.08 (libcuda.so, libcuda1, "
-                                         "libnvidia-ml.so, libnvidia-ml1, nvidia-driver-cuda)"]
+                                         "libcudadebugger1, libnvidia-ml.so, libnvidia-ml1, libnvidia-nvvm4, "
+                                         "libnvidia-ptxjitcompiler1, nvidia-driver-cuda, nvidia-kernel-support, "
+                                         "nvidia-modprobe)"]
 
 
 def test_pin_is_stale_after_a_host_upgrade():
