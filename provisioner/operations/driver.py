@@ -21,6 +21,14 @@ nvidia-modprobe, nvidia-persistenced, nvidia-kernel-support), see sim/repos/nvid
 <ver>-*``: a package that has no such version is not affected by it), and an installed package
 is family when its version is a driver version (``NNN.N[.N]-rev``).
 
+Settled against REFERENCE §2: its pin example ``Pin: version 595.71.05-1*`` assumed Debian
+revision 1; NVIDIA's own pinning packages pin ``version <ver>-*`` (sim/repos/nvidia_graph.py
+[PIN]), and so do we. Its "never install in a CT" list is kept for what needs a kernel module
+(dkms, ``*-dkms``, nvidia-kernel-source, nvidia-open, cuda-drivers*, linux-*, proxmox-*), not for
+``nvidia-kernel-*`` as a whole: nvidia-kernel-support is modprobe configuration the userspace
+depends on. The per-version ``nvidia-driver-pinning-<ver>`` exists for some releases only, so
+it is installed when the index has it and our file does the pinning always.
+
 Converged means: keyring + source as rendered, pin file as rendered, every configured
 package installed at ``<ver>-*`` and held, every other installed family package at ``<ver>``,
 the libraries carry ``<ver>``. Then: no change.
