@@ -143,7 +143,8 @@ DRIVER_CT = Fact("ct.driver",
                  parse_driver_userspace, where="ct")
 
 CUDA_CT = Fact("ct.cuda",
-               f"dpkg-query -W -f={_PKG_FMT} 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'cuda-cccl-*' 'libcublas-dev-*' 2>/dev/null\n"
+               f"dpkg-query -W -f={_PKG_FMT} 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'cuda-cccl-*' 'libcublas-dev-*' "
+               "2>/dev/null\n"
                "apt-cache pkgnames cuda-nvcc- 2>/dev/null | sed 's/^/avail /'\n"
                "true",
                parse_cuda, where="ct")

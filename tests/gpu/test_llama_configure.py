@@ -81,7 +81,7 @@ def test_stamp_hash_changes_with_what_matters() -> None:
 def test_build_script_builds_only_the_server_and_flips_current() -> None:
     spec = BuildSpec(backend="cuda", source=TAR, architectures=("89",), toolkit="13.0")
     script = build_script(spec, keep_builds=2)
-    assert f"-t llama-server -j \"$(nproc)\"" in script
+    assert "-t llama-server -j \"$(nproc)\"" in script
     assert "--strip-components=3 llama_cpp_python-0.3.36/vendor/llama.cpp" in script
     assert f"ln -sfn builds/{spec.hash} /opt/provision/llama.cpp/current.tmp" in script
     assert "mv -T /opt/provision/llama.cpp/current.tmp /opt/provision/llama.cpp/current" in script

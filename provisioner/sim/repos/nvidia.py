@@ -110,7 +110,8 @@ def _deb(out: Path, pkg: Pkg, files: Files) -> Path:
             dest.write_bytes(content.encode() if isinstance(content, str) else content)
             dest.chmod(mode)
         (root / "DEBIAN").mkdir()
-        control = (f"Package: {pkg.name}\n" + (f"Source: {pkg.source}\n" if pkg.source and pkg.source != pkg.name else "")
+        source = f"Source: {pkg.source}\n" if pkg.source and pkg.source != pkg.name else ""
+        control = (f"Package: {pkg.name}\n" + source
                    + f"Version: {pkg.version}\nArchitecture: {pkg.arch}\n"
                    f"Maintainer: provision-sim <sim@provision.invalid>\nSection: {pkg.section}\nPriority: optional\n")
         for key, value in (("Depends", pkg.depends), ("Recommends", pkg.recommends), ("Provides", pkg.provides),
@@ -177,7 +178,8 @@ def build(repo_root: Path, base_url: str) -> Path:
     key = (home / "public.gpg").read_bytes()
     url = f"{base_url.rstrip('/')}/{REPO_PATH}/"
     with tempfile.TemporaryDirectory() as tmp:
-        keyring = _deb(Path(tmp), Pkg("cuda-keyring", "1.1-1", arch="all", description="GPG keyring for the CUDA repository"), {
+        spec = Pkg("cuda-keyring", "1.1-1", arch="all", description="GPG keyring for the CUDA repository")
+        keyring = _deb(Path(tmp), spec, {
             "/usr/share/keyrings/cuda-archive-keyring.gpg": (key, 0o644),
             "/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
                 (f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {url} /\n", 0o644)})

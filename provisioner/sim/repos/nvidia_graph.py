@@ -133,7 +133,8 @@ def _driver(ver: str) -> list[Pkg]:
     alt_dep = f"nvidia-alternative {eq}, " if alt else ""
     kmod = f"nvidia-kernel-open-dkms {eq} | nvidia-kernel-dkms {eq}"
     pkgs = [
-        Pkg("libnvidia-ptxjitcompiler1", full, src, alt_dep.rstrip(", "), payload=("lib", ("libnvidia-ptxjitcompiler", ver)),
+        Pkg("libnvidia-ptxjitcompiler1", full, src, alt_dep.rstrip(", "),
+            payload=("lib", ("libnvidia-ptxjitcompiler", ver)),
             description="NVIDIA PTX JIT Compiler library"),
         Pkg("libnvidia-nvvm4", full, src, alt_dep.rstrip(", "), payload=("lib", ("libnvidia-nvvm", ver)),
             description="NVIDIA NVVM Compiler library"),
@@ -158,7 +159,8 @@ def _driver(ver: str) -> list[Pkg]:
             description="NVIDIA GSP firmware"),
         # [GSP] the open module needs the GSP firmware at its version; [D535] both need dkms
         Pkg("nvidia-kernel-open-dkms", full, src, f"dkms, nvidia-kernel-support {eq}, firmware-nvidia-gsp {eq}",
-            payload=("dkms-src", (ver,)), description="NVIDIA binary kernel module DKMS source (open GPU kernel modules)"),
+            payload=("dkms-src", (ver,)),
+            description="NVIDIA binary kernel module DKMS source (open GPU kernel modules)"),
         Pkg("nvidia-kernel-dkms", full, src, f"dkms, nvidia-kernel-support {eq}", payload=("dkms-src", (ver,)),
             description="NVIDIA binary kernel module DKMS source"),
         # [A550] the desktop driver needs a kernel module (simplified: its GL/X packages are left out)
