@@ -229,6 +229,9 @@ def choose_toolkit(driver: str, ccs: list[str], override: str = "auto",
 def toolkit_packages(toolkit: str) -> list[str]:
     """The minimal packages llama.cpp needs: nvcc, the runtime headers, CCCL, cuBLAS.
 
+    REFERENCE §3 listed nvcc, cudart-dev and cuBLAS only ("verify with a real configure"): a
+    configure passes without CCCL, the compile of the files below does not.
+
     CCCL (``cuda-cccl-X-Y``: CUB, Thrust, libcu++) because ggml-cuda includes ``<cub/cub.cuh>``
     (b11312: ggml/src/ggml-cuda/argsort.cu, cumsum.cu, mean.cu, ssm-scan.cu, top-k.cu); the
     package name is the one NVIDIA's repository uses (a Debian 13 host with CUDA 13.2 lists
