@@ -9,9 +9,9 @@ NVIDIA's support windows (release notes of each branch; the open kernel module's
   on the open module.
 - A GPU generation needs a minimum branch too (Hopper 525, Blackwell 570, GB10 580).
 
-The CUDA level a driver gives is the newest toolkit whose minimum driver it meets
-(``cuda_matrix.TOOLKITS``); a host driver must give at least the toolkit a managed
-container builds with.
+The CUDA level a driver gives is the newest toolkit whose own minimum driver it meets
+(``cuda_matrix.TOOLKITS``); a host driver must run the toolkit a managed container builds
+with, by its own minimum or by minor-version compatibility (``cuda_matrix.driver_supports``).
 """
 
 from __future__ import annotations

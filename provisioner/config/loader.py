@@ -153,6 +153,10 @@ def _error_for(err: dict, file: str, lines: dict[KeyPath, int]) -> ConfigError:
     return ConfigError(msg, file=file, line=line, key=_dotted(loc) or None, fix=fix)
 
 
+#: cache types ggml_is_quantized() is false for (everything else in Server.cache_type_v is a block type)
+UNQUANTIZED_CACHE = ("f16", "bf16", "f32")
+
+
 def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int]) -> list[ConfigError]:
     """Rules that span sections; each names the key to change."""
     errors = []
@@ -162,6 +166,15 @@ def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int]) -> list[C
             "its system prompt alone is ~24K tokens, so it fails at once",
             file=file, line=lines.get(("server", "ctx_size")), key="server.ctx_size",
             fix="set server.ctx_size: 32768 or more (0 = the model's own), or clients.claude_code: false"))
+    if cfg.server.flash_attn == "off" and cfg.server.cache_type_v not in UNQUANTIZED_CACHE:
+        # llama.cpp b11312 src/llama-context.cpp:3840-3848: "quantized V cache requires flash_attn to be
+        # enabled", and llama_init_from_model returns no context: llama-server exits at start
+        errors.append(ConfigError(
+            f"flash attention is off but the V cache is quantized (cache_type_v: {cfg.server.cache_type_v}): "
+            "llama-server refuses to create the context ('quantized V cache requires flash_attn to be enabled')",
+            file=file, line=lines.get(("server", "flash_attn")) or lines.get(("server", "cache_type_v")),
+            key="server.flash_attn",
+            fix="set server.flash_attn: auto or on, or server.cache_type_v: f16 (or bf16, f32)"))
     if cfg.gateway.enabled and cfg.gateway.port == cfg.server.port:
         errors.append(ConfigError("gateway.port and server.port are the same", file=file,
                                   line=lines.get(("gateway", "port")), key="gateway.port",

@@ -36,7 +36,8 @@ def check_toolkit(d: DoctorContext) -> list[Finding]:
     ev_text = [f"host driver: {driver}", f"compute capabilities: {', '.join(_ccs(d)) or '?'}",
                "installed: " + (", ".join(f"{k} {v}" for k, v in sorted(pkgs.installed.items())) or "(none)"),
                f"llama-server built with CUDA {stamp.get('toolkit') or '?'}"]
-    ev = Evidence(d.in_ct("dpkg -l 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'libcublas-dev-*'"), "\n".join(ev_text))
+    ev = Evidence(d.in_ct("dpkg -l 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'cuda-cccl-*' 'libcublas-dev-*'"),
+                  "\n".join(ev_text))
     try:
         toolkit = chosen_toolkit(d.plan)  # type: ignore[arg-type]
     except ProvisionError as exc:
@@ -45,7 +46,7 @@ def check_toolkit(d: DoctorContext) -> list[Finding]:
     built = stamp.get("toolkit")
     if built and built in cuda_matrix.TOOLKITS and not cuda_matrix.driver_supports(built, driver):
         return [fail("cuda.toolkit", f"llama-server was built with CUDA {built}, which needs driver ≥ "
-                     f"{cuda_matrix.TOOLKITS[built]}; the host runs {driver}", ev,
+                     f"{cuda_matrix.min_driver(built)}; the host runs {driver}", ev,
                      fix=f"`provision up FILE` rebuilds with CUDA {toolkit}",
                      detail="the host driver was downgraded (or replaced) after the build; CUDA calls fail with "
                             "'the provided PTX was compiled with an unsupported toolchain' or similar")]
@@ -110,7 +111,8 @@ def check_archs(d: DoctorContext) -> list[Finding]:
                      fix="`provision up FILE` rebuilds it for the GPU")]
     missing = [a for a in want if _arch_num(a) not in {_arch_num(b) for b in built}]
     if missing:
-        return [fail("cuda.archs", f"llama-server was not built for sm_{', sm_'.join(missing)}", ev,
+        sms = ", sm_".join(_arch_num(a) for a in missing)
+        return [fail("cuda.archs", f"llama-server was not built for sm_{sms}", ev,
                      fix=f"`provision up FILE` rebuilds it with CMAKE_CUDA_ARCHITECTURES={';'.join(want)}",
                      detail="without device code for the GPU's architecture CUDA kernels fail to launch "
                             "('no kernel image is available for execution on the device')")]

@@ -4,7 +4,9 @@ Fact ``host.packages`` → :class:`HostPackages`: the host's Debian release, the
 and kernel packages dpkg knows, the driver versions NVIDIA's repository offers (its
 ``Packages`` index read with curl, so a host without the repository yet can still be planned),
 whether a ``proxmox-headers-<kver>`` is installable for each installed kernel, our files
-(source, nouveau blacklist), the boot id (to see a reboot happen), and for each managed
+(source, nouveau blacklist, our own driver pin), the pinning packages the index has, the UEFI
+Secure Boot state and whether DKMS's signing key is enrolled, the boot id (to see a reboot
+happen), and for each managed
 GPU container given to :func:`host_packages_fact` the version suffix of its NVIDIA libraries
 and its CUDA toolkits. The loaded module, GPUs and kernels come from facts/nvidia.py and
 facts/kernel.py, gathered in the same script.
@@ -19,6 +21,12 @@ from .base import Fact
 from .nvidia_ct import KEYRING_PATH  # NVIDIA's repo lays out the same on the host and in a CT
 
 BLACKLIST_PATH = "/etc/modprobe.d/provision-blacklist-nouveau.conf"
+#: our own pin on the host, when the index has no nvidia-driver-pinning-<version> (same file as in a CT)
+HOST_PIN_PATH = "/etc/apt/preferences.d/provision-nvidia"
+#: the key DKMS signs modules with when none is configured (dkms 3.0.10, dkms.in:953-960)
+DKMS_MOK = "/var/lib/dkms/mok.pub"
+#: the UEFI global variable GUID of SecureBoot (efivarfs: 4 attribute bytes, then the value)
+SB_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 #: what `provision host` installed last (version, flavour, previous version)
 STATE_DIR = "/var/lib/provision/host-driver"
 STATE_PATH = f"{STATE_DIR}/state.json"
@@ -62,6 +70,16 @@ class HostPackages:
     cts: dict[int, CtUserspace] = field(default_factory=dict)
     #: what we recorded at the last install (previous version: the rollback target)
     state: dict[str, str] = field(default_factory=dict)
+    #: nvidia-driver-pinning-* names NVIDIA's index has (branch and per-version ones)
+    pinning_index: list[str] = field(default_factory=list)
+    #: sha256 of our own pin file on the host, None when absent
+    pin_sha256: str | None = None
+    #: UEFI Secure Boot enforcing module signatures (None: cannot tell, e.g. no mokutil and no efivars)
+    secure_boot: bool | None = None
+    #: DKMS's signing key (/var/lib/dkms/mok.pub) is enrolled as a MOK (None: no such key yet)
+    mok_enrolled: bool | None = None
+    #: mokutil's own words, for the refusal
+    secure_boot_evidence: str = ""
 
     @property
     def distro(self) -> str | None:
@@ -103,6 +121,11 @@ def parse(output: str, code: int) -> HostPackages:
     state: dict[str, str] = {}
     keyring = False
     blacklist: str | None = None
+    pinning_index: list[str] = []
+    pin: str | None = None
+    sb: bool | None = None
+    mok: bool | None = None
+    sb_text: list[str] = []
     for line in output.splitlines():
         word, _, rest = line.partition(" ")
         parts = rest.split()
@@ -132,9 +155,35 @@ def parse(output: str, code: int) -> HostPackages:
             cuda.setdefault(int(parts[0]), []).append(parts[1])
         elif word == "state" and len(parts) == 2:
             state[parts[0]] = parts[1]
+        elif word == "pinidx" and parts:
+            pinning_index.append(parts[0])
+        elif word == "hostpin":
+            pin = rest.strip() or None
+        elif word == "sb":
+            sb, text = _secure_boot(rest.strip())
+            sb_text.append(text)
+        elif word == "mok":
+            text = rest.strip()
+            mok = None if text == "missing" else ("is already enrolled" in text)
+            sb_text.append(f"mokutil --test-key {DKMS_MOK}: {text}")
     cts = {v: CtUserspace(sorted(libs.get(v, [])), sorted(cuda.get(v, []))) for v in set(libs) | set(cuda)}
     return HostPackages(os_id, os_version, packages, repo, repo_error if not repo else None, keyring,
-                        sources, blacklist, boot_id, headers, cts, state)
+                        sources, blacklist, boot_id, headers, cts, state, sorted(set(pinning_index)), pin, sb, mok,
+                        "\n".join(sb_text))
+
+
+def _secure_boot(text: str) -> tuple[bool | None, str]:
+    """mokutil --sb-state's answer (lcp/mokutil src/mokutil.c 9ae73db1:1458-1466, 2197, 2214), or the
+    SecureBoot EFI variable's value byte when there is no mokutil."""
+    if text.startswith("efivar "):
+        value = text.split()[-1]
+        return (value == "1" if value.isdigit() else None), f"{SB_EFIVAR}: {value}"
+    if "SecureBoot enabled" in text:
+        # "SecureBoot validation is disabled in shim": shim lets unsigned modules load
+        return "validation is disabled in shim" not in text, f"mokutil --sb-state: {text}"
+    if "SecureBoot disabled" in text or "not supported" in text or "doesn't support Secure Boot" in text:
+        return False, f"mokutil --sb-state: {text}"
+    return None, f"secure boot state: {text or 'unknown'}"
 
 
 def script(repo_url: str, vmids: list[int]) -> str:
@@ -143,10 +192,16 @@ def script(repo_url: str, vmids: list[int]) -> str:
     return f"""
 . /etc/os-release 2>/dev/null; echo "os $ID $VERSION_ID"
 dpkg-query -W -f='pkg ${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' 'nvidia-*' 'libnvidia-*' libcuda1 \\
-  cuda-keyring dkms 'proxmox-headers-*' 'pve-headers-*' 2>/dev/null
+  cuda-keyring dkms 'proxmox-headers-*' 'pve-headers-*' proxmox-default-headers 2>/dev/null
 idx=$(curl -fsSL --max-time 20 {repo}/debian$VERSION_ID/x86_64/Packages 2>&1) || {{
   echo "repo_error $(printf '%s' "$idx" | tail -n1)"; idx=""; }}
-printf '%s\\n' "$idx" | awk '/^Package: /{{p=$2}} /^Version: /{{if (p=="nvidia-driver-cuda") print "avail", $2}}'
+printf '%s\\n' "$idx" | awk '/^Package: /{{p=$2; if (p ~ /^nvidia-driver-pinning-/) print "pinidx", p}}
+  /^Version: /{{if (p=="nvidia-driver-cuda") print "avail", $2}}'
+echo "hostpin $([ -e {HOST_PIN_PATH} ] && sha256sum < {HOST_PIN_PATH} | cut -d' ' -f1)"
+if command -v mokutil >/dev/null 2>&1; then echo "sb $(mokutil --sb-state 2>&1 | tr '\\n' ' ')"
+elif [ -e {SB_EFIVAR} ]; then echo "sb efivar $(od -An -t u1 -j4 -N1 {SB_EFIVAR} | tr -d ' ')"; fi
+if [ -e {DKMS_MOK} ] && command -v mokutil >/dev/null 2>&1; then
+  echo "mok $(mokutil --test-key {DKMS_MOK} 2>&1 | head -n1)"; else echo "mok missing"; fi
 for s in /etc/apt/sources.list.d/cuda-*.list; do [ -e "$s" ] && echo "source $s $(sha256sum < "$s" | cut -d' ' -f1)"; done
 echo "keyring $([ -s {KEYRING_PATH} ] && echo 1 || echo 0)"
 echo "blacklist $([ -e {BLACKLIST_PATH} ] && sha256sum < {BLACKLIST_PATH} | cut -d' ' -f1)"

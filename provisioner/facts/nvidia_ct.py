@@ -23,6 +23,10 @@ KEYRING_PATH = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 #: the same path NVIDIA's cuda-keyring package uses for its source, so there is one source
 SOURCE_PATH_FMT = "/etc/apt/sources.list.d/cuda-{distro}-x86_64.list"
 LIB_DIR = "/usr/lib/x86_64-linux-gnu"
+#: the names NVIDIA's driver packages use (operations/driver.py pins these globs at the driver version)
+DRIVER_GLOBS = ["nvidia-*", "libnvidia-*", "libcuda*", "libnv*", "firmware-nvidia-*", "libegl-nvidia*",
+                "libgles-nvidia*", "libglx-nvidia*", "libgl1-nvidia*", "xserver-xorg-video-nvidia*", "libxnvctrl*",
+                "cuda-drivers*"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ _PKG_FMT = "'pkg ${Package} ${Version} ${db:Status-Abbrev}\\n'"
 
 DRIVER_CT = Fact("ct.driver",
                  ". /etc/os-release 2>/dev/null; echo \"os_id=$ID\"; echo \"os_version=$VERSION_ID\"\n"
-                 f"dpkg-query -W -f={_PKG_FMT} 'nvidia-*' 'libnvidia-*' 'libcuda*' cuda-keyring 2>/dev/null\n"
+                 f"dpkg-query -W -f={_PKG_FMT} {' '.join(repr(g) for g in DRIVER_GLOBS)} cuda-keyring 2>/dev/null\n"
                  f"echo \"pin=$(sha256sum {PIN_PATH} 2>/dev/null | cut -d' ' -f1)\"\n"
                  "for s in /etc/apt/sources.list.d/cuda-*.list; do [ -e \"$s\" ] && "
                  "echo \"source $s $(sha256sum \"$s\" | cut -d' ' -f1)\"; done\n"
@@ -139,7 +143,8 @@ DRIVER_CT = Fact("ct.driver",
                  parse_driver_userspace, where="ct")
 
 CUDA_CT = Fact("ct.cuda",
-               f"dpkg-query -W -f={_PKG_FMT} 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'libcublas-dev-*' 2>/dev/null\n"
+               f"dpkg-query -W -f={_PKG_FMT} 'cuda-nvcc-*' 'cuda-cudart-dev-*' 'cuda-cccl-*' 'libcublas-dev-*' "
+               "2>/dev/null\n"
                "apt-cache pkgnames cuda-nvcc- 2>/dev/null | sed 's/^/avail /'\n"
                "true",
                parse_cuda, where="ct")

@@ -1,9 +1,12 @@
 """The CUDA toolkit in the container: the newest that fits the host driver and every GPU.
 
-The choice is ``cuda_matrix.choose_toolkit`` (REFERENCE §3 as data); only the three
-packages llama.cpp needs are installed (nvcc, cudart headers, cuBLAS), from the
-repository the driver step added. Older toolkits stay installed (harmless; the build
-names ``/usr/local/cuda-X.Y/bin/nvcc`` explicitly).
+The choice is ``cuda_matrix.pick_toolkit`` (REFERENCE §3 as data, corrected there): among the
+toolkits NVIDIA's repository really offers (``ct.cuda``: the ``cuda-nvcc-X-Y`` names apt knows
+once the driver step added the repository; before that, the table, which lists only what the
+debian12/13 repositories carry), by the toolkit's own minimum driver, else by minor-version
+compatibility; the plan says which rule picked it. Only the packages llama.cpp needs are
+installed (nvcc, cudart headers, CCCL, cuBLAS). Older toolkits stay installed (harmless: the
+build names ``/usr/local/cuda-X.Y`` explicitly, see llama_build.configure_args).
 """
 
 from __future__ import annotations
@@ -44,14 +47,20 @@ def compute_caps(ctx: PlanContext) -> list[str]:
     return sorted({g.compute_cap for g in gpus if g.compute_cap}, key=cuda_matrix.vtuple)
 
 
-def chosen_toolkit(ctx: PlanContext) -> str | None:
-    """The toolkit the build uses ("13.0"), None for non-CUDA backends."""
+def toolkit_choice(ctx: PlanContext) -> cuda_matrix.ToolkitChoice | None:
+    """The toolkit the build uses and the rule that picked it, None for non-CUDA backends."""
     if resolve_backend(ctx) != "cuda":
         return None
     driver = ctx.fact(DRIVER.name).version
     pkgs: CudaPackages | None = ctx.fact(CUDA_CT.name)
     available = pkgs.available if pkgs and pkgs.available else None
-    return cuda_matrix.choose_toolkit(driver, compute_caps(ctx), ctx.cfg.cuda.toolkit, available)
+    return cuda_matrix.pick_toolkit(driver, compute_caps(ctx), ctx.cfg.cuda.toolkit, available)
+
+
+def chosen_toolkit(ctx: PlanContext) -> str | None:
+    """The toolkit the build uses ("13.0"), None for non-CUDA backends."""
+    choice = toolkit_choice(ctx)
+    return choice.version if choice else None
 
 
 class CudaStep:
@@ -59,9 +68,12 @@ class CudaStep:
     facts = [DRIVER, GPUS, CUDA_CT]
 
     def plan(self, ctx: PlanContext) -> list[Change]:
-        toolkit = chosen_toolkit(ctx)
-        if toolkit is None:
+        choice = toolkit_choice(ctx)
+        if choice is None:
             return []
+        toolkit = choice.version
+        if choice.rule == cuda_matrix.MINOR_COMPAT:
+            ctx.notes.append(f"CUDA {toolkit} by {choice.why}")
         packages = cuda_matrix.toolkit_packages(toolkit)
         pkgs: CudaPackages | None = ctx.fact(CUDA_CT.name)
         if pkgs is not None and pkgs.has_toolkit(packages):
@@ -73,8 +85,8 @@ class CudaStep:
         def apply(actx: ApplyContext) -> None:
             install_toolkit(actx, toolkit, packages)
 
-        return [Change(STEP, "install", target, f"CUDA toolkit {toolkit} ({', '.join(packages)})", apply,
-                       diff=diff)]
+        return [Change(STEP, "install", target, f"CUDA toolkit {toolkit} ({', '.join(packages)}); {choice.why}",
+                       apply, diff=diff)]
 
 
 def install_toolkit(actx: ApplyContext, toolkit: str, packages: list[str]) -> None:

@@ -11,8 +11,27 @@ Order of work (each its own change, each idempotent):
    kernel-module package, install with ``--no-install-recommends --allow-downgrades``,
    hold, then verify the library suffixes and ``nvidia-smi``.
 
+Which packages are "the driver" (the family that moves with the host version) is decided by
+*version*, not by name: NVIDIA's repository has packages with the driver's prefixes and their
+own versions (nvidia-container-toolkit 1.19.0-1, libnvidia-container1, libnvidia-egl-gbm1
+1.1.3-1, libnvidia-egl-xcb1 1:1.0.5-1, …), and packages of the driver outside any short name
+list (libcudadebugger1, firmware-nvidia-gsp, libnvidia-ptxjitcompiler1, libnvidia-nvvm4,
+nvidia-modprobe, nvidia-persistenced, nvidia-kernel-support), see sim/repos/nvidia_graph.py
+[L595]. So: the pin covers broad name globs but only at *the* version (``Pin: version
+<ver>-*``: a package that has no such version is not affected by it), and an installed package
+is family when its version is a driver version (``NNN.N[.N]-rev``).
+
+Settled against REFERENCE §2: its pin example ``Pin: version 595.71.05-1*`` assumed Debian
+revision 1; NVIDIA's own pinning packages pin ``version <ver>-*`` (sim/repos/nvidia_graph.py
+[PIN]), and so do we. Its "never install in a CT" list is kept for what needs a kernel module
+(dkms, ``*-dkms``, nvidia-kernel-source, nvidia-open, cuda-drivers*, linux-*, proxmox-*), not for
+``nvidia-kernel-*`` as a whole: nvidia-kernel-support is modprobe configuration the userspace
+depends on. The per-version ``nvidia-driver-pinning-<ver>`` exists for some releases only, so
+it is installed when the index has it and our file does the pinning always.
+
 Converged means: keyring + source as rendered, pin file as rendered, every configured
-package installed at ``<ver>-*`` and held, the libraries carry ``<ver>``. Then: no change.
+package installed at ``<ver>-*`` and held, every other installed family package at ``<ver>``,
+the libraries carry ``<ver>``. Then: no change.
 """
 
 from __future__ import annotations
@@ -26,7 +45,7 @@ from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RefusedError, RemoteError
 from ..facts.nvidia import DRIVER, GPUS
-from ..facts.nvidia_ct import (DRIVER_CT, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
+from ..facts.nvidia_ct import (DRIVER_CT, DRIVER_GLOBS, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
                                DriverUserspace)
 from ..templating import render
 from . import apt
@@ -34,12 +53,17 @@ from .passthrough import selected_gpus
 
 STEP = "driver"
 KEYRING_DEB = "cuda-keyring_1.1-1_all.deb"
-#: every package of NVIDIA's driver family the pin covers (globs as apt_preferences allows)
-PIN_GLOBS = ["nvidia-*", "libnvidia-*", "libcuda1", "libnvcuvid1", "libnvoptix1", "libxnvctrl0",
-             "xserver-xorg-video-nvidia*"]
-#: packages that must never land in a container: kernel modules and what pulls them in
-FORBIDDEN = re.compile(r"^(dkms|.+-dkms|nvidia-open|nvidia-kernel-.+|cuda-drivers(-\d+)?|"
-                       r"linux-(image|headers)-.+|proxmox-(kernel|headers)-.+|.+-kmod(-.+)?)$")
+#: names NVIDIA's driver packages use (globs as apt_preferences allows). Broad on purpose: the pin
+#: is a *version* pin, so a package with these prefixes but its own versions is not affected
+PIN_GLOBS = DRIVER_GLOBS
+#: an installed package of the driver family has a driver version: 580.95.05-1, 595.71.05-1, 1:535.247.01-2
+DRIVER_VERSION = re.compile(r"^(\d+:)?\d{3}\.\d{1,3}(\.\d{1,3})?-[^-]+$")
+#: what needs a kernel module and so never lands in a container (nvidia-kernel-support is
+#: userspace: modprobe configuration, and NVIDIA's userspace depends on it)
+FORBIDDEN = re.compile(r"^(dkms|.+-dkms|nvidia-kernel-source|nvidia-open|cuda-drivers(-\d+)?|"
+                       r"linux-.+|proxmox-.+|pve-(kernel|headers)-.+|.+-kmod(-.+)?)$")
+#: the dpkg-query patterns for the family (the container facts use the same)
+FAMILY_QUERY = " ".join(f"'{g}'" for g in DRIVER_GLOBS)
 APT = "apt_get -y"  # the apt prelude: waits for dpkg locks, recovers dpkg, non-interactive, confold
 
 
@@ -47,15 +71,20 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def in_family(name: str) -> bool:
-    """A package of the driver family (pinned, moved with the host version)."""
+def _named_like_driver(name: str) -> bool:
+    return any(re.fullmatch(re.escape(g).replace(r"\*", ".*"), name) for g in PIN_GLOBS)
+
+
+def in_family(name: str, version: str) -> bool:
+    """A package of the driver family (pinned, moved with the host version): a driver-like name at a
+    driver version. Pinning packages and cuda-keyring are not: they have versions of their own."""
     if name.startswith("nvidia-driver-pinning-") or name == "cuda-keyring":
         return False
-    return any(re.fullmatch(g.replace("*", ".*"), name) for g in PIN_GLOBS)
+    return _named_like_driver(name) and DRIVER_VERSION.match(version) is not None
 
 
 def pin_text(version: str, packages: list[str]) -> str:
-    names = list(dict.fromkeys(PIN_GLOBS + [p for p in packages if not in_family(p)]))
+    names = list(dict.fromkeys(PIN_GLOBS + [p for p in packages if not _named_like_driver(p)]))
     return render("apt/provision-nvidia.pref.j2", version=version, packages=names)
 
 
@@ -116,7 +145,7 @@ class DriverStep:
                 (want_pinning and pinning not in ct.pinning_packages):
             changes.append(Change(STEP, "write", target, f"pin NVIDIA driver packages to {version}",
                                   lambda a: install_pin(a, pin, pinning, stale_pinning),
-                                  diff={PIN_PATH: (ct and ct.pin_sha256 and "other pin", f"version {version}-1*"),
+                                  diff={PIN_PATH: (ct and ct.pin_sha256 and "other pin", f"version {version}-*"),
                                         **({p: ("installed", None) for p in stale_pinning})},
                                   # the apt lists now know NVIDIA's repo: the CUDA step's choice depends on it
                                   refresh=True))
@@ -138,7 +167,7 @@ class DriverStep:
             if p is None or not at_version(version, p.version) or not p.held:
                 wrong[name] = (p and f"{p.version}{' (held)' if p.held else ''}", f"{version} (held)")
         for name, p in ct.packages.items():
-            if p.installed and in_family(name) and not at_version(version, p.version) and name not in wrong:
+            if p.installed and in_family(name, p.version) and not at_version(version, p.version) and name not in wrong:
                 wrong[name] = (p.version, version)
         if "libnvidia-ml1" in packages and ct.nvml_libs != [version]:
             wrong.setdefault("libnvidia-ml.so", (",".join(ct.nvml_libs) or None, version))
@@ -206,15 +235,28 @@ fi
 
 def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct: DriverUserspace | None) -> None:
     """Move the userspace to ``version``: simulate, refuse kernel modules, install, hold, verify."""
-    family = sorted(n for n, p in (ct.packages if ct else {}).items() if p.installed and in_family(n))
-    names = list(dict.fromkeys(packages + family))
-    quoted = " ".join(shlex.quote(n) for n in names)
+    family = sorted(n for n, p in (ct.packages if ct else {}).items()
+                    if p.installed and in_family(n, p.version) and n not in packages)
+    quoted = " ".join(shlex.quote(n) for n in packages)
     held = " ".join(shlex.quote(n) for n, p in (ct.packages if ct else {}).items() if p.held)
     actx.status(f"installing NVIDIA driver userspace {version}")
+    # the other installed family packages move too; one the repository has no <version> of (a library
+    # only newer branches ship, after a host downgrade) is removed rather than left at another version
+    moving = f"""
+ver={shlex.quote(version)}
+targets="{quoted}"
+for n in {" ".join(shlex.quote(n) for n in family)}; do
+  if apt-cache madison "$n" 2>/dev/null | awk -v v="$ver" '$3 ~ "^([0-9]+:)?"v"-" {{f=1}} END {{exit !f}}'; then
+    targets="$targets $n"
+  else
+    targets="$targets $n-"
+  fi
+done
+"""
     # simulate first, holds still in place: a refused plan leaves the container as it was
-    sim = _run(actx, f"apt_get update -q >/dev/null\n"
-                     f"apt_get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
-                     f"install {quoted}",
+    sim = _run(actx, moving + "apt_get update -q >/dev/null\n"
+                     "apt_get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
+                     "install $targets",
                "simulating the driver install",
                fix=f"check that the repository has version {version} of {', '.join(packages)}")
     bad = forbidden_packages(sim)
@@ -226,11 +268,11 @@ def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct:
                 "never nvidia-open, cuda-drivers* or *-dkms")
     if held:
         _run(actx, f"apt-mark unhold {held} >/dev/null", "releasing holds")
-    _run(actx, f"{APT} --no-install-recommends --allow-downgrades install {quoted}",
+    _run(actx, moving + f"{APT} --no-install-recommends --allow-downgrades install $targets",
          f"installing NVIDIA driver userspace {version}")
     _run(actx, f"""
-dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' 'nvidia-*' 'libnvidia-*' 'libcuda1' 2>/dev/null |
-  awk '$3 ~ /^.i/ && $2 ~ /^{re.escape(version)}-/ {{print $1}}' | grep -v '^nvidia-driver-pinning-' |
+dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {FAMILY_QUERY} 2>/dev/null |
+  awk '$3 ~ /^.i/ && $2 ~ /^([0-9]+:)?{re.escape(version)}-/ {{print $1}}' | grep -v '^nvidia-driver-pinning-' |
   xargs -r apt-mark hold >/dev/null
 """, "holding the driver packages")
     verify(actx, version, packages)

@@ -4,12 +4,16 @@ What the seed guide learned the hard way, as a plan:
 
 1. ``repo``: NVIDIA's CUDA repository for the host's Debian release (cuda-keyring + source).
 2. ``headers``: ``proxmox-headers-<kver>`` for the running kernel *and every installed newer
-   one*, and dkms: without headers DKMS silently skips a kernel, and the next reboot into it
-   comes up without a GPU (the upgrade trap).
+   one* (installed = a kernel package, not a leftover /lib/modules directory), dkms, and
+   ``proxmox-default-headers`` (Proxmox's headers metapackage, so the kernel the next
+   ``apt full-upgrade`` brings arrives with its headers and gets its DKMS build): without headers
+   DKMS silently skips a kernel, and the next reboot into it comes up without a GPU.
 3. ``check``: a trial DKMS build of the target version for each of those kernels, in a
    scratch tree (``apt-get download`` + ``dpkg-deb -x`` + ``dkms build --dkmstree --sourcetree``):
    nothing of the installed driver moves before every kernel builds.
-4. ``pin``: NVIDIA's ``nvidia-driver-pinning-<ver>`` (its own apt transaction, before the driver).
+4. ``pin``: NVIDIA's ``nvidia-driver-pinning-<ver>`` when the repository index has that per-version
+   package, else our own preferences file (the container's, ``apt/provision-nvidia.pref.j2``);
+   its own apt transaction, before the driver.
 5. ``install``: ``nvidia-driver-cuda`` + the flavour's kernel-module package at exactly the
    version (open module through DKMS by default), ``dkms status`` verified for every kernel, held.
 6. ``boot``: nouveau blacklisted (initramfs updated), nvidia_uvm at boot + the boot unit of the
@@ -18,9 +22,11 @@ What the seed guide learned the hard way, as a plan:
 8. ``lockstep``: once the loaded module is the target, every managed GPU container's userspace
    is moved through the normal driver step (operations/driver.py), started ones and stopped ones.
 
-Refused before anything changes: a version the repository lacks, a branch that does not run the
-host's GPUs (590+ dropped Maxwell/Pascal/Volta; the open module needs Turing+), a CUDA level
-below what a managed container's toolkit needs, a kernel without installable headers.
+Refused before anything changes: UEFI Secure Boot without DKMS's signing key enrolled as a MOK
+(the module would be built, and then rejected at boot: the guide with the MOK steps is the
+error), a version the repository lacks, a branch that does not run the host's GPUs (590+
+dropped Maxwell/Pascal/Volta; the open module needs Turing+), a CUDA level below what a managed
+container's toolkit needs, a kernel without installable headers.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.schema import HostFile
-from ..cuda_matrix import TOOLKITS, driver_supports, vtuple
+from ..cuda_matrix import TOOLKITS, driver_supports, min_driver, vtuple
 from ..driver_support import cuda_level, gpu_problem, resolve
 from ..engine.context import ApplyContext
 from ..engine.plan import Change
@@ -43,13 +49,15 @@ from ..errors import RefusedError, RemoteError, SSHError
 from ..facts.base import gather
 from ..facts.host_driver import (
     BLACKLIST_PATH,
+    DKMS_MOK,
+    HOST_PIN_PATH,
     MODULE_PACKAGE,
     STATE_PATH,
     HostPackages,
     host_packages_fact,
 )
 from ..facts.nvidia_ct import SOURCE_PATH_FMT
-from ..facts.kernel import KERNEL, KernelModules, _kver_key
+from ..facts.kernel import KERNEL, KernelModules, dkms_installed
 from ..facts.nvidia import (
     BOOT,
     BOOT_UNIT_PATH,
@@ -62,7 +70,7 @@ from ..facts.nvidia import (
     cc_from_name,
 )
 from ..facts.pve import MARKER_TAG, has_marker
-from .driver import keyring_script, keyring_url, source_text
+from .driver import keyring_script, keyring_url, pin_text, source_text
 from .passthrough import _sha, boot_files, enable_script
 
 STEP = "host.driver"
@@ -96,9 +104,7 @@ class HostState:
     @property
     def build_kernels(self) -> list[str]:
         """The running kernel and every installed newer one (what DKMS must build for)."""
-        run = self.kernels.running
-        newer = sorted((k for k in self.kernels.kernels if _kver_key(k) > _kver_key(run)), key=_kver_key)
-        return [run, *newer]
+        return [self.kernels.running, *self.kernels.newer()]
 
 
 def managed_containers(pve: Any) -> list[ManagedCt]:
@@ -206,9 +212,37 @@ def check_cuda(cfg: HostFile, st: HostState, target: str) -> None:
     short = [(tk, who) for tk, who in needs.items() if tk in TOOLKITS and not driver_supports(tk, target)]
     if short:
         level = cuda_level(target) or "none known"
-        what = "; ".join(f"{who} uses CUDA {tk} (needs driver ≥ {TOOLKITS[tk]})" for tk, who in short)
+        what = "; ".join(f"{who} uses CUDA {tk} (needs driver ≥ {min_driver(tk)})" for tk, who in short)
         raise _refuse(f"driver {target} gives CUDA {level}, below what the managed containers need: {what}",
                       "choose a newer driver, or move those containers to an older toolkit first")
+
+
+def check_secure_boot(pk: HostPackages) -> None:
+    """A DKMS-built module loads under Secure Boot only when signed by an enrolled key: refuse, with
+    the MOK enrolment, before anything changes (else the host reboots into no NVIDIA module)."""
+    if not pk.secure_boot or pk.mok_enrolled:
+        return
+    # dkms 3.0.10 signs with /var/lib/dkms/mok.key + mok.pub and creates them with this very openssl
+    # line when they are missing (dkms.in v3.0.10 3f72c9b0:953-970); mokutil's --import queues the key
+    # for MokManager at the next boot, --test-key then says "... is already enrolled"
+    # (lcp/mokutil src/mokutil.c 9ae73db1:823, 1589)
+    make_key = ("" if pk.mok_enrolled is False else
+                "     mkdir -p /var/lib/dkms && openssl req -new -x509 -nodes -days 36500 -subj '/CN=DKMS module "
+                "signing key' -newkey rsa:2048 -keyout /var/lib/dkms/mok.key -outform DER -out /var/lib/dkms/mok.pub\n")
+    steps = (
+        "enrol DKMS's signing key as a Machine Owner Key once, on the host's console:\n"
+        + (f"  1. create it (what dkms would do at its first build):\n{make_key}" if make_key else
+           f"  1. the key exists ({DKMS_MOK}) but is not enrolled\n")
+        + f"  2. mokutil --import {DKMS_MOK}   (choose a one-time password)\n"
+        "  3. reboot; in the blue MokManager screen: Enroll MOK → Continue → Yes → the password → Reboot\n"
+        f"  4. mokutil --test-key {DKMS_MOK} must say 'is already enrolled'; then run `provision host` again\n"
+        "  (or turn Secure Boot off in the firmware setup)")
+    raise DriverRefused(
+        "UEFI Secure Boot is on and DKMS's signing key is " + ("not enrolled" if pk.mok_enrolled is False else
+                                                              "not created yet") +
+        ": the kernel would refuse the NVIDIA module DKMS builds ('Key was rejected by service'), and the host "
+        "would come back from the reboot without a GPU", key="host.driver.manage", step=STEP,
+        fix=steps + " (the host's driver was not touched)", output=pk.secure_boot_evidence or None)
 
 
 def plan(cfg: HostFile, st: HostState, *, reboot: bool = False,
@@ -223,6 +257,7 @@ def plan(cfg: HostFile, st: HostState, *, reboot: bool = False,
     if distro is None:
         raise _refuse(f"the host runs {pk.os_id or '?'} {pk.os_version or '?'}; NVIDIA's repository has Debian 12 "
                       "and 13 only", "manage the driver by hand on this host", key="host.driver.manage")
+    check_secure_boot(pk)
     if pk.repo:
         target = resolve(hd.version, list(pk.repo))
         if target is None:
@@ -256,9 +291,14 @@ def plan(cfg: HostFile, st: HostState, *, reboot: bool = False,
                                  lambda a: add_repository(a, distro, source, source_path),
                                  diff={"source": (pk.sources.get(source_path) and "differs",
                                                   f"{cfg.driver.repo_url.rstrip('/')}/{distro}/x86_64/")}))
+    for left in st.kernels.leftovers:
+        hp.notes.append(f"/lib/modules/{left} is left from a removed kernel (no kernel package installs it): "
+                        "ignored; remove the directory when DKMS no longer needs it")
     missing = [f"proxmox-headers-{k}" for k in kernels if not pk.headers(k)]
     if not pk.installed("dkms"):
         missing.append("dkms")
+    if not pk.installed("proxmox-default-headers"):
+        missing.append("proxmox-default-headers")
     if missing:
         hp.changes.append(Change(STEP, "install", t, f"kernel headers and dkms ({', '.join(missing)})",
                                  lambda a: install_headers(a, missing),
@@ -278,12 +318,25 @@ def plan(cfg: HostFile, st: HostState, *, reboot: bool = False,
                                  f"{', '.join(kernels)}, in a scratch tree",
                                  lambda a: trial_build(a, module_pkg, target, full, kernels),
                                  diff={f"dkms build {k}": (None, "must succeed") for k in kernels}))
+    # NVIDIA's per-version pinning package when its index has one; else our own file (NVIDIA documents
+    # branch packages, nvidia-driver-pinning-<branch>, which would let the driver move within the branch)
     pinning = f"nvidia-driver-pinning-{target}"
-    stale = [p for p in pk.pinning if p != pinning]
-    if pinning not in pk.pinning or stale:
-        hp.changes.append(Change(STEP, "write", t, f"pin the host's NVIDIA driver packages to {target}",
-                                 lambda a: install_pin(a, pinning, stale),
-                                 diff={pinning: (None, "installed"), **{p: ("installed", None) for p in stale}}))
+    ours = pin_text(target, [*USERSPACE, module_pkg])
+    if pinning in pk.pinning_index:
+        stale = [p for p in pk.pinning if p != pinning]
+        if pinning not in pk.pinning or stale or pk.pin_sha256:
+            hp.changes.append(Change(STEP, "write", t, f"pin the host's NVIDIA driver packages to {target} ({pinning})",
+                                     lambda a: install_pin(a, pinning, stale, remove_ours=bool(pk.pin_sha256)),
+                                     diff={pinning: (None, "installed"), **{p: ("installed", None) for p in stale},
+                                           **({HOST_PIN_PATH: ("ours", None)} if pk.pin_sha256 else {})}))
+    else:
+        stale = list(pk.pinning)
+        if pk.pin_sha256 != _sha(ours) or stale:
+            hp.changes.append(Change(STEP, "write", t, f"pin the host's NVIDIA driver packages to {target} "
+                                     f"({HOST_PIN_PATH}: the index has no {pinning})",
+                                     lambda a: write_pin(a, ours, stale),
+                                     diff={HOST_PIN_PATH: (pk.pin_sha256 and "other pin", f"version {target}-*"),
+                                           **{p: ("installed", None) for p in stale}}))
     if moving:
         verb = "install" if installed is None else ("downgrade" if vtuple(target) < vtuple(installed) else "upgrade")
         hp.changes.append(Change(STEP, verb, t, f"NVIDIA driver {target} ({hd.flavour} kernel module through DKMS)",
@@ -399,11 +452,19 @@ done
                            "kernel (proxmox-boot-tool kernel pin); the installed driver was not touched")
 
 
-def install_pin(a: ApplyContext, pinning: str, stale: list[str]) -> None:
+def install_pin(a: ApplyContext, pinning: str, stale: list[str], *, remove_ours: bool = False) -> None:
     a.status("pinning the host's driver version")
     remove = " ".join(shlex.quote(p) for p in stale)
-    _run(a, (f"{APT} remove {remove}\n" if stale else "") + f"{APT} install {shlex.quote(pinning)}",
-         "installing the driver pin")
+    _run(a, (f"rm -f {HOST_PIN_PATH}\n" if remove_ours else "") + (f"{APT} remove {remove}\n" if stale else "")
+         + f"{APT} update >/dev/null\n{APT} install {shlex.quote(pinning)}", "installing the driver pin")
+
+
+def write_pin(a: ApplyContext, text: str, stale: list[str]) -> None:
+    """Our own preferences file: the driver family at exactly the target version (priority 1001)."""
+    a.status("pinning the host's driver version")
+    if stale:
+        _run(a, f"{APT} remove {' '.join(shlex.quote(p) for p in stale)}", "removing other driver pins")
+    a.ssh.put(text.encode(), HOST_PIN_PATH, mode="0644")
 
 
 def install_driver(a: ApplyContext, version: str, full: str, module_pkg: str, other_pkg: str, kernels: list[str],
@@ -419,8 +480,7 @@ apt-mark hold {' '.join(names)} >/dev/null
 """, f"installing the NVIDIA driver {version}",
          fix="read the DKMS output above; the loaded module keeps running until a reboot")
     status = a.ssh.run("dkms status").stdout
-    missing = [k for k in kernels if f"nvidia/{version}, {k}, " not in status or
-               not any(ln.startswith(f"nvidia/{version}, {k},") and ln.endswith("installed") for ln in status.splitlines())]
+    missing = [k for k in kernels if not dkms_installed(status, version, k)]
     if missing:
         raise RemoteError(f"dkms status shows no installed nvidia/{version} for {', '.join(missing)}",
                           output=status, step=STEP, fix="dkms autoinstall -k KERNEL on the host, then re-run")

@@ -93,7 +93,8 @@ class LlamaStep:
         def apply(actx: ApplyContext) -> None:
             run_build(actx, spec)
 
-        what = spec.backend + (f" sm {','.join(spec.architectures)}, CUDA {spec.toolkit}"
+        sms = ",".join(str(cuda_matrix.arch_number(a)) for a in spec.architectures)
+        what = spec.backend + (f" sm {sms}, CUDA {spec.toolkit}"
                                if spec.backend == "cuda" else "")
         return [Change(STEP, "build", target, f"build llama-server ({what})", apply, diff=diff)]
 

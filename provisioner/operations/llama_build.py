@@ -71,14 +71,24 @@ class BuildSpec:
         return f"git-{url_hash}-{ref}"
 
 
+def toolkit_root(toolkit: str) -> str:
+    """Where NVIDIA's ``cuda-*-X-Y`` packages put toolkit X.Y."""
+    return f"/usr/local/cuda-{toolkit}"
+
+
 def configure_args(spec: BuildSpec, src: str, build: str) -> list[str]:
     """The whole ``cmake`` configure command line, as argv."""
+    rpath = "$ORIGIN"
+    if spec.backend == "cuda" and spec.toolkit:
+        # cudart and cuBLAS of *this* toolkit at run time: every toolkit's libcudart.so.12 has the same
+        # soname, and ld.so.conf lists them in no order we control
+        rpath += f";{toolkit_root(spec.toolkit)}/lib64"
     args = [
         "cmake", "-S", src, "-B", build,
         "-DCMAKE_BUILD_TYPE=Release",
         "-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
         # shared libs next to the binary, found through $ORIGIN: the build dir can be copied as is
-        "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON", "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+        "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON", f"-DCMAKE_INSTALL_RPATH={rpath}",
         # the build runs in the container that runs the server: native CPU code is right here
         "-DGGML_NATIVE=ON",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
@@ -89,7 +99,14 @@ def configure_args(spec: BuildSpec, src: str, build: str) -> list[str]:
     if spec.backend == "cuda":
         if not spec.toolkit or not spec.architectures:
             raise ValueError("a CUDA build needs a toolkit and at least one architecture")
-        args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_COMPILER=/usr/local/cuda-{spec.toolkit}/bin/nvcc",
+        root = toolkit_root(spec.toolkit)
+        # CUDAToolkit_ROOT: CMake 3.25's FindCUDAToolkit uses the CUDA compiler's directory only once
+        # the CUDA language is enabled (Modules/FindCUDAToolkit.cmake at v3.25.3 5709a7e5, lines 21-44
+        # and 628-641), and llama.cpp calls find_package(CUDAToolkit) before enable_language(CUDA)
+        # (b11312 ggml/src/ggml-cuda/CMakeLists.txt:16 and :72). Without it the search falls through to
+        # nvcc on PATH, then the /usr/local/cuda symlink, i.e. the *newest* toolkit's headers, cudart
+        # and cuBLAS next to this toolkit's nvcc.
+        args += ["-DGGML_CUDA=ON", f"-DCUDAToolkit_ROOT={root}", f"-DCMAKE_CUDA_COMPILER={root}/bin/nvcc",
                  # never unset: unset means "native" (fails without a visible GPU) or a long list
                  f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(spec.architectures)}",
                  "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
@@ -122,18 +139,28 @@ def tarball_path(spec: BuildSpec) -> str:
     return f"{CACHE}/src/{spec.source_key}.tar.gz"
 
 
+def build_number(ref: str) -> str | None:
+    """llama.cpp's build number for a release tag: ``b11312`` → ``11312`` (its tags are ``b<number>``,
+    the number being ``git rev-list --count HEAD``: b11312 cmake/build-info.cmake:27-41); None for
+    other refs (the build script then counts the commits of a history fetched without blobs)."""
+    return ref[1:] if len(ref) > 1 and ref[0] == "b" and ref[1:].isdigit() else None
+
+
 def build_script(spec: BuildSpec, *, keep_builds: int) -> str:
     """The bash script that prepares the source, builds, installs atomically and flips ``current``."""
     src = f"{CACHE}/src/{spec.source_key}"
     build = f"{CACHE}/build/{spec.hash}"
     subdir = spec.source.get("subdir") or ""
+    git_ref = spec.source.get("ref") or ""
     return render(
         "build/llama-build.sh.j2",
         deps=" ".join(build_deps(spec.backend)), ccache_dir=CCACHE_DIR, src=src, build=build,
         tarball=tarball_path(spec) if spec.source.get("tarball_sha256") else "",
         subdir=subdir, strip=len(subdir.split("/")) if subdir else 0,
-        git_url=spec.source.get("git") or "", git_ref=spec.source.get("ref") or "",
+        git_url=spec.source.get("git") or "", git_ref=git_ref,
+        build_number=build_number(git_ref) if git_ref else None,
         configure=configure_command(spec, src, build), build_cmd=build_command(build),
         builds=BUILDS, root=ROOT, hash=spec.hash, stamp=json.dumps(spec.stamp(), sort_keys=True),
         stamp_name=STAMP_NAME, keep=keep_builds, cuda=spec.backend == "cuda", q=shlex.quote,
+        cuda_lib=f"{toolkit_root(spec.toolkit)}/" if spec.backend == "cuda" and spec.toolkit else "",
         apt_prelude=apt_prelude())

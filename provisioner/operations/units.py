@@ -54,8 +54,10 @@ def llama_args(cfg: HostFile) -> list[str]:
                  "--spec-type", "draft-simple"]
     if s.threads is not None:
         args += ["--threads", str(s.threads)]
-    for kv in s.override_kv:
-        args += ["--override-kv", kv]
+    if s.override_kv:
+        # one comma-separated value: repeating the flag is deprecated ("specified multiple times, use
+        # comma-separated values instead", b11312 common/arg.cpp:833; the option splits on commas, :2939)
+        args += ["--override-kv", ",".join(s.override_kv)]
     args += list(s.extra_args)
     return args
 

@@ -40,6 +40,10 @@ CASES = [
      "host.yaml:8: server.ctx_size: context is 8192 tokens but Claude Code is configured "
      "(clients.claude_code): its system prompt alone is ~24K tokens, so it fails at once\n"
      "  fix: set server.ctx_size: 32768 or more (0 = the model's own), or clients.claude_code: false"),
+    ("flash attention off with the default q8_0 V cache", BASE + "server:\n  flash_attn: \"off\"\n",
+     "host.yaml:8: server.flash_attn: flash attention is off but the V cache is quantized (cache_type_v: q8_0): "
+     "llama-server refuses to create the context ('quantized V cache requires flash_attn to be enabled')\n"
+     "  fix: set server.flash_attn: auto or on, or server.cache_type_v: f16 (or bf16, f32)"),
     ("bad enum", BASE + "llama_cpp:\n  backend: metal\n",
      "host.yaml:8: llama_cpp.backend: 'metal' is not allowed: expected 'auto', 'cuda', 'vulkan', 'rocm' or "
      "'cpu'\n  fix: use one of the allowed values"),

@@ -34,7 +34,9 @@ def test_host_driver_upgraded_mismatch_in_plain_words():
     # (the recorded repository URL differs from this config's, so the source is rewritten too)
     assert [x.summary for x in fixes][-2:] == ["driver: pin NVIDIA driver packages to 580.105.08",
                                          "driver: NVIDIA driver userspace 580.105.08 (libcuda.so, libcuda1, "
-                                         "libnvidia-ml.so, libnvidia-ml1, nvidia-driver-cuda)"]
+                                         "libcudadebugger1, libnvidia-ml.so, libnvidia-ml1, libnvidia-nvvm4, "
+                                         "libnvidia-ptxjitcompiler1, nvidia-driver-cuda, nvidia-kernel-support, "
+                                         "nvidia-modprobe)"]
 
 
 def test_pin_is_stale_after_a_host_upgrade():
@@ -83,7 +85,7 @@ LDD = ("binary 1\n"
        "ldd \tlibcublas.so.13 => /usr/local/cuda-13.0/lib64/libcublas.so.13 (0x00007f2)\n"
        "ldd \tlibcuda.so.1 => /usr/lib/x86_64-linux-gnu/libcuda.so.1 (0x00007f3)\n")
 TOOLKIT = ("pkg cuda-nvcc-13-0 13.0.88-1 ii \npkg cuda-cudart-dev-13-0 13.0.96-1 ii \n"
-           "pkg libcublas-dev-13-0 13.0.2.14-1 ii \navail cuda-nvcc-12-8\navail cuda-nvcc-13-0\n")
+           "pkg cuda-cccl-13-0 13.0.85-1 ii \npkg libcublas-dev-13-0 13.0.2.14-1 ii \navail cuda-nvcc-12-8\navail cuda-nvcc-13-0\n")
 
 
 def cuda_ctx(stamp=STAMP, ldd=LDD, toolkit=TOOLKIT, **raw_extra):

@@ -75,6 +75,12 @@ def test_newer_kernel_without_module(env, sim_node):
     reattach_modules_view(sim_node)
     rc, _, err = sim_node.run(f"mkdir -p /lib/modules/{kver}/kernel/drivers/video")
     assert rc == 0, err
+    # installed = a kernel package (a bare /lib/modules directory is a removed kernel's leftover)
+    from provisioner.sim.host.packages import Host
+    pkgs = Host(sim_node.sim_root)
+    status = pkgs.status
+    status[f"proxmox-kernel-{kver}-signed"] = {"version": "6.99.1-1", "state": "ii", "held": False}
+    pkgs.set_status(status)
     try:
         code, data = doctor_json(env)
         f = finding(data, "host.kernel_modules")
@@ -83,6 +89,9 @@ def test_newer_kernel_without_module(env, sim_node):
         assert "the GPU is gone" in f["detail"]
     finally:
         sim_node.run(f"rm -rf /lib/modules/{kver}")
+        status = pkgs.status
+        status.pop(f"proxmox-kernel-{kver}-signed", None)
+        pkgs.set_status(status)
 
 
 def test_driver_upgraded_on_the_host(env, sim_node):

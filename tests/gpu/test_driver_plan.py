@@ -88,9 +88,38 @@ def test_no_gpu_no_driver() -> None:
 
 def test_pin_file() -> None:
     text = pin_text("580.95.05", PKGS)
-    assert "Pin: version 580.95.05-1*\nPin-Priority: 1001\n" in text
-    assert "Package: nvidia-* libnvidia-* libcuda1 libnvcuvid1 libnvoptix1 libxnvctrl0 xserver-xorg-video-nvidia*\n" \
-        in text
+    assert "Pin: version 580.95.05-*\nPin-Priority: 1001\n" in text  # any Debian revision
+    assert ("Package: nvidia-* libnvidia-* libcuda* libnv* firmware-nvidia-* libegl-nvidia* libgles-nvidia* "
+            "libglx-nvidia* libgl1-nvidia* xserver-xorg-video-nvidia* libxnvctrl* cuda-drivers*\n") in text
+
+
+def test_family_is_decided_by_version_not_by_name() -> None:
+    from provisioner.operations.driver import in_family
+    assert in_family("libcudadebugger1", "580.95.05-1") and in_family("firmware-nvidia-gsp", "595.71.05-1")
+    assert in_family("nvidia-kernel-support", "580.95.05-1") and in_family("libnvidia-nvvm4", "1:580.95.05-2")
+    for name, version in (("nvidia-container-toolkit", "1.19.0-1"), ("libnvidia-container1", "1.19.0-1"),
+                          ("libnvidia-egl-gbm1", "1.1.3-1"), ("libnvidia-egl-xcb1", "1:1.0.5-1"),
+                          ("nvidia-driver-pinning-580.105.08", "580.105.08-1"), ("nvidia-driver-pinning-580", "580-5"),
+                          ("cuda-keyring", "1.1-1")):
+        assert not in_family(name, version), name
+
+
+def test_same_prefix_packages_with_their_own_versions_converge() -> None:
+    extra = {n: Package(n, v, True, False) for n, v in (
+        ("nvidia-container-toolkit", "1.19.0-1"), ("nvidia-container-toolkit-base", "1.19.0-1"),
+        ("libnvidia-container1", "1.19.0-1"), ("libnvidia-egl-xcb1", "1:1.0.5-1"))}
+    extra["libcudadebugger1"] = Package("libcudadebugger1", "580.95.05-1", True, True)
+    assert plan({**host_facts("580.95.05"), "ct.driver": userspace("580.95.05", extra=extra)}) == []
+    changes = DriverStep().plan(ctx({**host_facts("580.105.08"), "ct.driver": userspace("580.105.08", extra=extra)}))
+    assert changes[-1].diff == {"libcudadebugger1": ("580.95.05-1", "580.105.08")}  # only the driver's own
+
+
+def test_nvidia_kernel_support_is_userspace_but_dkms_is_not() -> None:
+    sim = ("Inst nvidia-kernel-support (580.95.05-1 x [amd64])\nInst nvidia-modprobe (580.95.05-1 x [amd64])\n"
+           "Inst nvidia-kernel-open-dkms (580.95.05-1 x [amd64])\nInst proxmox-default-headers (1.1.0 x [all])\n"
+           "Inst nvidia-kernel-source (580.95.05-1 x [amd64])\nInst linux-headers-amd64 (6.1 x [amd64])\n")
+    assert forbidden_packages(sim) == ["nvidia-kernel-open-dkms", "proxmox-default-headers", "nvidia-kernel-source",
+                                       "linux-headers-amd64"]
 
 
 def test_forbidden_packages_in_apt_simulation() -> None:
@@ -118,10 +147,25 @@ def test_cuda_toolkit_install_then_converged() -> None:
     facts = {**host_facts("580.95.05"), "ct.cuda": CudaPackages({}, ["12.8", "13.0"])}
     changes = CudaStep().plan(ctx(facts))
     assert [c.summary for c in changes] == [
-        "CUDA toolkit 13.0 (cuda-nvcc-13-0, cuda-cudart-dev-13-0, libcublas-dev-13-0)"]
+        "CUDA toolkit 13.0 (cuda-nvcc-13-0, cuda-cudart-dev-13-0, cuda-cccl-13-0, libcublas-dev-13-0); "
+        "driver 580.95.05 ≥ 580.65.06, CUDA 13.0's own minimum"]
     facts["ct.cuda"] = CudaPackages({"cuda-nvcc-13-0": "13.0.88-1", "cuda-cudart-dev-13-0": "13.0.96-1",
-                                     "libcublas-dev-13-0": "13.0.2.14-1"}, ["12.8", "13.0"])
+                                     "cuda-cccl-13-0": "13.0.85-1", "libcublas-dev-13-0": "13.0.2.14-1"},
+                                    ["12.8", "13.0"])
     assert CudaStep().plan(ctx(facts)) == []
+
+
+def test_535_host_gets_a_12x_toolkit_by_minor_version_compatibility() -> None:
+    """GTX 1080 on 535: the repository offers 12.3+ only (each needs 545+ by its own minimum)."""
+    from provisioner.facts.nvidia import GpuInfo
+    gtx1080 = GpuInfo(0, "NVIDIA GeForce GTX 1080", "6.1", 8192, "00000000:01:00.0", 0)
+    offered = ["12.3", "12.4", "12.5", "12.6", "12.8", "12.9", "13.0", "13.1", "13.2"]
+    c = ctx({**host_facts("535.247.01", [gtx1080]), "ct.cuda": CudaPackages({}, offered)})
+    changes = CudaStep().plan(c)
+    assert [ch.summary.split(";")[0] for ch in changes] == [
+        "CUDA toolkit 12.9 (cuda-nvcc-12-9, cuda-cudart-dev-12-9, cuda-cccl-12-9, libcublas-dev-12-9)"]
+    assert "minor-version compatibility: driver 535.247.01 ≥ 525.60.13" in changes[0].summary
+    assert any(n.startswith("CUDA 12.9 by minor-version compatibility") for n in c.notes)
 
 
 def test_cuda_override_on_pascal_refused_at_plan() -> None:
@@ -142,7 +186,7 @@ def test_llama_build_then_skip(tmp_path: Path) -> None:
     extra = f"llama_cpp: {{source: {{tarball: {tar}, subdir: a/b}}}}\n"
     c = ctx({**host_facts(), "ct.cuda": CudaPackages({}, ["13.0"])}, extra=extra)
     spec = build_spec(c)
-    assert (spec.backend, spec.architectures, spec.toolkit) == ("cuda", ("89",), "13.0")
+    assert (spec.backend, spec.architectures, spec.toolkit) == ("cuda", ("89-real",), "13.0")
     assert spec.source == {"tarball_sha256": hashlib.sha256(b"not really a tarball").hexdigest(), "subdir": "a/b"}
     changes = LlamaStep().plan(c)
     assert [c.summary for c in changes] == ["build llama-server (cuda sm 89, CUDA 13.0)"]

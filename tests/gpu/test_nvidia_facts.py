@@ -123,3 +123,22 @@ def test_container_cuda_packages() -> None:
                    "avail cuda-nvcc-13-0\navail cuda-nvcc-12-8\navail cuda-nvcc-12-10\n", 0)
     assert c.installed == {"cuda-nvcc-13-0": "13.0.88-1"}
     assert c.available == ["12.8", "12.10", "13.0"]
+
+
+def test_dkms_status_with_a_warning_after_installed_counts() -> None:
+    """dkms 3.0.10 appends module_status_built_extra's warnings after the state (dkms.in:1774-1788)."""
+    from provisioner.facts.kernel import dkms_installed
+    status = ("nvidia/580.95.05, 6.8.12-4-pve, x86_64: installed (WARNING! Diff between built and installed module!)\n"
+              "nvidia/580.95.05, 6.14.8-2-pve, x86_64: built\nnvidia/595.71.05: added\n")
+    assert dkms_installed(status, "580.95.05", "6.8.12-4-pve")
+    assert not dkms_installed(status, "580.95.05", "6.14.8-2-pve")  # built, not installed
+    assert not dkms_installed(status, "595.71.05", "6.8.12-4-pve")
+
+
+def test_installed_kernels_come_from_packages() -> None:
+    k = parse_kernel("running 6.8.12-4-pve\nkernel 6.8.12-4-pve yes\nkernel 6.99.0-1-pve yes\nkernel 6.5.13-1-pve \n"
+                     "kpkg\nkpkg proxmox-kernel-6.8.12-4-pve-signed ii \nkpkg proxmox-kernel-6.8 ii \n"
+                     "kpkg proxmox-kernel-6.14.8-2-pve-signed ii \nkpkg pve-kernel-6.2.16-3-pve rc \n", 0)
+    assert k.installed == ["6.8.12-4-pve", "6.14.8-2-pve"]
+    assert k.leftovers == ["6.5.13-1-pve", "6.99.0-1-pve"] and k.newer() == ["6.14.8-2-pve"]
+    assert k.newer_without_module() == ["6.14.8-2-pve"]

@@ -2,11 +2,15 @@
 
 One node for the module, started *without* an NVIDIA driver. Its host answers the real
 commands (apt-get, apt-cache, dpkg, dpkg-query, dkms, modprobe, update-initramfs, reboot,
-lspci) from sim/hostpkg.py behind overlays that only exist in its mount namespace. In order:
+lspci, mokutil) from sim/host/packages.py behind overlays that only exist in its mount namespace,
+against the simulated NVIDIA repository's real package graph (sim/repos/nvidia_graph.py). In order:
 a plan that announces the reboot, the tool staying off without `manage: true`, a refusal for a
-GPU generation the branch dropped, a fresh install with --reboot, two managed containers at
-580, a refusal when DKMS cannot build for an installed newer kernel (nothing moves), then the
-upgrade to 595 that moves both containers in lockstep, and the way back planned.
+GPU generation the branch dropped, a Secure Boot host refused with the MOK steps, a leftover
+/lib/modules directory and `dkms status` warnings that must not stop anything, a fresh install with
+--reboot (580.95.05: the index has no per-version pinning package, so our own pin), two managed
+containers at 580, a refusal when DKMS cannot build for an installed newer kernel (nothing moves),
+then the upgrade to 595 (NVIDIA's nvidia-driver-pinning-595.71.05) that moves both containers in
+lockstep, and the way back planned.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ pytestmark = [pytest.mark.sim, pytest.mark.timeout(900)]
 
 VMIDS = (671, 672)  # LXC names and bridge IPs are shared by every sim node on this machine
 NEWER = "6.99.1-1-pve"
+LEFTOVER = "6.99.0-1-pve"  # a removed kernel whose /lib/modules directory DKMS's files kept
+PIN = "/etc/apt/preferences.d/provision-nvidia"
 ROOT = Path(__file__).resolve().parents[2]
 TIMES: dict[str, float] = {}
 
@@ -44,7 +50,7 @@ def host(node: SimNode, cmd: str) -> str:
 
 
 def packages(node: SimNode) -> dict[str, str]:
-    out = host(node, "dpkg-query -W -f='${Package} ${Version}\\n' 'nvidia-*' 'libnvidia-*' libcuda1")
+    out = host(node, "dpkg-query -W -f='${Package} ${Version}\\n' 'nvidia-*' 'libnvidia-*' 'libcuda*' 'firmware-nvidia-*'")
     return dict(ln.split() for ln in out.splitlines() if len(ln.split()) == 2)
 
 
@@ -119,6 +125,33 @@ def test_refuses_a_branch_that_dropped_the_gpu(node: SimNode, files: dict[str, P
         node.faults.set_gpus([Gpu()])
 
 
+def test_secure_boot_is_refused_with_the_mok_steps(node: SimNode, files: dict[str, Path]) -> None:
+    node.faults.secure_boot(True)
+    try:
+        proc = provision("host", str(files["580"]), "--plan", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "UEFI Secure Boot is on and DKMS's signing key is" in proc.stderr
+        assert "mokutil --import /var/lib/dkms/mok.pub" in proc.stderr and "Enroll MOK" in proc.stderr
+        assert "mokutil --sb-state: SecureBoot enabled" in proc.stderr  # the evidence
+        assert "the host's driver was not touched" in proc.stderr
+        assert packages(node) == {} and "cuda" not in host(node, "ls /etc/apt/sources.list.d")
+    finally:
+        node.faults.secure_boot(False)
+
+
+def test_leftover_module_directory_is_no_kernel(node: SimNode, files: dict[str, Path]) -> None:
+    """A removed kernel's /lib/modules directory (DKMS files kept it) needs no headers and no build."""
+    node.faults.leftover_kernel_dir(LEFTOVER)
+    node.faults.dkms_status_warning(True)  # and every later `dkms status` line carries dkms' warning
+    assert host(node, f"ls -d /lib/modules/{LEFTOVER}").strip() == f"/lib/modules/{LEFTOVER}"
+    data = last_json(provision("--json", "host", str(files["580"]), "--plan"))
+    assert any(n.startswith(f"/lib/modules/{LEFTOVER} is left from a removed kernel") for n in data["notes"])
+    headers = next(c for c in data["planned"] if c["summary"].startswith("kernel headers and dkms"))
+    assert "proxmox-default-headers" in headers["summary"] and LEFTOVER not in headers["summary"]
+    check = next(c for c in data["planned"] if c["action"] == "check")
+    assert LEFTOVER not in check["summary"]
+
+
 def test_fresh_install_with_reboot(node: SimNode, files: dict[str, Path]) -> None:
     t0 = time.monotonic()
     data = last_json(provision("--json", "host", str(files["580"]), "--yes", "--reboot"))
@@ -127,15 +160,19 @@ def test_fresh_install_with_reboot(node: SimNode, files: dict[str, Path]) -> Non
     assert boots(node) == 1 and not list(Path("/run").glob("provision-reboot-*"))
     assert host(node, "cat /sys/module/nvidia/version").strip() == "580.95.05"
     assert set(packages(node)) >= {"nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-kernel-open-dkms",
-                                   "nvidia-driver-pinning-580.95.05"}
-    assert all(v.startswith("580.95.05-") for n, v in packages(node).items() if "pinning" not in n)
+                                   "nvidia-kernel-support", "libcudadebugger1", "nvidia-modprobe"}
+    # NVIDIA's index has no nvidia-driver-pinning-580.95.05: our own pin holds the whole family there
+    assert not [n for n in packages(node) if n.startswith("nvidia-driver-pinning-")]
+    assert all(v.startswith("580.95.05-") for n, v in packages(node).items())
+    assert "Pin: version 580.95.05-*" in host(node, f"cat {PIN}")
+    # the headers of the kernel the next full-upgrade brings come with Proxmox's metapackage
+    assert "proxmox-default-headers" in host(node, "dpkg-query -W proxmox-default-headers")
     assert set(host(node, "apt-mark showhold").split()) == {"nvidia-driver-cuda", "libcuda1", "libnvidia-ml1",
                                                             "nvidia-kernel-open-dkms"}
     kver = host(node, "uname -r").strip()
-    assert f"nvidia/580.95.05, {kver}, x86_64: installed" in host(node, "dkms status")
+    assert f"nvidia/580.95.05, {kver}, x86_64: installed (WARNING! Diff" in host(node, "dkms status")
     assert "blacklist nouveau" in host(node, "cat /etc/modprobe.d/provision-blacklist-nouveau.conf")
     assert "c" == host(node, "[ -c /dev/nvidia-uvm ] && echo c").strip()  # nvidia_uvm came back at boot
-    assert "pin: version 580.95.05-1*" in host(node, "cat /etc/apt/preferences.d/*pinning*").lower()
     again = last_json(provision("--json", "host", str(files["580"]), "--plan"))
     assert again["planned"] == [] and again["reboot_required"] is False
 
@@ -193,6 +230,10 @@ def test_upgrade_moves_two_containers_in_lockstep(node: SimNode, files: dict[str
     for k in (kver, NEWER):  # built for the running kernel and the installed newer one
         assert f"nvidia/595.71.05, {k}, x86_64: installed" in status, status
     assert "580.95.05" not in status
+    # 595.71.05 has a per-version pinning package in NVIDIA's index: it replaces our own file
+    assert "nvidia-driver-pinning-595.71.05" in packages(node)
+    assert "Pin: version 595.71.05-*" in host(node, "cat /etc/apt/preferences.d/nvidia-driver-pin")
+    assert host(node, f"ls {PIN} 2>&1").strip().endswith("No such file or directory")
     assert "status: stopped" in host(node, f"pct status {VMIDS[1]}")  # stopped again, as it was
     host(node, f"pct start {VMIDS[1]}")
     for vmid in VMIDS:

@@ -37,7 +37,8 @@ def test_full_command_line_with_draft_and_every_option() -> None:
         "server": {"host": "0.0.0.0", "port": 8081, "ctx_size": 65536, "parallel": 2, "flash_attn": "on",
                    "cache_type_k": "q4_0", "cache_type_v": "q4_0", "ngl": 99, "fit": False, "metrics": False,
                    "reasoning": "off", "reasoning_budget": 0, "threads": 6,
-                   "override_kv": ["llama.context_length=int:65536"], "extra_args": ["--no-webui", "-b", "512"]},
+                   "override_kv": ["llama.context_length=int:65536", "tokenizer.ggml.add_bos_token=bool:false"],
+                   "extra_args": ["--no-webui", "-b", "512"]},
     })
     assert llama_args(cfg) == [
         BIN, "-m", "/srv/my models/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf", "--alias", "qwen-coder",
@@ -45,7 +46,9 @@ def test_full_command_line_with_draft_and_every_option() -> None:
         "-ctk", "q4_0", "-ctv", "q4_0", "--fit", "off", "-ngl", "99",
         "--api-key-file", "/etc/provision/llama-server.key", "--reasoning", "off", "--reasoning-budget", "0",
         "--spec-draft-model", "/srv/my models/q05.gguf", "--spec-draft-ngl", "99", "--spec-type", "draft-simple",
-        "--threads", "6", "--override-kv", "llama.context_length=int:65536", "--no-webui", "-b", "512"]
+        # one comma-separated --override-kv (repeating it is deprecated in b11312)
+        "--threads", "6", "--override-kv", "llama.context_length=int:65536,tokenizer.ggml.add_bos_token=bool:false",
+        "--no-webui", "-b", "512"]
     unit = llama_unit(cfg, Sandbox(mounts=True, restart_steps=False))
     assert '-m "/srv/my models/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf"' in unit
     assert "ConditionPathExists=/srv/my models/q05.gguf" in unit

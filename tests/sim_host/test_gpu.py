@@ -50,9 +50,15 @@ def test_nvidia_smi_mismatch_after_host_upgrade(sim_node, gpu_ct):
     rc, out, err = sim_node.run(
         f"pct exec {gpu_ct} -- sh -c 'curl -fsSO {repo}cuda-keyring_1.1-1_all.deb && "
         "dpkg -i cuda-keyring_1.1-1_all.deb && apt-get update -q && "
-        "apt-get install -y -q --no-install-recommends nvidia-driver-pinning-580.95.05 && "
-        "apt-get install -y -q --no-install-recommends nvidia-driver-cuda libcuda1 libnvidia-ml1'",
-        timeout=600)
+        "apt-get install -y -q --no-install-recommends nvidia-driver-pinning-580 && "
+        "apt-cache policy nvidia-driver-cuda'", timeout=600)
+    assert rc == 0, out[-2000:] + err[-2000:]
+    # NVIDIA's branch pinning package holds the branch, not a release: the newest 580 is the candidate
+    assert "Candidate: 580.105.08-1" in out, out[-2000:]
+    rc, out, err = sim_node.run(
+        f"pct exec {gpu_ct} -- sh -c 'printf \"Package: nvidia-* libnvidia-* libcuda* firmware-nvidia-*\\n"
+        "Pin: version 580.95.05-*\\nPin-Priority: 1001\\n\" > /etc/apt/preferences.d/exact && "
+        "apt-get install -y -q --no-install-recommends nvidia-driver-cuda libcuda1 libnvidia-ml1'", timeout=600)
     assert rc == 0, out[-2000:] + err[-2000:]
     rc, out, _ = sim_node.run(f"pct exec {gpu_ct} -- nvidia-smi --query-gpu=driver_version --format=csv,noheader")
     assert (rc, out.strip()) == (0, "580.95.05")

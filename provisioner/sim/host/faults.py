@@ -8,6 +8,8 @@ Every fault changes real state the provisioner will meet:
   ``nvidia-modprobe -u -c=0`` on the host brings them back.
 - ``hold_dpkg_lock``: a process in the CT holds the fcntl lock on
   /var/lib/dpkg/lock-frontend (named ``unattended-upgr`` like the usual culprit).
+- ``secure_boot``, ``dkms_status_warning``, ``leftover_kernel_dir``, ``set_newer_kernel``,
+  ``dkms_build_fails``: the host's boot, DKMS and kernel state (sim/host/packages.py reads them).
 - ``drop_ssh_connections``: kills sshd's per-connection processes (the listener stays).
 - ``fail_next_task``: the next API task of a type fails with a message (read by sim/tasks.py).
 - ``set_api_delay`` (sim.json ``delay_ms``, read by the API per request) and
@@ -82,6 +84,30 @@ class Faults:
         path = Host(self.root).dir / "dkms-broken"
         lines = path.read_text().split("\n") if path.exists() else []
         path.write_text("\n".join([ln for ln in lines if ln] + [f"{version} {kver}"]) + "\n")
+
+    def leftover_kernel_dir(self, kver: str) -> None:
+        """A /lib/modules/<kver> directory (with a DKMS-built nvidia.ko) of a kernel whose package is gone."""
+        host = NvidiaHost(self.root)
+        st = host.load()
+        st.leftover_kernels = sorted(set(st.leftover_kernels) | {kver})
+        host.save(st)
+        host.refresh(st)
+
+    def dkms_status_warning(self, on: bool = True) -> None:
+        """`dkms status` lines carry dkms' "(WARNING! Diff between built and installed module!)"."""
+        from provisioner.sim.host.packages import Host
+
+        path = Host(self.root).dir / "dkms-warn"
+        path.write_text("1\n") if on else path.unlink(missing_ok=True)
+
+    def secure_boot(self, enabled: bool) -> None:
+        """UEFI Secure Boot on or off (mokutil --sb-state; DKMS modules then need an enrolled MOK)."""
+        from provisioner.sim.host.packages import Host
+
+        h = Host(self.root)
+        sb = h.secureboot
+        sb["enabled"] = enabled
+        h._save("secureboot.json", sb)
 
     def set_gpus(self, gpus: list) -> None:
         """Replace the host's GPUs (sim.nvidia.Gpu list), e.g. a Pascal card."""

@@ -228,9 +228,11 @@ def hostpkg_seed(sim_root: Path) -> None:
               for k in h.kernels()}
     dkms: dict[str, dict[str, str]] = {}
     if st.installed:
-        v = f"{st.installed}-1"
-        for name in ("nvidia-driver-cuda", "libcuda1", "libnvidia-ml1", "nvidia-kernel-open-dkms"):
-            status[name] = {"version": v, "state": "ii", "held": False}
+        from provisioner.sim.repos.nvidia_graph import closure
+
+        # what `apt-get install nvidia-driver-cuda nvidia-kernel-open-dkms` from NVIDIA's repository leaves
+        for name, version in closure(["nvidia-driver-cuda", "nvidia-kernel-open-dkms"], st.installed).items():
+            status[name] = {"version": version, "state": "ii", "held": False}
         status["dkms"] = {"version": DEBIAN_DKMS, "state": "ii", "held": False}
         status[f"proxmox-headers-{st.running_kernel}"] = {"version": st.running_kernel.removesuffix("-pve"),
                                                           "state": "ii", "held": False}

@@ -61,6 +61,9 @@ class NvidiaState:
     #: then show the new one while /sys/module/nvidia/version keeps the loaded one.
     #: "none": no module on disk (driver "" and ondisk "": a host without any NVIDIA driver)
     ondisk_driver: str = ""
+    #: /lib/modules/<kver> directories of kernels whose package is gone, left behind with a DKMS-built
+    #: module in updates/dkms (dpkg removes only the files it owns)
+    leftover_kernels: list[str] = field(default_factory=list)
 
     @property
     def installed(self) -> str:
@@ -184,6 +187,10 @@ class NvidiaHost:
                 for mod in ("nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"):
                     (dkms / f"{mod}.ko").write_text(
                         f"version={st.installed}\nvermagic={kver} SMP mod_unload\n")
+        for kver in st.leftover_kernels:
+            left = mods / kver / "updates" / "dkms"
+            left.mkdir(parents=True, exist_ok=True)
+            (left / "nvidia.ko").write_text(f"version=leftover\nvermagic={kver} SMP mod_unload\n")
 
     def _real_devices(self) -> str:
         # Inside the sim namespace /proc/devices is our own file: keep its real rows.

@@ -47,7 +47,7 @@ DEBIAN_DKMS = "3.0.10-8+deb12u1"
 TOOLS = [("bin", "lspci"), ("bin", "apt"), ("bin", "dpkg-divert"), ("sbin", "shutdown"), ("sbin", "poweroff"),
          ("sbin", "halt"), ("bin", "apt-get"), ("bin", "apt-cache"), ("bin", "apt-mark"), ("bin", "dpkg"),
          ("bin", "dpkg-query"), ("sbin", "dkms"), ("sbin", "modprobe"), ("sbin", "rmmod"),
-         ("sbin", "update-initramfs"), ("sbin", "reboot")]
+         ("sbin", "update-initramfs"), ("sbin", "reboot"), ("bin", "mokutil")]
 
 
 # -- Debian version comparison -----------------------------------------------------------------------
@@ -126,6 +126,20 @@ class Host:
         st = self.nv.load()
         return [st.running_kernel] + ([st.newer_kernel] if st.newer_kernel else [])
 
+    @property
+    def secureboot(self) -> dict:
+        """``{"enabled": bool, "enrolled": [sha256 of DER keys], "pending": [...]}`` (fault-injected)."""
+        return self._load("secureboot.json", {"enabled": False, "enrolled": [], "pending": []})
+
+    def module_loads(self) -> bool:
+        """Whether the kernel would load a DKMS-built module: only unsigned-OK (Secure Boot off) or
+        signed with DKMS's key (/var/lib/dkms/mok.pub, dkms.in v3.0.10:953-970) once enrolled."""
+        sb = self.secureboot
+        if not sb["enabled"]:
+            return True
+        key = Path("/var/lib/dkms/mok.pub")
+        return key.is_file() and _sha(key) in sb["enrolled"]
+
     def broken(self, version: str, kver: str) -> bool:
         p = self.dir / "dkms-broken"
         lines = p.read_text().split("\n") if p.exists() else []
@@ -140,6 +154,12 @@ class Host:
                                                "Depends": ""}]
             out[f"proxmox-kernel-{kver}-signed"] = [{"Version": ver, "repo": "http://download.proxmox.com/debian/pve",
                                                      "Depends": ""}]
+        # Proxmox's headers metapackage follows the default kernel series: it depends on the headers
+        # of the newest kernel the Proxmox repository offers (here: the newest this node knows), so
+        # the kernel the next `apt full-upgrade` brings gets headers, and DKMS a build, with it
+        newest = self.kernels()[-1]
+        out["proxmox-default-headers"] = [{"Version": "1.1.0", "repo": "http://download.proxmox.com/debian/pve",
+                                           "Depends": f"proxmox-headers-{newest}"}]
         out.setdefault("dkms", []).append({"Version": DEBIAN_DKMS, "repo": "http://deb.debian.org/debian",
                                            "Depends": ""})
         for name, entries in self._load("lists.json", {}).items():
@@ -147,7 +167,11 @@ class Host:
         return out
 
     def pins(self) -> list[tuple[list[str], str, int]]:
-        """(package globs, version glob, priority) from /etc/apt/preferences.d (the shadowed one)."""
+        """(package selectors, version glob, priority) from /etc/apt/preferences.d (the shadowed one).
+
+        Selectors are names with ``*`` globs or ``src:NAME[:any]`` (every binary of that source),
+        as apt_preferences(5) allows; only version pins are read (the ones the driver uses).
+        """
         pins = []
         d = Path("/etc/apt/preferences.d")
         for f in sorted(d.glob("*")) if d.is_dir() else []:
@@ -160,19 +184,34 @@ class Host:
                     pins.append((kv["Package"].split(), kv["Pin"][8:].strip(), int(kv.get("Pin-Priority", 500))))
         return pins
 
+    @staticmethod
+    def _selects(selector: str, name: str, entry: dict[str, str]) -> bool:
+        if selector.startswith("src:"):
+            src = selector[4:].removesuffix(":any")
+            return (entry.get("Source") or name) == src
+        return re.fullmatch(re.escape(selector).replace(r"\*", ".*"), name) is not None
+
+    def priority(self, name: str, entry: dict[str, str]) -> int:
+        """apt's pin priority of one version: the highest matching version pin, else 500."""
+        prios = [prio for sels, vglob, prio in self.pins()
+                 if any(self._selects(s, name, entry) for s in sels)
+                 and re.fullmatch(re.escape(vglob).replace(r"\*", ".*"), entry["Version"])]
+        return max(prios) if prios else 500
+
     def candidate(self, name: str) -> str | None:
         entries = self.available().get(name, [])
         if not entries:
             return None
-        versions = sorted({e["Version"] for e in entries}, key=_Key)
-        for globs, vglob, prio in self.pins():
-            if prio >= 1000 and any(re.fullmatch(g.replace("*", ".*"), name) for g in globs):
-                match = [v for v in versions if re.fullmatch(re.escape(vglob).replace(r"\*", ".*"), v)]
-                return match[-1] if match else None
-        return versions[-1]
+        best = max(entries, key=lambda e: (self.priority(name, e), _Key(e["Version"])))
+        return best["Version"]
 
     def entry(self, name: str, version: str) -> dict[str, str] | None:
         return next((e for e in self.available().get(name, []) if e["Version"] == version), None)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class _Key:
@@ -181,6 +220,12 @@ class _Key:
 
     def __lt__(self, other: _Key) -> bool:
         return vercmp(self.v, other.v) < 0
+
+    def __gt__(self, other: _Key) -> bool:
+        return vercmp(self.v, other.v) > 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and vercmp(self.v, other.v) == 0
 
 
 def _say(*lines: str) -> None:
@@ -219,7 +264,8 @@ def _parse_packages(text: str, url: str) -> dict[str, list[dict[str, str]]]:
         if "Package" in kv:
             out.setdefault(kv["Package"], []).append(
                 {"Version": kv["Version"], "Depends": kv.get("Depends", ""), "repo": url,
-                 "Filename": kv.get("Filename", "")})
+                 "Filename": kv.get("Filename", ""), "Source": kv.get("Source", "").split(" ")[0],
+                 "Provides": kv.get("Provides", ""), "Conflicts": kv.get("Conflicts", "")})
     return out
 
 
@@ -254,46 +300,84 @@ def apt_update(h: Host) -> int:
     return 0
 
 
-def _deps(depends: str) -> list[tuple[str, str | None]]:
+Dep = tuple[str, str | None, str | None, str]  # (name, operator, version, the relation as written)
+
+
+def _deps(depends: str) -> list[Dep]:
+    """The first alternative of each relation: ``libcuda1 (= 580.95.05-1)`` → (name, "=", version, text)."""
     out = []
     for alt in filter(None, (d.strip() for d in depends.split(","))):
         first = alt.split("|")[0].strip()
-        m = re.match(r"^(\S+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?", first)
+        m = re.match(r"^([^\s(]+)\s*(?:\(\s*(<<|<=|=|>=|>>)\s*([^)\s]+)\s*\))?", first)
         if m:
-            out.append((m.group(1), m.group(2)))
+            out.append((m.group(1), m.group(2), m.group(3), first))
     return out
 
 
+def _satisfies(version: str, op: str | None, want: str | None) -> bool:
+    if op is None or want is None:
+        return True
+    c = vercmp(version, want)
+    return {"=": c == 0, ">=": c >= 0, "<=": c <= 0, ">>": c > 0, "<<": c < 0}[op]
+
+
 def _resolve(h: Host, wanted: list[tuple[str, str | None]]) -> tuple[dict[str, str], str | None]:
-    """{name: version} to install (requested + missing or mismatched dependencies)."""
+    """{name: version} to install (requested + missing or unsatisfied dependencies).
+
+    Like apt, a dependency is satisfied by what is installed or else by the package's *candidate*
+    only: a strict ``(= X)`` whose candidate is another version (say an unpinned newer one) fails
+    with apt's "Depends: ... but Y is to be installed", it never picks a non-candidate version.
+    """
     status = h.status
     plan: dict[str, str] = {}
-    queue = list(wanted)
+    queue: list[tuple[str, str | None, str | None, str, str]] = [
+        (n, "=" if v else None, v, "", "") for n, v in wanted]
     explicit = {n for n, _ in wanted}
     while queue:
-        name, ver = queue.pop(0)
-        if name in plan:
-            if ver and plan[name] != ver:
-                return {}, (f"E: Unable to correct problems, you have held broken packages.\n"
-                            f" {name} : Depends: {name} (= {ver}) but {plan[name]} is to be installed")
-            continue
+        name, op, ver, parent, text = queue.pop(0)
         inst = status.get(name, {})
-        if ver is None:
-            if name not in explicit and inst.get("state", "").startswith("ii"):
+        if name in plan:
+            if not _satisfies(plan[name], op, ver):
+                return {}, (f"E: Unable to correct problems, you have held broken packages.\n"
+                            f" {parent} : Depends: {text} but {plan[name]} is to be installed")
+            continue
+        if name not in explicit:
+            if inst.get("state", "").startswith("ii") and _satisfies(inst["version"], op, ver):
                 continue
-            ver = h.candidate(name)
-            if ver is None:
+            chosen = h.candidate(name)
+            if chosen is None:
+                return {}, (f"E: Unable to correct problems, you have held broken packages.\n"
+                            f" {parent} : Depends: {text} but it is not installable")
+            if not _satisfies(chosen, op, ver):
+                return {}, (f"E: Unable to correct problems, you have held broken packages.\n"
+                            f" {parent} : Depends: {text} but {chosen} is to be installed")
+        else:
+            chosen = ver if op == "=" else h.candidate(name)
+            if chosen is None:
                 if not h.available().get(name):
                     return {}, f"E: Unable to locate package {name}"
                 return {}, f"E: Package '{name}' has no installation candidate"
-        elif name not in explicit and inst.get("version") == ver and inst.get("state") == "ii":
-            continue
-        entry = h.entry(name, ver)
+        entry = h.entry(name, chosen)
         if entry is None:
-            return {}, f"E: Version '{ver}' for '{name}' was not found"
-        plan[name] = ver
-        queue += _deps(entry.get("Depends", ""))
+            return {}, f"E: Version '{chosen}' for '{name}' was not found"
+        plan[name] = chosen
+        queue += [(n, o, v, name, t) for n, o, v, t in _deps(entry.get("Depends", ""))]
     return plan, None
+
+
+def _conflicting(h: Host, plan: dict[str, str]) -> list[str]:
+    """Installed packages a planned one Conflicts with (by name or by what they Provide), as dpkg
+    removes them for a package that also Replaces them (NVIDIA's pinning packages share one file)."""
+    status, out = h.status, []
+    for n, v in plan.items():
+        conflicts = {c for c, *_ in _deps((h.entry(n, v) or {}).get("Conflicts", ""))}
+        for other, st in status.items():
+            if other == n or other in plan or not conflicts:
+                continue
+            provides = {c for c, *_ in _deps(st.get("provides", ""))}
+            if other in conflicts or provides & conflicts:
+                out.append(other)
+    return out
 
 
 def apt_install(h: Host, args: list[str], *, simulate: bool, downgrades: bool, change_held: bool) -> int:
@@ -327,14 +411,19 @@ def apt_install(h: Host, args: list[str], *, simulate: bool, downgrades: bool, c
         _err("E: Packages were downgraded and -y was used without --allow-downgrades.")
         return 100
     new = [n for n in plan if n not in status]
+    gone = _conflicting(h, plan)
     _say(f"{len(plan) - len(new) - len(down)} upgraded, {len(new)} newly installed, {len(down)} downgraded, "
-         "0 to remove and 0 not upgraded.")
+         f"{len(gone)} to remove and 0 not upgraded.")
+    if gone:
+        apt_remove(h, gone)
+        status = h.status
     for n, v in plan.items():
         _say(f"Unpacking {n} ({v}){' over (' + status[n]['version'] + ')' if n in status else ''} ...")
         if n.startswith(("nvidia-kernel-open-dkms", "nvidia-kernel-dkms")) and n in status:
             _dkms_remove(h, status[n]["version"].rsplit("-", 1)[0])
-        status[n] = {"version": v, "state": "iU", "held": status.get(n, {}).get("held", False)}
-        _unpack_files(h, n, v)
+        status[n] = {"version": v, "state": "iU", "held": status.get(n, {}).get("held", False),
+                     "provides": (h.entry(n, v) or {}).get("Provides", "")}
+        status[n]["files"] = _unpack_files(h, n, v)
     h.set_status(status)
     failed = []
     for n, v in plan.items():
@@ -358,19 +447,23 @@ def apt_install(h: Host, args: list[str], *, simulate: bool, downgrades: bool, c
     return 0
 
 
-def _unpack_files(h: Host, name: str, version: str) -> None:
-    """Files of packages the sim tracks for real: the pin file and the host's nvidia-smi."""
-    if name.startswith("nvidia-driver-pinning-"):
-        drv = name.removeprefix("nvidia-driver-pinning-")
-        pref = Path(f"/etc/apt/preferences.d/{name}.pref")
-        entry = h.entry(name, version) or {}
-        if entry.get("Filename"):
-            with tempfile.TemporaryDirectory() as tmp:
-                deb = _fetch_deb(h, entry, Path(tmp))
-                subprocess.run(["dpkg-deb", "-x", str(deb), tmp + "/x"], check=True)
-                pref.write_text((Path(tmp) / "x/etc/apt/preferences.d" / f"{name}.pref").read_text())
-        else:
-            pref.write_text(f"Package: nvidia-*\nPin: version {drv}-1*\nPin-Priority: 1000\n")
+def _unpack_files(h: Host, name: str, version: str) -> list[str]:
+    """Files of packages the sim tracks for real: apt preferences (NVIDIA's pinning packages ship
+    /etc/apt/preferences.d/nvidia-driver-pin). Returns the paths written."""
+    if not name.startswith("nvidia-driver-pinning-"):
+        return []
+    entry = h.entry(name, version) or {}
+    if not entry.get("Filename"):
+        return []
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = _fetch_deb(h, entry, Path(tmp))
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp + "/x"], check=True)
+        for f in sorted((Path(tmp) / "x/etc/apt/preferences.d").glob("*")):
+            dest = Path("/etc/apt/preferences.d") / f.name
+            dest.write_text(f.read_text())
+            written.append(str(dest))
+    return written
 
 
 def _fetch_deb(h: Host, entry: dict[str, str], dest: Path) -> Path:
@@ -387,8 +480,8 @@ def apt_remove(h: Host, names: list[str]) -> int:
             _say(f"Package '{n}' is not installed, so not removed")
             continue
         _say(f"Removing {n} ({status[n]['version']}) ...")
-        if n.startswith("nvidia-driver-pinning-"):
-            Path(f"/etc/apt/preferences.d/{n}.pref").unlink(missing_ok=True)
+        for f in status[n].get("files", []):
+            Path(f).unlink(missing_ok=True)
         if n in ("nvidia-kernel-open-dkms", "nvidia-kernel-dkms"):
             _dkms_remove(h, status[n]["version"].rsplit("-", 1)[0])
         del status[n]
@@ -647,9 +740,13 @@ def _dkms_remove(h: Host, version: str) -> None:
 
 def dkms(h: Host, argv: list[str]) -> int:
     if not argv or argv[0] == "status":
+        # dkms 3.0.10's do_status (dkms.in:1774-1788): "<m>/<v>, <k>, <a>: installed" and, after it,
+        # what module_status_built_extra (:1715-1731) adds, e.g. " (WARNING! Diff between built and
+        # installed module!)" (fault file dkms-warn: the line carries that warning)
+        warn = " (WARNING! Diff between built and installed module!)" if (h.dir / "dkms-warn").exists() else ""
         for version, kernels in sorted(h.dkms.items()):
             for kver, state in sorted(kernels.items()):
-                _say(f"nvidia/{version}, {kver}, x86_64: {state}" if state == "installed" else
+                _say(f"nvidia/{version}, {kver}, x86_64: {state}{warn}" if state == "installed" else
                      f"nvidia/{version}: added")
         return 0
     opts: dict[str, str] = {}
@@ -669,6 +766,37 @@ def dkms(h: Host, argv: list[str]) -> int:
         return _build(h, version, kver)
     _err(f"Error! Unknown action: {argv[0]} (provision-sim dkms: status, build)")
     return 4
+
+
+# -- mokutil -----------------------------------------------------------------------------------------
+
+def mokutil(h: Host, argv: list[str]) -> int:
+    """``--sb-state``, ``--test-key FILE``, ``--import FILE`` with mokutil's messages
+    (lcp/mokutil src/mokutil.c at 9ae73db1: 1458-1466, 1561, 1589, 823, 826)."""
+    sb = h.secureboot
+    if argv[:1] == ["--sb-state"]:
+        _say("SecureBoot enabled" if sb["enabled"] else "SecureBoot disabled")
+        return 0 if sb["enabled"] else 1
+    if len(argv) == 2 and argv[0] in ("--test-key", "-t", "--import", "-i"):
+        key = Path(argv[1])
+        if not key.is_file():
+            _err(f"Failed to read {argv[1]}")
+            return 255 if argv[0] in ("--test-key", "-t") else 1
+        digest = _sha(key)
+        if digest in sb["enrolled"]:
+            _say(f"{argv[1]} is already enrolled")
+            return 0
+        if argv[0] in ("--test-key", "-t"):
+            if digest in sb["pending"]:
+                _say(f"{argv[1]} is already in the enrollment request")
+                return 0
+            _say(f"{argv[1]} is not enrolled")
+            return 1
+        sb["pending"] = sorted(set(sb["pending"]) | {digest})  # MokManager enrols it at the next boot
+        h._save("secureboot.json", sb)
+        return 0
+    _err("mokutil: (provision-sim) only --sb-state, --test-key FILE and --import FILE are simulated")
+    return 2
 
 
 # -- modules, initramfs, reboot -----------------------------------------------------------------------
@@ -699,6 +827,9 @@ def modprobe(h: Host, argv: list[str]) -> int:
             ondisk = st.ondisk_driver if st.ondisk_driver not in ("", "none") else ""
             if not ondisk:
                 _err(f"modprobe: FATAL: Module {m} not found in directory /lib/modules/{st.running_kernel}")
+                return 1
+            if not h.module_loads():
+                _err(f"modprobe: ERROR: could not insert '{m}': Key was rejected by service")
                 return 1
             st.driver, st.ondisk_driver = ondisk, ""
         if m == "nvidia_uvm":
@@ -776,8 +907,15 @@ def reboot_worker(h: Host) -> int:
         backend.stop(vmid, lambda _: None)
     Faults(h.root).drop_ssh_connections()
     st = h.nv.load()
+    sb = h.secureboot
+    if sb["pending"]:  # MokManager at this boot: the requested keys are enrolled
+        sb["enrolled"], sb["pending"] = sorted(set(sb["enrolled"]) | set(sb["pending"])), []
+        h._save("secureboot.json", sb)
     installed = [v for v, k in h.dkms.items() if k.get(st.running_kernel) == "installed"]
-    if installed:
+    if installed and not h.module_loads():
+        # Secure Boot: the kernel rejects the DKMS-built module (not signed by an enrolled key)
+        st.driver, st.ondisk_driver = "", installed[0]
+    elif installed:
         st.driver, st.ondisk_driver = installed[0], ""
     elif st.ondisk_driver not in ("", "none"):
         st.driver, st.ondisk_driver = st.ondisk_driver, ""
@@ -822,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = {"apt-get": apt_get, "apt": apt_get, "apt-cache": apt_cache, "apt-mark": apt_mark, "dpkg": dpkg,
              "dpkg-query": dpkg_query, "dkms": dkms, "modprobe": modprobe,
              "rmmod": lambda h, a: rmmod(h, [x.replace("-", "_") for x in a if not x.startswith("-")]),
-             "update-initramfs": update_initramfs, "reboot": reboot, "lspci": lspci}
+             "update-initramfs": update_initramfs, "reboot": reboot, "lspci": lspci, "mokutil": mokutil}
     if ns.tool == "reboot-worker":
         return reboot_worker(h)
     if ns.tool == "shutdown" and any(a in ("-r", "--reboot") for a in ns.args):

@@ -5,38 +5,81 @@ with ``*.deb``, ``Packages(.gz)``, ``Release``, ``InRelease``, ``Release.gpg``,
 signed with a key generated once into ``/var/cache/provision-sim/apt-key``.
 Served over HTTP on the sim bridge (10.0.3.1) so containers reach it.
 
-The packages carry NVIDIA's names, versions and dependency shape but are
-placeholders: libraries are marker files named like the real ``.so`` files,
-``nvidia-smi`` is the simulator's script (version-checking against the host),
-CUDA toolkit packages install version markers and a ``nvcc`` that only
-answers ``--version``. ``dkms`` here is a placeholder too.
+What it carries is data: ``nvidia_graph.graph()`` (NVIDIA's names, versions, source packages and
+relations, with the source of every field). The files inside each package come from its payload
+kind (``PAYLOADS``): placeholders today (libraries are marker files named like the real ``.so``
+files, ``nvidia-smi`` is the simulator's script that checks its version against the host,
+toolkit packages hold a version marker and an ``nvcc`` that only answers ``--version``); a kind
+can be given real contents later without touching the graph.
+
+The .debs do not depend on the node, so they are built once into a cache keyed by the graph
+(``CACHE``; one builder at a time) and linked into each node's repository; only cuda-keyring
+(its source line names the node's URL), the index and the signatures are made per node.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import hashlib
 import http.server
+import json
+import os
 import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import asdict
 from email.utils import formatdate
 from pathlib import Path
 
 from provisioner.sim.host.nvidia import smi_script
 from provisioner.sim.lxc import rootfs
+from provisioner.sim.repos import nvidia_graph
+from provisioner.sim.repos.nvidia_graph import Pkg
 
 REPO_PATH = "compute/cuda/repos/debian12/x86_64"
 KEY_DIR = rootfs.CACHE_DIR / "apt-key"
+CACHE = rootfs.CACHE_DIR / "nvidia-repo"
 KEY_UID = "provision-sim CUDA repository <sim@provision.invalid>"
-DRIVER_VERSIONS = ["580.95.05", "580.105.08", "590.44.01", "595.71.05"]
-#: (package, version, cuda dir) of the toolkit placeholders
-TOOLKIT = [(f"{name}-{mm}", ver, mm.replace("-", ".")) for mm, vers in {
-    "12-8": {"cuda-nvcc": "12.8.93-1", "cuda-cudart-dev": "12.8.90-1", "libcublas-dev": "12.8.4.1-1"},
-    "13-0": {"cuda-nvcc": "13.0.88-1", "cuda-cudart-dev": "13.0.96-1", "libcublas-dev": "13.0.2.14-1"},
-}.items() for name, ver in vers.items()]
+DRIVER_VERSIONS = nvidia_graph.DRIVER_VERSIONS
+#: bumped when a payload's files change (the cache key covers the graph itself)
+PAYLOAD_VERSION = 2
+LIB = "/usr/lib/x86_64-linux-gnu"
+
+Files = dict[str, tuple[str | bytes, int]]
+
+
+def _lib(stem: str, ver: str) -> Files:
+    return {f"{LIB}/{stem}.so.{ver}": (f"sim {stem} {ver}\n", 0o644),
+            f"{LIB}/{stem}.so.1": (f"->{stem}.so.{ver}", 0),
+            f"{LIB}/{stem}.so": (f"->{stem}.so.1", 0)}
+
+
+def _toolkit(stem: str, tk: str, ver: str) -> Files:
+    files: Files = {f"/usr/local/cuda-{tk}/sim/{stem}.version": (ver + "\n", 0o644)}
+    if stem == "cuda-nvcc":
+        release = ver.rsplit("-", 1)[0]
+        files[f"/usr/local/cuda-{tk}/bin/nvcc"] = (
+            "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver (provision-sim placeholder)'\n"
+            f"echo 'Cuda compilation tools, release {tk}, V{release}'\n", 0o755)
+    return files
+
+
+#: payload kind -> files of the package (placeholders; see the module docstring)
+PAYLOADS: dict[str, Callable[..., Files]] = {
+    "none": lambda: {},
+    "lib": _lib,
+    "smi": lambda ver: {"/usr/bin/nvidia-smi": (smi_script(ver), 0o755)},
+    "firmware": lambda ver: {f"/lib/firmware/nvidia/{ver}/gsp_ga10x.bin": (f"sim gsp {ver}\n", 0o644)},
+    "dkms-src": lambda ver: {f"/usr/src/nvidia-{ver}/dkms.conf": (f'PACKAGE_VERSION="{ver}"\n', 0o644)},
+    "pin": lambda text: {"/etc/apt/preferences.d/nvidia-driver-pin": (text, 0o644)},
+    "doc": lambda what: {f"/usr/share/doc/provision-sim/{what.split()[0]}.txt": (what + "\n", 0o644)},
+    "script": lambda path: {path: ("#!/bin/sh\necho 'provision-sim placeholder'\n", 0o755)},
+    "toolkit": _toolkit,
+}
 
 
 def ensure_key() -> Path:
@@ -54,10 +97,8 @@ def ensure_key() -> Path:
     return home
 
 
-def _deb(out: Path, name: str, version: str, files: dict[str, tuple[str | bytes, int]],
-         *, depends: str = "", recommends: str = "", arch: str = "amd64",
-         description: str = "") -> None:
-    """Build ``name_version_arch.deb`` containing ``files`` {path: (content, mode)}."""
+def _deb(out: Path, pkg: Pkg, files: Files) -> Path:
+    """Build ``name_version_arch.deb`` from ``pkg``'s fields and ``files`` {path: (content, mode)}."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for path, (content, mode) in files.items():
@@ -69,91 +110,86 @@ def _deb(out: Path, name: str, version: str, files: dict[str, tuple[str | bytes,
             dest.write_bytes(content.encode() if isinstance(content, str) else content)
             dest.chmod(mode)
         (root / "DEBIAN").mkdir()
-        control = (f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
-                   "Maintainer: provision-sim <sim@provision.invalid>\nSection: multiverse/devel\n"
-                   "Priority: optional\n")
-        if depends:
-            control += f"Depends: {depends}\n"
-        if recommends:
-            control += f"Recommends: {recommends}\n"
-        control += f"Description: {description or name} (provision-sim placeholder)\n"
+        source = f"Source: {pkg.source}\n" if pkg.source and pkg.source != pkg.name else ""
+        control = (f"Package: {pkg.name}\n" + source
+                   + f"Version: {pkg.version}\nArchitecture: {pkg.arch}\n"
+                   f"Maintainer: provision-sim <sim@provision.invalid>\nSection: {pkg.section}\nPriority: optional\n")
+        for key, value in (("Depends", pkg.depends), ("Recommends", pkg.recommends), ("Provides", pkg.provides),
+                           ("Conflicts", pkg.conflicts), ("Replaces", pkg.conflicts), *pkg.extra.items()):
+            if value:
+                control += f"{key}: {value}\n"
+        control += f"Description: {pkg.description or pkg.name} (provision-sim)\n"
         (root / "DEBIAN" / "control").write_text(control)
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(root),
-                        str(out / f"{name}_{version}_{arch}.deb")], check=True, capture_output=True)
+        deb = out / f"{pkg.name}_{pkg.version.split(':')[-1]}_{pkg.arch}.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(root), str(deb)],
+                       check=True, capture_output=True)
+        return deb
 
 
-def _driver_packages(out: Path, ver: str) -> None:
-    v = f"{ver}-1"
-    lib = "/usr/lib/x86_64-linux-gnu"
-    branch = ver.split(".")[0]
-    _deb(out, "libcuda1", v, {f"{lib}/libcuda.so.{ver}": (f"sim libcuda {ver}\n", 0o644),
-                              f"{lib}/libcuda.so.1": (f"->libcuda.so.{ver}", 0),
-                              f"{lib}/libcuda.so": ("->libcuda.so.1", 0)},
-         description="NVIDIA CUDA Driver Library")
-    _deb(out, "libnvidia-ml1", v, {f"{lib}/libnvidia-ml.so.{ver}": (f"sim nvml {ver}\n", 0o644),
-                                   f"{lib}/libnvidia-ml.so.1": (f"->libnvidia-ml.so.{ver}", 0)},
-         description="NVIDIA Management Library (NVML) runtime library")
-    _deb(out, "nvidia-persistenced", v,
-         {"/usr/bin/nvidia-persistenced": ("#!/bin/sh\nexit 0\n", 0o755)},
-         description="daemon to maintain persistent software state in the NVIDIA driver")
-    _deb(out, "nvidia-driver-cuda", v, {"/usr/bin/nvidia-smi": (smi_script(ver), 0o755)},
-         depends=f"libcuda1 (= {v}), libnvidia-ml1 (= {v})",
-         recommends=f"nvidia-persistenced (= {v})",
-         description="NVIDIA driver CUDA integration components")
-    _deb(out, "nvidia-kernel-open-dkms", v,
-         {f"/usr/src/nvidia-{ver}/dkms.conf": (f'PACKAGE_VERSION="{ver}"\n', 0o644)},
-         depends="dkms", description="NVIDIA binary kernel module DKMS source (open GPU kernel modules)")
-    _deb(out, "nvidia-kernel-dkms", v,
-         {f"/usr/src/nvidia-{ver}/dkms.conf": (f'PACKAGE_VERSION="{ver}"\n', 0o644)},
-         depends="dkms", description="NVIDIA binary kernel module DKMS source (proprietary)")
-    _deb(out, "nvidia-open", v, {}, arch="amd64",
-         depends=f"nvidia-kernel-open-dkms (= {v}), nvidia-driver-cuda (= {v})",
-         description="NVIDIA open kernel module driver metapackage")
-    _deb(out, "cuda-drivers", v, {}, depends=f"nvidia-open (= {v})",
-         description="CUDA Driver meta-package, branch-agnostic")
-    _deb(out, f"cuda-drivers-{branch}", v, {}, depends=f"cuda-drivers (= {v})",
-         description=f"CUDA Driver meta-package, branch {branch}")
-    pinned = ("nvidia-driver-cuda libcuda1 libnvidia-ml1 nvidia-persistenced "
-              "nvidia-kernel-open-dkms nvidia-kernel-dkms nvidia-open cuda-drivers")
-    _deb(out, f"nvidia-driver-pinning-{ver}", "1.0-2",
-         {f"/etc/apt/preferences.d/nvidia-driver-pinning-{ver}.pref":
-          (f"Package: {pinned}\nPin: version {v}*\nPin-Priority: 1000\n", 0o644)},
-         arch="all", description=f"Pins the NVIDIA driver packages to {ver}")
+def _graph_key(pkgs: list[Pkg]) -> str:
+    body = json.dumps({"payload_version": PAYLOAD_VERSION, "pkgs": [asdict(p) for p in pkgs],
+                       "smi": smi_script("@")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def cached_debs(pkgs: list[Pkg] | None = None) -> Path:
+    """The graph's .debs and their index stanzas, built once per graph (a lock: one builder at a time)."""
+    pkgs = nvidia_graph.graph() if pkgs is None else pkgs
+    key = _graph_key(pkgs)
+    done = CACHE / key
+    if (done / "Packages").exists():
+        return done
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (done / "Packages").exists():
+            return done
+        tmp = CACHE / f"{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for pkg in pkgs:
+            kind, args = pkg.payload
+            _deb(tmp, pkg, PAYLOADS[kind](*args))
+        (tmp / "Packages").write_bytes(_scan(tmp))
+        for old in CACHE.iterdir():  # only one graph is current: drop older ones
+            if old.is_dir() and old.name != f"{key}.tmp":
+                shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(done)
+    return done
+
+
+def _scan(d: Path) -> bytes:
+    return subprocess.run(["dpkg-scanpackages", "-m", ".", "/dev/null"], cwd=d, check=True,
+                          capture_output=True).stdout
 
 
 def build(repo_root: Path, base_url: str) -> Path:
     """Build the repository under ``repo_root`` for ``base_url`` (its served URL); returns the dir."""
     home = ensure_key()
+    cache = cached_debs()
     out = repo_root / REPO_PATH
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    for deb in cache.glob("*.deb"):
+        try:
+            os.link(deb, out / deb.name)
+        except OSError:  # another filesystem
+            shutil.copy2(deb, out / deb.name)
     key = (home / "public.gpg").read_bytes()
     url = f"{base_url.rstrip('/')}/{REPO_PATH}/"
-    _deb(out, "cuda-keyring", "1.1-1", {
-        "/usr/share/keyrings/cuda-archive-keyring.gpg": (key, 0o644),
-        "/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
-            (f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {url} /\n", 0o644),
-    }, arch="all", description="GPG keyring for the CUDA repository")
-    _deb(out, "dkms", "3.2.0-1sim", {"/usr/sbin/dkms": ("#!/bin/sh\necho 'sim dkms: nothing built'\n", 0o755)},
-         arch="all", description="Dynamic Kernel Module System placeholder")
-    for ver in DRIVER_VERSIONS:
-        _driver_packages(out, ver)
-    for name, ver, cuda in TOOLKIT:
-        files: dict[str, tuple[str | bytes, int]] = {
-            f"/usr/local/cuda-{cuda}/sim/{name}.version": (ver + "\n", 0o644)}
-        if name.startswith("cuda-nvcc"):
-            release = ver.rsplit("-", 1)[0]
-            script = ("#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver (provision-sim placeholder)'\n"
-                      f"echo 'Cuda compilation tools, release {cuda}, V{release}'\n")
-            files[f"/usr/local/cuda-{cuda}/bin/nvcc"] = (script, 0o755)
-        _deb(out, name, ver, files, description=f"CUDA {cuda} toolkit placeholder")
-    _index(out, home)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Pkg("cuda-keyring", "1.1-1", arch="all", description="GPG keyring for the CUDA repository")
+        keyring = _deb(Path(tmp), spec, {
+            "/usr/share/keyrings/cuda-archive-keyring.gpg": (key, 0o644),
+            "/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
+                (f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {url} /\n", 0o644)})
+        stanza = _scan(Path(tmp))
+        shutil.move(str(keyring), out / keyring.name)
+    _index(out, home, (cache / "Packages").read_bytes().rstrip(b"\n") + b"\n\n" + stanza)
     return out
 
 
-def _index(out: Path, home: Path) -> None:
-    packages = subprocess.run(["dpkg-scanpackages", "-m", ".", "/dev/null"], cwd=out,
-                              check=True, capture_output=True).stdout
+def _index(out: Path, home: Path, packages: bytes) -> None:
     (out / "Packages").write_bytes(packages)
     (out / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
     release = (f"Origin: NVIDIA\nLabel: NVIDIA CUDA\nArchitecture: x86_64\n"
