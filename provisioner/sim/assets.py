@@ -230,7 +230,7 @@ def static_llama_server(*, openmp: bool = False, cache: Path = CACHE) -> Path:
     """
     flavour = "openmp" if openmp else "plain"
     root = cache.parent / "llama-static"
-    out = root / f"llama-server-{flavour}"
+    out = root / flavour / "llama-server"  # the name llama-server reports as its own
     if out.exists():
         return out
     source = llama_source(cache)
@@ -253,7 +253,7 @@ def static_llama_server(*, openmp: bool = False, cache: Path = CACHE) -> Path:
         shutil.copyfile(build_dir / "bin" / "llama-server", partial)
         partial.chmod(0o755)
 
-    root.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     return _derived(out, root, build)
 
 
