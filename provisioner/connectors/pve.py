@@ -166,9 +166,13 @@ class PVE:
     def _translate(self, exc: ResourceException, method: str, path: str) -> ProxmoxError:
         errors = exc.errors if isinstance(exc.errors, dict) else {}
         msg = redact(str(exc.content or exc.status_message)).strip()
+        fix = None
+        if exc.status_code == 403 and "only allowed for root@pam" not in msg:
+            fix = ("the API user or token lacks this privilege; a privilege-separated token (pveum's default) "
+                   "has only the ACLs given to the token itself: see README \"API token and privileges\"")
         return ProxmoxError(f"{method} {path}: {exc.status_code} {msg}", status=exc.status_code,
                             errors={k: redact(str(v)).strip() for k, v in errors.items()},
-                            host=self.endpoint.host)
+                            host=self.endpoint.host, fix=fix)
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
