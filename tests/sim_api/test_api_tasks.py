@@ -98,15 +98,16 @@ def test_force_destroy_of_running_ct(sim: Sim) -> None:
 
 
 def test_start_failure_becomes_exitstatus(sim: Sim) -> None:
-    """A devN whose host node vanished after the PUT fails the start task with PVE's text."""
+    """A devN whose host node vanished after the PUT fails the start task with PVE's text: vm_start's
+    update_lxc_config stats it first (pve-container src/PVE/LXC.pm:777, Tools.pm:157-167@94f5585)."""
     s = sim.token()
     create(sim, s)
     conf_path = sim.root / "etc/pve/lxc/120.conf"
     conf_path.write_text(conf_path.read_text() + "dev0: /dev/nvidia-gone\n")
     status = sim.wait_task(s, s.post(f"{sim.base}/nodes/pve/lxc/120/status/start").json()["data"])
-    assert status["exitstatus"] == "Could not get mode or device ID of /dev/nvidia-gone"
+    assert status["exitstatus"] == "Device /dev/nvidia-gone does not exist"
     log = s.get(f"{sim.base}/nodes/pve/tasks/{status['upid']}/log").json()["data"]
-    assert log[-1]["t"] == "TASK ERROR: Could not get mode or device ID of /dev/nvidia-gone"
+    assert log[-1]["t"] == "TASK ERROR: Device /dev/nvidia-gone does not exist"
 
 
 def test_fail_next_task_fault(sim: Sim) -> None:
@@ -132,7 +133,7 @@ def test_running_task_status_has_no_exitstatus(sim: Sim) -> None:
     gate = threading.Event()
     original = sim.backend.start
 
-    def slow_start(vmid, conf, log):  # type: ignore[no-untyped-def]
+    def slow_start(vmid, conf, log, debug=False):  # type: ignore[no-untyped-def]
         gate.wait(10)
         original(vmid, conf, log)
 

@@ -45,6 +45,9 @@ def snapshot_list(req: Request) -> list[dict[str, Any]]:
 def snapshot_create(req: Request) -> str:
     vmid, api = req.vmid(), req.api
     name = str(req.params["snapname"])
+    # both names are refused before the worker starts (pve-container src/PVE/API2/LXC/Snapshot.pm:
+    # 152-156@94f5585, same in stable-bookworm). Issue 14 said "vzdump is a valid snapshot name":
+    # the source says otherwise, and the source wins.
     if name in ("current", "vzdump"):
         raise ApiError(f"unable to use snapshot name '{name}' (reserved name)")
     load(req)
