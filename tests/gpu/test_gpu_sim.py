@@ -70,10 +70,9 @@ def test_passthrough_entries_appear_and_converge(sim_node, host_file: Path, pass
     assert ("container", "create") in applied(passthrough)
     code, conf, _ = sim_node.run(f"cat /etc/pve/lxc/{VMID}.conf")
     devs = sorted(ln for ln in conf.splitlines() if ln.startswith("dev"))
-    assert devs == ["dev0: /dev/nvidia0,gid=0,uid=0", "dev1: /dev/nvidiactl,gid=0,uid=0",
-                    "dev2: /dev/nvidia-uvm,gid=0,uid=0", "dev3: /dev/nvidia-uvm-tools,gid=0,uid=0"] or \
-        devs == ["dev0: /dev/nvidia0,uid=0,gid=0", "dev1: /dev/nvidiactl,uid=0,gid=0",
-                 "dev2: /dev/nvidia-uvm,uid=0,gid=0", "dev3: /dev/nvidia-uvm-tools,uid=0,gid=0"]
+    opt = "uid=0,gid=59999,mode=0660"  # provisioner/gpu_access.py
+    assert devs == [f"dev0: /dev/nvidia0,{opt}", f"dev1: /dev/nvidiactl,{opt}",
+                    f"dev2: /dev/nvidia-uvm,{opt}", f"dev3: /dev/nvidia-uvm-tools,{opt}"]
     code, out = ct(sim_node, "for n in /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools; do "
                              "[ -c $n ] || echo missing $n; done")
     assert (code, out) == (0, "")
