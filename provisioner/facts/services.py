@@ -135,6 +135,8 @@ class ResolvFacts:
     ignored: bool  # /etc/.pve-ignore.resolv.conf exists
     pve_managed: bool  # the file carries PVE's "# --- BEGIN PVE ---" block
     lsattr_ok: bool = True
+    #: the ignore file is the one provision made (operations/resolv.py says so inside it)
+    ignored_ours: bool = False
 
 
 # -- model files ----------------------------------------------------------------------------------
@@ -276,7 +278,8 @@ if [ -e "$f" ] || [ -L "$f" ]; then echo exists; fi
 if [ -f "$f" ] && [ ! -L "$f" ]; then
   a=$(lsattr -d "$f" 2>/dev/null) && { echo "attrs ${a%% *}"; } || echo lsattr-failed
 fi
-[ -e /etc/.pve-ignore.resolv.conf ] && echo ignored
+[ -f /etc/.pve-ignore.resolv.conf ] && echo ignored
+grep -qs 'created by provision' /etc/.pve-ignore.resolv.conf && echo ignored-ours
 grep -q '^# --- BEGIN PVE ---' "$f" 2>/dev/null && echo pve-managed
 true"""
 
@@ -285,7 +288,8 @@ def parse_resolv(output: str, code: int) -> ResolvFacts:
     words = output.split()
     attrs = next((ln.split()[1] for ln in output.splitlines() if ln.startswith("attrs ") and len(ln.split()) > 1), "")
     return ResolvFacts(exists="exists" in words, immutable="i" in attrs, ignored="ignored" in words,
-                       pve_managed="pve-managed" in words, lsattr_ok="lsattr-failed" not in words)
+                       pve_managed="pve-managed" in words, lsattr_ok="lsattr-failed" not in words,
+                       ignored_ours="ignored-ours" in words)
 
 
 RESOLV_FACT: Fact[ResolvFacts] = Fact("resolv.ct", RESOLV_COMMAND, parse_resolv, where="ct")

@@ -417,12 +417,12 @@ def start_container(actx: ApplyContext) -> None:
     try:
         upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
         actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
-    except TaskFailed as exc:
-        # an immutable /etc/resolv.conf stops every start: fix it from the host, retry once
-        from .resolv import fix_on_host, is_resolv_failure
-        if not is_resolv_failure(exc):
+    except TaskFailed:
+        # An immutable /etc/resolv.conf stops every start, but PVE's text for it never reaches the
+        # task (operations/resolv.py): look at the file itself, fix it from the host, retry once.
+        from .resolv import fix_on_host
+        if not fix_on_host(actx, vmid):
             raise
-        fix_on_host(actx, vmid)
         upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
         actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
 
