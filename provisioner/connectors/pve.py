@@ -60,6 +60,16 @@ class Credentials:
         return self.token_id is None and self.user == "root@pam"
 
 
+def real_lines(log: Any) -> list[dict[str, Any]]:
+    """A task log page without PVE's placeholder: an empty log reads as ``[{n: 1, t: "no content"}]``
+    (pve-common src/PVE/Tools.pm:791-795@f665029). Counting it as line 1 would skip the task's
+    real first line at the next poll, and printing it says nothing."""
+    items = list(log or [])
+    if len(items) == 1 and items[0].get("t") == "no content" and int(items[0].get("n", 0)) == 1:
+        return []
+    return items
+
+
 class _PinnedAdapter(HTTPAdapter):
     """Accept exactly the certificate with this SHA-256 fingerprint (no CA needed)."""
 
@@ -238,7 +248,7 @@ class PVE:
         while True:
             status = self.get(f"/nodes/{node}/tasks/{quoted}/status")
             if on_log is not None:
-                for line in self.get(f"/nodes/{node}/tasks/{quoted}/log", start=seen, limit=500) or []:
+                for line in real_lines(self.get(f"/nodes/{node}/tasks/{quoted}/log", start=seen, limit=500)):
                     seen = max(seen, int(line.get("n", seen)))
                     on_log(str(line.get("t", "")))
             if status.get("status") == "stopped":
@@ -260,4 +270,4 @@ class PVE:
             log = self.get(f"/nodes/{node}/tasks/{urllib.parse.quote(upid, safe='')}/log", start=0, limit=5000)
         except ProxmoxError:
             return []
-        return [redact(str(e.get("t", ""))) for e in (log or [])][-lines:]
+        return [redact(str(e.get("t", ""))) for e in real_lines(log)][-lines:]

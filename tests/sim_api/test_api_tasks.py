@@ -244,3 +244,40 @@ def test_new_volumes_are_named_like_pve(sim: Sim) -> None:
     assert s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"delete": "mp0"}).status_code == 200
     conf = s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
     assert "mp0" not in conf and conf["unused0"] == "local-lvm:vm-120-disk-1"
+
+
+def test_empty_task_log_is_no_content_and_the_first_real_line_is_not_skipped(sim: Sim) -> None:
+    """An empty task log reads as [{n: 1, t: "no content"}] (pve-common src/PVE/Tools.pm:791-795
+    @f665029). The connector neither prints it nor counts it as line 1."""
+    import threading
+
+    from provisioner.connectors.pve import PVE, Credentials, Endpoint
+
+    from .conftest import TOKEN_ID, TOKEN_SECRET
+
+    s = sim.token()
+    create(sim, s)
+    gate = threading.Event()
+    original = sim.backend.start
+
+    def quiet_then_talk(vmid, conf, log, debug=False):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        log("first real line")
+        original(vmid, conf, log)
+
+    sim.backend.start = quiet_then_talk  # type: ignore[method-assign]
+    upid = s.post(f"{sim.base}/nodes/pve/lxc/120/status/start").json()["data"]
+    r = s.get(f"{sim.base}/nodes/pve/tasks/{upid}/log", params={"start": 0})
+    assert (r.json()["data"], r.json()["total"]) == ([{"n": 1, "t": "no content"}], 1)
+    pve = PVE(Endpoint(host="127.0.0.1", port=sim.api.port, fingerprint=sim.api.fingerprint),
+              Credentials(token_id=TOKEN_ID, token_secret=TOKEN_SECRET))
+    seen: list[str] = []
+
+    def on_log(line: str) -> None:
+        seen.append(line)
+        gate.set()  # the first poll has been read: let the task talk
+
+    threading.Timer(1.0, gate.set).start()
+    pve.wait_task(upid, on_log=on_log, poll=0.05)
+    assert "no content" not in seen
+    assert seen[0] == "first real line", seen

@@ -203,6 +203,11 @@ def task_log(req: Request) -> list[dict[str, Any]]:
     lines = req.api.tasks.log(str(req.params["upid"]))
     start = int(req.params.get("start", 0))
     limit = int(req.params.get("limit", 50))
+    if not lines:
+        # an empty log reads as one line "no content" (an ExtJS workaround in pve-common
+        # src/PVE/Tools.pm:791-795 dump_logfile@f665029), whatever start says
+        req.result_attrs["total"] = 1
+        return [{"n": 1, "t": "no content"}]
     if limit == 0:
         limit = len(lines)
     req.result_attrs["total"] = len(lines)
