@@ -174,9 +174,11 @@ class ContainerStep:
                 "line in its description); refusing to touch it",
                 vmid=ct.vmid, step=STEP,
                 fix="choose a free container.vmid, or set container.adopt: true to take it over")
-        changes = self._converge(ctx)
+        later: dict[str, bool] = {"restart": False}
+        changes = self._converge(ctx, later)
         restart = self._pending_restart(ctx, changes)
         if restart:
+            later["restart"] = True  # the update leaves what it leaves pending to this restart
             changes.append(restart)
         if not ct.running:
             changes.append(self._start_change(ctx, created=False))
@@ -201,7 +203,7 @@ class ContainerStep:
 
     # converge ----------------------------------------------------------------------------------
 
-    def _converge(self, ctx: PlanContext) -> list[Change]:
+    def _converge(self, ctx: PlanContext, later: dict[str, bool] | None = None) -> list[Change]:
         ct = ctx.pve.ct
         assert ct is not None
         version = ctx.pve.version
@@ -231,6 +233,8 @@ class ContainerStep:
 
             def apply(actx: ApplyContext, set_keys=set_keys, deletes=deletes) -> None:
                 update_config(actx, set_keys, deletes)
+                if ct.running:
+                    settle_pending(actx, restart_planned=bool(later and later["restart"]))
 
             changes.append(Change(STEP, "update", f"ct {ct.vmid}",
                                   f"set {', '.join(sorted(set_keys)) or '-'}; delete {', '.join(deletes) or '-'}",
@@ -358,6 +362,37 @@ def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) 
                                    step=STEP, fix="run `provision up` again (it re-reads the config)") from None
             raise
     pct_set(actx, ct.vmid, root_set, root_del)
+
+
+def pending_keys(actx: ApplyContext, vmid: int) -> list[str]:
+    """What PVE left pending, read now (``GET .../pending``): one call."""
+    items = actx.pve.get(actx.pve.ct(vmid, "pending")) or []
+    return sorted(str(p["key"]) for p in items if "pending" in p or p.get("delete"))
+
+
+def settle_pending(actx: ApplyContext, *, restart_planned: bool) -> None:
+    """After a PUT on a running CT: re-read ``/pending`` and restart now when allowed, else say so.
+
+    Which keys stay pending is PVE's call, per version: ``features``, ``nameserver``,
+    ``searchdomain`` and edits of an existing ``devN``/``mpN`` on both, a *new* ``devN`` on 8.4
+    too (pve-container src/PVE/LXC/Config.pm:1624-1747 vmconfig_hotplug_pending@94f5585: only
+    the FASTPLUG keys, cpu/memory, netN, new mpN and — 9.x only — new devN are applied live;
+    stable-bookworm @6475873 has no devN branch). The plan read the pending list before the PUT,
+    so without this the run would go on as if the GPU were already in the container."""
+    vmid = actx.vmid
+    keys = pending_keys(actx, vmid)
+    if not keys or restart_planned:
+        return
+    devs = [k for k in keys if k.startswith("dev")]
+    if actx.plan.allow_restart or actx.cfg.container.restart == "when-needed":
+        restart_container(actx)
+        actx.plan.notes.append(f"CT {vmid}: restarted in this run to apply {', '.join(keys)} (PVE kept them pending)")
+        return
+    actx.plan.notes.append(
+        f"CT {vmid}: PVE keeps {', '.join(keys)} pending until the container restarts"
+        + (f"; until then the container has no {', '.join(devs)} (its GPU nodes): what follows in this run "
+           "cannot use the GPU" if devs else "")
+        + "; run `provision up --restart` (or set container.restart: when-needed)")
 
 
 def resolve_template(actx: ApplyContext) -> str:
