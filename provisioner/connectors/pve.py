@@ -33,6 +33,8 @@ from ..errors import ProxmoxError, TaskFailed
 from ..redact import redact
 
 TASK_OK = re.compile(r"^(OK|WARNINGS: \d+)$")
+#: renew a password ticket after this many seconds (it lives 7200)
+TICKET_RENEW_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class PVE:
         session.hooks["response"].append(self._count)
         self._session = session
         self.base_url = self._api._store["base_url"]
+        self._ticket_at = 0.0
         if creds.token_id is None:
             self._login()
 
@@ -163,6 +166,28 @@ class PVE:
         data = resp.json()["data"]
         self._auth.ticket = data["ticket"]
         self._auth.csrf = data["CSRFPreventionToken"]
+        self._ticket_at = time.monotonic()
+
+    def _renew_ticket(self) -> None:
+        """A password ticket lives two hours (pve-access-control src/PVE/AccessControl.pm:58@5ccd07d):
+        renew it well before, by logging in with the ticket itself as the password (what the
+        web UI does); a long `up` (a llama.cpp build) outlives one otherwise."""
+        if self.creds.token_id is not None or self._auth.ticket is None:
+            return
+        if time.monotonic() - self._ticket_at < TICKET_RENEW_AFTER:
+            return
+        try:
+            resp = self._session.request("POST", self.base_url + "/access/ticket",
+                                         data={"username": self.creds.user, "password": self._auth.ticket},
+                                         timeout=self.endpoint.timeout)
+        except requests.RequestException as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:  # expired after all (a suspended laptop): log in again
+            self._login()
+            return
+        data = resp.json()["data"]
+        self._auth.ticket, self._auth.csrf = data["ticket"], data["CSRFPreventionToken"]
+        self._ticket_at = time.monotonic()
 
     def _transport_error(self, exc: Exception) -> ProxmoxError:
         text = redact(str(exc))
@@ -185,6 +210,7 @@ class PVE:
                             host=self.endpoint.host, fix=fix)
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        self._renew_ticket()
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if self._validator is not None and self.schema_version is not None:
             problems = self._validator(self.schema_version, method, path, params)

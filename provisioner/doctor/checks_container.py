@@ -169,11 +169,13 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
             detail="nodes are made at container start with the host's numbers; nvidia-uvm's major is dynamic "
                    "and can change when the host reboots or the module reloads"))
     blocked, nobody = [], []
+    # no service user yet (the services step has not run): judge by the groups it will get
+    groups = nodes.service_groups or frozenset({GPU_GID})
     for p in configured:
         n = nodes.nodes.get(p)
         if n is None:
             continue
-        if not can_open(n.mode, n.gid, nodes.service_groups):
+        if not can_open(n.mode, n.gid, groups):
             blocked.append(p)
         if unpriv and (n.uid == NOBODY or n.gid == NOBODY):
             nobody.append(p)
@@ -194,9 +196,11 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
             detail="unmapped owners: the container cannot chown or chmod these nodes; access relies on the "
                    "host's mode"))
     if not findings:
+        later = "" if nodes.service_groups else \
+            f" (once the services step creates it in group {GPU_GROUP}, gid {GPU_GID})"
         findings.append(ok("container.node_access",
-                           f"{len(configured)} device nodes present with the host's numbers and usable by {LLAMA_USER}",
-                           ev))
+                           f"{len(configured)} device nodes present with the host's numbers and usable by "
+                           f"{LLAMA_USER}{later}", ev))
     return findings
 
 
