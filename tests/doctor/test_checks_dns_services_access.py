@@ -247,3 +247,22 @@ def test_unknown_host_key():
                        fix="check the fingerprint ... then add it: ssh-keyscan -p 22 pve.example >> ~/.ssh/known_hosts")
     f = one(ca.check_ssh(context(access=_access(ssh_error=err))), "access.ssh")
     assert f.status == "fail" and "not known" in f.title and "ssh-keyscan" in f.fix
+
+
+def _with_perms(perms):
+    from provisioner.engine.preflight import MINIMAL_PRIVILEGES  # noqa: F401
+    return Access(auth_kind="token", auth_user="provision@pve!provision", root_path="ssh", api_checked=True,
+                  ssh_checked=True, pve_release="9.1.3", permissions=perms)
+
+
+def test_privileges_agree_with_up_s_preflight():
+    from provisioner.engine.preflight import MINIMAL_PRIVILEGES
+    full = {"/": {p: 1 for p in MINIMAL_PRIVILEGES}}
+    f = one(ca.check_privileges(context(access=_with_perms(full))), "access.privileges")
+    assert f.status == "ok"
+    less = {"/": {p: 1 for p in MINIMAL_PRIVILEGES if p != "VM.Snapshot"}}
+    f = one(ca.check_privileges(context(access=_with_perms(less))), "access.privileges")
+    assert f.status == "fail" and f"VM.Snapshot on /vms/{VMID}" in f.title
+    assert "pveum role modify Provision --append 1 --privs VM.Snapshot" in f.fix
+    # not read (root@pam): no finding
+    assert ca.check_privileges(context()) == []
