@@ -19,7 +19,7 @@ from typing import Callable
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ProxmoxError, RefusedError, RemoteError, TaskFailed
-from ..facts.pve import MARKER_LINE, MARKER_TAG, ContainerState, has_marker
+from ..facts.pve import MARKER_LINE, MARKER_TAG, has_marker
 from ..pveschema import parse_boolean
 from ..pveschema.propstring import split_property_string
 from ..pveschema.propstring import resolve_format  # noqa: E402
@@ -252,7 +252,7 @@ class ContainerStep:
                 f"unprivileged: {str(ctx.cfg.container.unprivileged).lower()}; PVE cannot change this on an "
                 "existing container (back it up and re-create it to switch)")
         if set_keys or deletes:
-            _note_root_path(ctx, set_keys, deletes, effective)
+            _note_root_path(ctx, set_keys, deletes, dict(ct.config))
             diff = {k: (effective.get(k), v) for k, v in set_keys.items()}
             diff.update({k: (effective.get(k), None) for k in deletes})
 
@@ -319,15 +319,6 @@ def _note_root_path(ctx: PlanContext, keys: dict[str, str], deletes: list[str], 
                          "set with `pct set` over SSH as root")
 
 
-def _effective(ct: "ContainerState") -> dict[str, str]:
-    """The config as it will be once pending values apply (what PVE compares a PUT against)."""
-    out = dict(ct.config)
-    out.update(ct.pending)
-    for k in ct.pending_delete:
-        out.pop(k, None)
-    return out
-
-
 def _unprivileged(ctx: PlanContext, current: dict[str, str]) -> bool:
     """The CT's own flag when it exists (PVE judges by it), else what the host file creates."""
     if ctx.pve.ct is not None and "unprivileged" in current:
@@ -363,7 +354,8 @@ def _split_root(actx: ApplyContext, keys: dict[str, str], deletes: list[str]
     """(api set, api delete, root set, root delete) by who may change each key."""
     if actx.plan.root_path == "api":
         return keys, deletes, {}, []
-    current = _effective(actx.plan.pve.ct) if actx.plan.pve.ct else {}
+    # PVE judges a PUT against the config's main section, not its pending values (LXC.pm:1655)
+    current = dict(actx.plan.pve.ct.config) if actx.plan.pve.ct else {}
     unpriv = _unprivileged(actx.plan, current)
     root_set = {k: v for k, v in keys.items() if is_root_only(k, v, unpriv, current.get(k))}
     root_del = [k for k in deletes if is_root_only(k, None, unpriv, current.get(k))]
