@@ -21,6 +21,7 @@ SOURCES = {"8.4": "pve-8.4.2-apidata.json", "9.1": "pve-9.1.3-apidata.json"}
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/version": ("GET",),
     "/access/ticket": ("GET", "POST"),
+    "/access/permissions": ("GET",),
     "/nodes": ("GET",),
     "/nodes/{node}/lxc": ("GET", "POST"),
     "/nodes/{node}/lxc/{vmid}": ("GET", "DELETE"),

@@ -1,8 +1,9 @@
 """``provision rollback FILE [--to NAME] [--yes]``: return the container to a snapshot.
 
-Shows a plan first (which snapshot, when, which run took it, that the CT is stopped
-and started, which config keys changed since), then stop → rollback task → start,
-under the same host lock as `up`.
+Shows a plan first (which snapshot, when, which run took it, whether the CT is started
+again, which config keys changed since), then one rollback task (PVE stops the CT itself,
+after checking the rollback is possible; ``start=1`` when it was running), under the same host
+lock as `up`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _show(out: Output, plan: dict[str, Any]) -> None:
     if plan["description"]:
         out.line(f"  by: {plan['description']}")
     out.line("  the container will be stopped, rolled back and started again" if plan["running"]
-             else "  the container (stopped now) will be rolled back and started")
+             else "  the container (stopped now) will be rolled back and stay stopped")
     out.line("  everything written in it since the snapshot is lost (models on host bind mounts stay)")
     changed = plan["config_changed_since"]
     if changed:
@@ -103,7 +104,8 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
         with lock, out.progress() as progress:
             snapshot.rollback(conn.pve, plan["vmid"], plan["snapshot"], running=plan["running"],
                               timeout=cfg.proxmox.task_timeout, say=progress.status)
-        out.line(f"CT {plan['vmid']} rolled back to {plan['snapshot']} and started")
+        out.line(f"CT {plan['vmid']} rolled back to {plan['snapshot']}"
+                 + (" and started" if plan["running"] else " (stopped, as it was)"))
         if out.json_mode:
             print(json.dumps(redact_obj({"ok": True, **plan})))
     finally:

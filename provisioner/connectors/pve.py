@@ -33,6 +33,8 @@ from ..errors import ProxmoxError, TaskFailed
 from ..redact import redact
 
 TASK_OK = re.compile(r"^(OK|WARNINGS: \d+)$")
+#: renew a password ticket after this many seconds (it lives 7200)
+TICKET_RENEW_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ class Credentials:
     @property
     def is_root_password(self) -> bool:
         return self.token_id is None and self.user == "root@pam"
+
+
+def real_lines(log: Any) -> list[dict[str, Any]]:
+    """A task log page without PVE's placeholder: an empty log reads as ``[{n: 1, t: "no content"}]``
+    (pve-common src/PVE/Tools.pm:791-795@f665029). Counting it as line 1 would skip the task's
+    real first line at the next poll, and printing it says nothing."""
+    items = list(log or [])
+    if len(items) == 1 and items[0].get("t") == "no content" and int(items[0].get("n", 0)) == 1:
+        return []
+    return items
 
 
 class _PinnedAdapter(HTTPAdapter):
@@ -130,6 +142,7 @@ class PVE:
         session.hooks["response"].append(self._count)
         self._session = session
         self.base_url = self._api._store["base_url"]
+        self._ticket_at = 0.0
         if creds.token_id is None:
             self._login()
 
@@ -153,6 +166,28 @@ class PVE:
         data = resp.json()["data"]
         self._auth.ticket = data["ticket"]
         self._auth.csrf = data["CSRFPreventionToken"]
+        self._ticket_at = time.monotonic()
+
+    def _renew_ticket(self) -> None:
+        """A password ticket lives two hours (pve-access-control src/PVE/AccessControl.pm:58@5ccd07d):
+        renew it well before, by logging in with the ticket itself as the password (what the
+        web UI does); a long `up` (a llama.cpp build) outlives one otherwise."""
+        if self.creds.token_id is not None or self._auth.ticket is None:
+            return
+        if time.monotonic() - self._ticket_at < TICKET_RENEW_AFTER:
+            return
+        try:
+            resp = self._session.request("POST", self.base_url + "/access/ticket",
+                                         data={"username": self.creds.user, "password": self._auth.ticket},
+                                         timeout=self.endpoint.timeout)
+        except requests.RequestException as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:  # expired after all (a suspended laptop): log in again
+            self._login()
+            return
+        data = resp.json()["data"]
+        self._auth.ticket, self._auth.csrf = data["ticket"], data["CSRFPreventionToken"]
+        self._ticket_at = time.monotonic()
 
     def _transport_error(self, exc: Exception) -> ProxmoxError:
         text = redact(str(exc))
@@ -166,11 +201,16 @@ class PVE:
     def _translate(self, exc: ResourceException, method: str, path: str) -> ProxmoxError:
         errors = exc.errors if isinstance(exc.errors, dict) else {}
         msg = redact(str(exc.content or exc.status_message)).strip()
+        fix = None
+        if exc.status_code == 403 and "only allowed for root@pam" not in msg:
+            fix = ("the API user or token lacks this privilege; a privilege-separated token (pveum's default) "
+                   "has only the ACLs given to the token itself: see README \"API token and privileges\"")
         return ProxmoxError(f"{method} {path}: {exc.status_code} {msg}", status=exc.status_code,
                             errors={k: redact(str(v)).strip() for k, v in errors.items()},
-                            host=self.endpoint.host)
+                            host=self.endpoint.host, fix=fix)
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        self._renew_ticket()
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if self._validator is not None and self.schema_version is not None:
             problems = self._validator(self.schema_version, method, path, params)
@@ -234,7 +274,7 @@ class PVE:
         while True:
             status = self.get(f"/nodes/{node}/tasks/{quoted}/status")
             if on_log is not None:
-                for line in self.get(f"/nodes/{node}/tasks/{quoted}/log", start=seen, limit=500) or []:
+                for line in real_lines(self.get(f"/nodes/{node}/tasks/{quoted}/log", start=seen, limit=500)):
                     seen = max(seen, int(line.get("n", seen)))
                     on_log(str(line.get("t", "")))
             if status.get("status") == "stopped":
@@ -256,4 +296,4 @@ class PVE:
             log = self.get(f"/nodes/{node}/tasks/{urllib.parse.quote(upid, safe='')}/log", start=0, limit=5000)
         except ProxmoxError:
             return []
-        return [redact(str(e.get("t", ""))) for e in (log or [])][-lines:]
+        return [redact(str(e.get("t", ""))) for e in real_lines(log)][-lines:]

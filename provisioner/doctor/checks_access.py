@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..engine import preflight
 from ..errors import HostKeyError
 from .context import DoctorContext
 from .findings import Evidence, Finding, fail, ok, warn
@@ -17,10 +18,29 @@ def check_api(d: DoctorContext) -> list[Finding]:
         return [ok("access.api", f"API authentication as {who} works (PVE {a.pve_release})", ev)]
     err = a.api_error
     fix = getattr(err, "fix", None) or (
-        "check proxmox.auth: the token id/secret (Datacenter → Permissions → API Tokens) or the password, and "
-        "that the user has VM.Audit, VM.Config.*, VM.PowerMgmt, Datastore.AllocateSpace, Sys.Audit")
+        "check proxmox.auth: the token id/secret (Datacenter → Permissions → API Tokens) or the password; "
+        "for the privileges see README \"API token and privileges\"")
     return [fail("access.api", f"the Proxmox API at {p.endpoint} does not accept us: "
                  f"{getattr(err, 'message', err)}", ev, fix=fix)]
+
+
+def check_privileges(d: DoctorContext) -> list[Finding]:
+    """What `up`'s preflight checks (engine/preflight.py), from the same GET /access/permissions."""
+    a = d.access
+    if not a.api_ok or a.permissions is None or d.plan is None:
+        return []
+    who = a.auth_user
+    missing = [n for n in preflight.needs(d.plan) if not preflight.holds(a.permissions, n.path, n.priv)]
+    ev = Evidence(f"pvesh get /access/permissions (as {who})",
+                  "\n".join(f"{p}: {', '.join(sorted(v))}" for p, v in sorted(a.permissions.items())) or
+                  "(no privileges anywhere)")
+    if not missing:
+        return [ok("access.privileges", f"{who} holds every privilege `up` needs here", ev)]
+    return [fail("access.privileges", f"{who} lacks " + ", ".join(f"{n.priv} on {n.path}" for n in missing), ev,
+                 fix="; ".join(preflight.grant_lines(who, missing)),
+                 detail="a privilege-separated token (pveum's default) has only the ACLs given to the token "
+                        "itself; /cluster/resources silently hides containers without VM.Audit. `provision up` "
+                        "stops before any change until these are granted")]
 
 
 def check_root_path(d: DoctorContext) -> list[Finding]:
@@ -62,4 +82,4 @@ def check_ssh(d: DoctorContext) -> list[Finding]:
                  f"check that sshd runs on {host}:{s.port} and that ssh.key_file / ssh-agent hold root's key")]
 
 
-CHECKS = [check_api, check_root_path, check_ssh]
+CHECKS = [check_api, check_privileges, check_root_path, check_ssh]

@@ -8,6 +8,7 @@ import re
 from ..errors import ProvisionError
 from ..facts.nvidia import DEVICES, DRIVER, DeviceNodes
 from ..facts.services import LLAMA_USER
+from ..gpu_access import GPU_GID, GPU_GROUP, can_open, dev_options
 from ..operations.passthrough import desired_device_paths, owns_dev
 from .context import DoctorContext, sharing
 from .facts import CT_NODES, CtNodes
@@ -97,7 +98,9 @@ def check_devices(d: DoctorContext) -> list[Finding]:
         findings.append(fail(
             "container.devices", f"devN entries point at nodes missing on the host: {', '.join(absent)}", ev,
             fix="create them on the host (see host.device_nodes); PVE refuses to start the container until then",
-            detail=f"the container's pre-start hook fails with 'Could not get mode or device ID of {absent[0]}'"))
+            # vm_start and every config PUT stat each devN first (pve-container src/PVE/LXC.pm:777,
+            # src/PVE/LXC/Tools.pm:157-167@94f5585)
+            detail=f"starting the container, and every config change, fails with 'Device {absent[0]} does not exist'"))
     extra = [p for p, k in have.items() if owns_dev(k, eff[k]) and p not in want]
     if extra and not findings:
         findings.append(warn("container.devices", f"devN entries not asked for by the host file: {', '.join(extra)}",
@@ -166,23 +169,26 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
             detail="nodes are made at container start with the host's numbers; nvidia-uvm's major is dynamic "
                    "and can change when the host reboots or the module reloads"))
     blocked, nobody = [], []
+    # no service user yet (the services step has not run): judge by the groups it will get
+    groups = nodes.service_groups or frozenset({GPU_GID})
     for p in configured:
         n = nodes.nodes.get(p)
         if n is None:
             continue
-        other_rw = n.mode & 0o006 == 0o006
-        group_rw = n.mode & 0o060 == 0o060 and n.gid in nodes.service_groups
-        if not (other_rw or group_rw):
+        if not can_open(n.mode, n.gid, groups):
             blocked.append(p)
         if unpriv and (n.uid == NOBODY or n.gid == NOBODY):
             nobody.append(p)
     if blocked:
         findings.append(fail(
             "container.node_access", f"user {LLAMA_USER} cannot open {', '.join(blocked)}", ev,
-            fix="give the devN a mode the service can use, e.g. "
-                f"`pct set {ct.vmid} --devN {blocked[0]},mode=0666` (or gid= of a group {LLAMA_USER} is in), "
-                "then restart the container",
-            detail="llama-server runs as an unprivileged user; it needs read-write access to every GPU node"))
+            fix=f"`provision up FILE --restart` writes every devN with {dev_options()} and puts {LLAMA_USER} in "
+                f"group {GPU_GROUP} (gid {GPU_GID}); by hand: `pct set {ct.vmid} --devN {blocked[0]},{dev_options()}`, "
+                f"`groupadd -g {GPU_GID} {GPU_GROUP}; usermod -aG {GPU_GROUP} {LLAMA_USER}` in the container, "
+                "then restart it",
+            detail="llama-server runs as an unprivileged user and needs read-write access to every GPU node; PVE "
+                   "makes each node 0660 root:root unless the devN says mode=/gid= (it does not copy the host's "
+                   "0666)"))
     elif nobody:
         findings.append(warn(
             "container.node_access", f"owned by nobody/nogroup in this unprivileged container: {', '.join(nobody)}",
@@ -190,9 +196,11 @@ def check_node_access(d: DoctorContext) -> list[Finding]:
             detail="unmapped owners: the container cannot chown or chmod these nodes; access relies on the "
                    "host's mode"))
     if not findings:
+        later = "" if nodes.service_groups else \
+            f" (once the services step creates it in group {GPU_GROUP}, gid {GPU_GID})"
         findings.append(ok("container.node_access",
-                           f"{len(configured)} device nodes present with the host's numbers and usable by {LLAMA_USER}",
-                           ev))
+                           f"{len(configured)} device nodes present with the host's numbers and usable by "
+                           f"{LLAMA_USER}{later}", ev))
     return findings
 
 

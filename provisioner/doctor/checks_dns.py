@@ -19,14 +19,19 @@ def check_resolv(d: DoctorContext) -> list[Finding]:
         return []
     ev = Evidence(d.in_ct(f"sh -c 'lsattr -d /etc/resolv.conf; ls -l {MARKER}'"), d.raw_output(RESOLV_FACT.name))
     vmid = d.vmid
+    if r.immutable and r.ignored:
+        # PVE does not write an ignored file at all (pve-container src/PVE/LXC/Setup/Base.pm:739-743,
+        # 883-885@94f5585): the flag cannot stop a start
+        return [ok("dns.immutable", f"/etc/resolv.conf is immutable, but {MARKER} makes PVE leave it alone "
+                   "(harmless)", ev)]
     if r.immutable:
         return [fail("dns.immutable", "/etc/resolv.conf is immutable (chattr +i)", ev,
                      fix=f"doctor --fix clears it from the host (`chattr -i` on the container's file); to keep your "
                          f"own resolv.conf create {MARKER} in the container instead",
                      fixable=True,
                      detail="PVE rewrites resolv.conf at every start by rename(); on an immutable file that fails "
-                            "('close (rename) atomic file ... Operation not permitted') and the container does "
-                            f"not start again (stopped: `pct mount {vmid}`, "
+                            "and the container does not start again: the task says only \"startup for container "
+                            f"'{vmid}' failed\" (the cause is in the debug log: `pct start {vmid} --debug`) (stopped: `pct mount {vmid}`, "
                             f"`chattr -i /var/lib/lxc/{vmid}/rootfs/etc/resolv.conf`, `pct unmount {vmid}`)")]
     if not r.lsattr_ok:
         return [warn("dns.immutable", "could not read the attributes of /etc/resolv.conf (lsattr failed)", ev,
@@ -36,7 +41,8 @@ def check_resolv(d: DoctorContext) -> list[Finding]:
         findings.append(warn("dns.pve_ignore", f"/etc/resolv.conf has custom content but no {MARKER}", ev,
                              fix=f"pct exec {vmid} -- touch {MARKER}  (PVE then leaves your file alone), or set "
                                  "container.nameserver in the host file",
-                             detail="PVE overwrites resolv.conf at the next container start"))
+                             detail="it has no '# --- BEGIN PVE ---' section, so PVE replaces the whole file at "
+                                    "the next container start"))
     else:
         findings.append(ok("dns.pve_ignore", "resolv.conf is PVE's" if r.pve_managed and not r.ignored
                            else f"{MARKER} present: PVE leaves resolv.conf alone", ev))

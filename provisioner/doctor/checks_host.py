@@ -95,7 +95,8 @@ def check_device_nodes(d: DoctorContext) -> list[Finding]:
                      fix="on the host: nvidia-modprobe -u -c=0 (doctor --fix does it; the boot unit "
                          f"{BOOT_UNIT} makes it happen at every boot)", fixable=True,
                      detail="nvidia_uvm is not loaded (usual after a host boot): a container with a devN "
-                            "for /dev/nvidia-uvm fails to start with 'Could not get mode or device ID'")]
+                            "for /dev/nvidia-uvm fails to start, and every config change fails, with "
+                            "'Device /dev/nvidia-uvm does not exist' (PVE stats each devN first)")]
     return [fail("host.device_nodes", f"missing on the host: {', '.join(missing)}", ev,
                  fix="the NVIDIA driver is not fully up: check `dmesg | grep -i nvidia` and run "
                      "`nvidia-modprobe -c=0 -u` on the host",

@@ -27,6 +27,8 @@ class Access:
     ssh_checked: bool = False
     #: PVE release seen (when the API answered)
     pve_release: str | None = None
+    #: GET /access/permissions of the API user/token (None: not read, e.g. root@pam)
+    permissions: dict[str, dict[str, int]] | None = None
 
     @property
     def api_ok(self) -> bool:

@@ -100,6 +100,11 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
         pve = gather_pve(conn.pve, vmid=want_vmid, hostname=cfg.container.hostname)
         conn.pve.schema_version = pve.version if pve.version in ("8.4", "9.1") else None
         access.pve_release = pve.release
+        if (auth.token_id or auth.user) != "root@pam":  # root@pam holds every privilege
+            try:
+                access.permissions = conn.pve.get("/access/permissions") or {}
+            except ProvisionError:
+                access.permissions = None
     except ProvisionError as exc:
         access.api_error = exc
         pve = PveFacts(version="", release="", ct=None, vmid=want_vmid)

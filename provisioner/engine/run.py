@@ -20,7 +20,7 @@ from ..errors import ProvisionError
 from ..facts.base import Fact, gather
 from ..facts.pve import gather_pve
 from .context import ApplyContext, PlanContext
-from . import placement, snapshot
+from . import placement, preflight, snapshot
 from .plan import Change, Step
 from .steps import all_steps
 
@@ -42,6 +42,12 @@ def root_path(cfg: HostFile) -> str:
     if auth.kind == "password" and auth.user == "root@pam":
         return "api"
     return "ssh"
+
+
+def authid(cfg: HostFile) -> str:
+    """Who the API sees: the token id (``user@realm!name``) or the user."""
+    auth = cfg.proxmox.auth
+    return str(auth.token_id or auth.user or "")
 
 
 def pve_validator(version: str, method: str, path: str, params: dict[str, Any]) -> dict[str, str]:
@@ -156,6 +162,10 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
     steps = select_steps(cfg, only)
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
     report = Report()
+    try:
+        preflight.check(conn.pve, ctx, authid(cfg))
+    except preflight.MissingPrivileges as exc:
+        ctx.notes.append(f"`up` would stop here: {exc.message}\n  fix: {exc.fix}")
     for step in steps:
         report.planned += step.plan(ctx)
     report.notes = list(dict.fromkeys(ctx.notes))
@@ -174,6 +184,7 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
     steps = select_steps(cfg, only)
     report = Report()
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
+    preflight.check(conn.pve, ctx, authid(cfg))  # before any change: every privilege this run needs
     state: dict[str, Any] = {}
     for step in steps:
         status(f"{step.name}: planning")

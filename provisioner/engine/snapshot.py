@@ -208,15 +208,18 @@ def before_first_change(actx: "ApplyContext", first: Any) -> str | None:
 
 def rollback(pve: PVE, vmid: int, name: str, *, running: bool, timeout: float,
              say: Callable[[str], None] = lambda m: None) -> None:
-    """Stop the CT (if running), roll back to ``name``, start it again."""
-    if running:
-        say(f"stopping CT {vmid}")
-        pve.wait_task(pve.post(pve.ct(vmid, "status/stop")), what=f"stopping CT {vmid}", timeout=timeout)
-    say(f"rolling CT {vmid} back to {name}")
-    pve.wait_task(pve.post(pve.ct(vmid, f"snapshot/{name}/rollback")),
+    """Roll back to ``name`` in one task, started again only if it was running.
+
+    We do not stop the CT first: PVE checks ``volume_rollback_is_possible`` for every volume
+    *before* it stops the CT itself (pve-guest-common src/PVE/AbstractConfig.pm:1124-1210
+    @4a8f6cb), and ZFS refuses any snapshot that is not the newest (pve-storage
+    src/PVE/Storage/ZFSPoolPlugin.pm:588-614@0c56bad); a stop of our own would leave the CT
+    down for nothing. The rollback call's ``start`` starts it afterwards (pve-container
+    src/PVE/API2/LXC/Snapshot.pm:268-318@94f5585)."""
+    say(f"rolling CT {vmid} back to {name}" + (" (PVE stops it, then starts it again)" if running else ""))
+    params = {"start": 1} if running else {}
+    pve.wait_task(pve.post(pve.ct(vmid, f"snapshot/{name}/rollback"), **params),
                   what=f"rolling CT {vmid} back to {name}", timeout=timeout)
-    say(f"starting CT {vmid}")
-    pve.wait_task(pve.post(pve.ct(vmid, "status/start")), what=f"starting CT {vmid}", timeout=timeout)
 
 
 def config_changes(before: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

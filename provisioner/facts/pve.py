@@ -1,6 +1,7 @@
 """Facts from the Proxmox API: which container is ours, its config, pending keys, state.
 
-A no-op run costs at most five calls: version, resources, config, pending, status.
+A no-op run costs four calls: version, resources, pending (current values and pending ones),
+status.
 """
 
 from __future__ import annotations
@@ -80,13 +81,17 @@ def gather_pve(pve: PVE, *, vmid: int | None, hostname: str) -> PveFacts:
         if node != pve.node:
             raise ProxmoxError(f"vmid {target} exists on node {node}, not on {pve.node}",
                                host=pve.endpoint.host, fix="use another container.vmid or proxmox.node")
-        config = pve.get(pve.ct(target, "config"))
+        # One call for both: GET .../pending lists every key with its current ``value`` (the digest
+        # too) and its ``pending`` value or ``delete`` flag (pve-guest-common src/PVE/GuestHelpers.pm:
+        # 223-263 config_with_pending_array@4a8f6cb). GET config would not do: it already merges the
+        # pending values in, so a diff against it shows nothing pending.
         pending_list = pve.get(pve.ct(target, "pending")) or []
         status = pve.get(pve.ct(target, "status/current"))
+        config = {str(p["key"]): str(p["value"]) for p in pending_list if "value" in p}
+        digest = config.pop("digest", "")
         pending = {p["key"]: str(p["pending"]) for p in pending_list if "pending" in p}
         deletes = frozenset(p["key"] for p in pending_list if p.get("delete"))
-        ct = ContainerState(vmid=target, config={k: str(v) for k, v in config.items()},
-                            digest=str(config.get("digest", "")), pending=pending,
+        ct = ContainerState(vmid=target, config=config, digest=digest, pending=pending,
                             pending_delete=deletes, status=str(status.get("status", "stopped")),
                             node=pve.node)
     return PveFacts(version=_short_version(release), release=release, ct=ct,

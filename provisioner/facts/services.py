@@ -113,6 +113,8 @@ class ServiceFacts:
     health: dict[str, int] = field(default_factory=dict)
     gateway_installed: dict[str, Any] = field(default_factory=dict)
     users: frozenset[str] = frozenset()
+    #: user -> the gids it is in (``id -G``), for the users that exist
+    user_groups: dict[str, frozenset[int]] = field(default_factory=dict)
     systemd_version: int = 0
     verify_pending: bool = False
     have_curl: bool = False
@@ -133,6 +135,8 @@ class ResolvFacts:
     ignored: bool  # /etc/.pve-ignore.resolv.conf exists
     pve_managed: bool  # the file carries PVE's "# --- BEGIN PVE ---" block
     lsattr_ok: bool = True
+    #: the ignore file is the one provision made (operations/resolv.py says so inside it)
+    ignored_ours: bool = False
 
 
 # -- model files ----------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ def services_command(cfg: HostFile) -> str:
              (f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do [ -f {STATE_DIR}/$u.inputs ] && "
              f"echo \"recorded $u $(head -c 64 {STATE_DIR}/$u.inputs)\"; done"),
              f"[ -f {GATEWAY_INSTALLED} ] && echo \"installed $(tr -d '\\n' < {GATEWAY_INSTALLED})\"",
-             f"for u in {LLAMA_USER} {GATEWAY_USER}; do getent passwd $u >/dev/null && echo \"user $u\"; done",
+             f"for u in {LLAMA_USER} {GATEWAY_USER}; do getent passwd $u >/dev/null && echo \"user $u $(id -G $u)\"; done",
              "echo \"systemd $(systemctl --version 2>/dev/null | awk 'NR==1{print $2}')\"",
              f"[ -e {VERIFY_FLAG} ] && echo verify-pending",
              "command -v curl >/dev/null && echo have-curl",
@@ -223,6 +227,7 @@ def parse_services(output: str, code: int) -> ServiceFacts:
     health: dict[str, int] = {}
     installed: dict[str, Any] = {}
     users: set[str] = set()
+    groups: dict[str, frozenset[int]] = {}
     systemd, pending, curl, ip = 0, False, False, None
     for line in output.splitlines():
         kind, _, rest = line.partition(" ")
@@ -247,6 +252,7 @@ def parse_services(output: str, code: int) -> ServiceFacts:
             health[words[0]] = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
         elif kind == "user" and words:
             users.add(words[0])
+            groups[words[0]] = frozenset(int(g) for g in words[1:] if g.isdigit())
         elif kind == "systemd" and words and words[0].isdigit():
             systemd = int(words[0])
         elif kind == "verify-pending":
@@ -257,6 +263,7 @@ def parse_services(output: str, code: int) -> ServiceFacts:
             ip = words[0]
     return ServiceFacts(files=files, units=units, recorded={k: str(v) for k, v in recorded.items()},
                         inputs=inputs, health=health, gateway_installed=installed, users=frozenset(users),
+                        user_groups=groups,
                         systemd_version=systemd, verify_pending=pending, have_curl=curl, ip=ip)
 
 
@@ -271,7 +278,8 @@ if [ -e "$f" ] || [ -L "$f" ]; then echo exists; fi
 if [ -f "$f" ] && [ ! -L "$f" ]; then
   a=$(lsattr -d "$f" 2>/dev/null) && { echo "attrs ${a%% *}"; } || echo lsattr-failed
 fi
-[ -e /etc/.pve-ignore.resolv.conf ] && echo ignored
+[ -f /etc/.pve-ignore.resolv.conf ] && echo ignored
+grep -qs 'created by provision' /etc/.pve-ignore.resolv.conf && echo ignored-ours
 grep -q '^# --- BEGIN PVE ---' "$f" 2>/dev/null && echo pve-managed
 true"""
 
@@ -280,7 +288,8 @@ def parse_resolv(output: str, code: int) -> ResolvFacts:
     words = output.split()
     attrs = next((ln.split()[1] for ln in output.splitlines() if ln.startswith("attrs ") and len(ln.split()) > 1), "")
     return ResolvFacts(exists="exists" in words, immutable="i" in attrs, ignored="ignored" in words,
-                       pve_managed="pve-managed" in words, lsattr_ok="lsattr-failed" not in words)
+                       pve_managed="pve-managed" in words, lsattr_ok="lsattr-failed" not in words,
+                       ignored_ours="ignored-ours" in words)
 
 
 RESOLV_FACT: Fact[ResolvFacts] = Fact("resolv.ct", RESOLV_COMMAND, parse_resolv, where="ct")

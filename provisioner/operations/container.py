@@ -11,6 +11,7 @@ over SSH as root (a token never counts as root, not even ``root@pam!x``).
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Callable
@@ -88,9 +89,9 @@ def desired_config(ctx: PlanContext) -> dict[str, str]:
     if feats:
         want["features"] = feats
     if c.nameserver:
-        want["nameserver"] = c.nameserver
+        want["nameserver"] = _dns_list(c.nameserver)
     if c.searchdomain:
-        want["searchdomain"] = c.searchdomain
+        want["searchdomain"] = _dns_list(c.searchdomain)
     for i, m in enumerate(c.mounts):
         want[f"mp{i}"] = f"{m.host},mp={m.path}" + (",ro=1" if m.read_only else "") + \
             (",backup=1" if m.backup else "")
@@ -99,15 +100,30 @@ def desired_config(ctx: PlanContext) -> dict[str, str]:
     return want
 
 
-def is_root_only(key: str, value: str, unprivileged: bool) -> bool:
-    """PVE's rule: devN, bind mounts, and features on a privileged CT (or beyond nesting)."""
+def _flags(value: str | None) -> dict[str, str]:
+    """A ``features`` value as flag -> value (``nesting=1,keyctl=0`` -> {nesting: 1, keyctl: 0})."""
+    return dict(p.split("=", 1) for p in (value or "").split(",") if "=" in p)
+
+
+def is_root_only(key: str, value: str | None, unprivileged: bool, current: str | None = None) -> bool:
+    """PVE's rule (pve-container src/PVE/LXC.pm:1655-1756 check_ct_modify_config_perm@94f5585):
+    devN, bind/device mounts, any feature change on a privileged CT, and on an unprivileged one
+    any flag but ``nesting`` that differs between ``current`` and ``value`` — compared flag by
+    flag (``old // ''`` vs ``new // ''``), so *removing* ``keyctl`` is root-only too. ``value``
+    None is a delete (judged by the old flags alone)."""
     if key.startswith("dev"):
         return True
     if key.startswith("mp") or key == "rootfs":
-        return value.split(",", 1)[0].startswith("/")
+        return (value if value is not None else current or "").split(",", 1)[0].startswith("/")
     if key == "features":
-        names = {p.split("=", 1)[0] for p in value.split(",") if p.endswith("=1")}
-        return (not unprivileged and bool(value)) or bool(names - {"nesting"})
+        if not unprivileged:
+            return True
+        old, new = _flags(current), _flags(value)
+        if value is None:  # delete
+            return bool(set(old) - {"nesting"})
+        if not current:  # new container, or none set yet
+            return bool(set(new) - {"nesting"})
+        return any(old.get(f, "") != new.get(f, "") for f in set(old) | set(new) if f != "nesting")
     return False
 
 
@@ -139,6 +155,11 @@ def _norm_props(key: str, value: str, version: str) -> dict[str, str] | None:
     return {k: v for k, v in out.items() if k not in ignored}
 
 
+def _dns_list(value: str) -> str:
+    """pve-common's split_list (``[;,\\s]+``) joined by spaces: how PVE stores a DNS list."""
+    return " ".join(p for p in re.split(r"[;,\s]+", value.strip()) if p)
+
+
 def same(key: str, current: str | None, desired: str, version: str) -> bool:
     if current is None:
         return False
@@ -148,6 +169,10 @@ def same(key: str, current: str | None, desired: str, version: str) -> bool:
         return norm(current) == norm(desired)
     if key == "description":
         return current.strip() == desired.strip()
+    if key in ("nameserver", "searchdomain"):
+        # PVE stores split_list(value) joined by single spaces (pve-container src/PVE/LXC.pm:933-955
+        # verify_nameserver_list/verify_searchdomain_list@94f5585)
+        return _dns_list(current) == _dns_list(desired)
     if key.startswith(("net", "mp", "dev")) or key == "features":
         a, b = _norm_props(key, current, version), _norm_props(key, desired, version)
         if a is not None and b is not None:
@@ -174,9 +199,11 @@ class ContainerStep:
                 "line in its description); refusing to touch it",
                 vmid=ct.vmid, step=STEP,
                 fix="choose a free container.vmid, or set container.adopt: true to take it over")
-        changes = self._converge(ctx)
+        later: dict[str, bool] = {"restart": False}
+        changes = self._converge(ctx, later)
         restart = self._pending_restart(ctx, changes)
         if restart:
+            later["restart"] = True  # the update leaves what it leaves pending to this restart
             changes.append(restart)
         if not ct.running:
             changes.append(self._start_change(ctx, created=False))
@@ -201,7 +228,7 @@ class ContainerStep:
 
     # converge ----------------------------------------------------------------------------------
 
-    def _converge(self, ctx: PlanContext) -> list[Change]:
+    def _converge(self, ctx: PlanContext, later: dict[str, bool] | None = None) -> list[Change]:
         ct = ctx.pve.ct
         assert ct is not None
         version = ctx.pve.version
@@ -225,12 +252,14 @@ class ContainerStep:
                 f"unprivileged: {str(ctx.cfg.container.unprivileged).lower()}; PVE cannot change this on an "
                 "existing container (back it up and re-create it to switch)")
         if set_keys or deletes:
-            _note_root_path(ctx, set_keys, deletes, effective)
+            _note_root_path(ctx, set_keys, deletes, dict(ct.config))
             diff = {k: (effective.get(k), v) for k, v in set_keys.items()}
             diff.update({k: (effective.get(k), None) for k in deletes})
 
             def apply(actx: ApplyContext, set_keys=set_keys, deletes=deletes) -> None:
                 update_config(actx, set_keys, deletes)
+                if ct.running:
+                    settle_pending(actx, restart_planned=bool(later and later["restart"]))
 
             changes.append(Change(STEP, "update", f"ct {ct.vmid}",
                                   f"set {', '.join(sorted(set_keys)) or '-'}; delete {', '.join(deletes) or '-'}",
@@ -278,9 +307,9 @@ class ContainerStep:
 
 def _note_root_path(ctx: PlanContext, keys: dict[str, str], deletes: list[str], current: dict[str, str]) -> None:
     """Say which path root-only keys take (the preflight the user reads in the plan)."""
-    unpriv = ctx.cfg.container.unprivileged
-    root = sorted([k for k, v in keys.items() if is_root_only(k, v, unpriv)] +
-                  [k for k in deletes if is_root_only(k, current.get(k, ""), unpriv)])
+    unpriv = _unprivileged(ctx, current)
+    root = sorted([k for k, v in keys.items() if is_root_only(k, v, unpriv, current.get(k))] +
+                  [k for k in deletes if is_root_only(k, None, unpriv, current.get(k))])
     if not root:
         return
     if ctx.root_path == "api":
@@ -288,6 +317,13 @@ def _note_root_path(ctx: PlanContext, keys: dict[str, str], deletes: list[str], 
     else:
         ctx.notes.append(f"{', '.join(root)}: root-only keys (an API token never counts as root), "
                          "set with `pct set` over SSH as root")
+
+
+def _unprivileged(ctx: PlanContext, current: dict[str, str]) -> bool:
+    """The CT's own flag when it exists (PVE judges by it), else what the host file creates."""
+    if ctx.pve.ct is not None and "unprivileged" in current:
+        return current.get("unprivileged") == "1"
+    return ctx.cfg.container.unprivileged
 
 
 def _is_our_mount(ctx: PlanContext, value: str) -> bool:
@@ -318,10 +354,11 @@ def _split_root(actx: ApplyContext, keys: dict[str, str], deletes: list[str]
     """(api set, api delete, root set, root delete) by who may change each key."""
     if actx.plan.root_path == "api":
         return keys, deletes, {}, []
-    unpriv = actx.cfg.container.unprivileged
-    current = actx.plan.pve.ct.config if actx.plan.pve.ct else {}
-    root_set = {k: v for k, v in keys.items() if is_root_only(k, v, unpriv)}
-    root_del = [k for k in deletes if is_root_only(k, current.get(k, ""), unpriv)]
+    # PVE judges a PUT against the config's main section, not its pending values (LXC.pm:1655)
+    current = dict(actx.plan.pve.ct.config) if actx.plan.pve.ct else {}
+    unpriv = _unprivileged(actx.plan, current)
+    root_set = {k: v for k, v in keys.items() if is_root_only(k, v, unpriv, current.get(k))}
+    root_del = [k for k in deletes if is_root_only(k, None, unpriv, current.get(k))]
     api_set = {k: v for k, v in keys.items() if k not in root_set}
     api_del = [k for k in deletes if k not in root_del]
     return api_set, api_del, root_set, root_del
@@ -360,6 +397,45 @@ def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) 
     pct_set(actx, ct.vmid, root_set, root_del)
 
 
+def pending_keys(actx: ApplyContext, vmid: int) -> list[str]:
+    """What PVE left pending, read now (``GET .../pending``): one call."""
+    items = actx.pve.get(actx.pve.ct(vmid, "pending")) or []
+    return sorted(str(p["key"]) for p in items if "pending" in p or p.get("delete"))
+
+
+def settle_pending(actx: ApplyContext, *, restart_planned: bool) -> None:
+    """After a PUT on a running CT: re-read ``/pending`` and restart now when allowed, else say so.
+
+    Which keys stay pending is PVE's call, per version: ``features``, ``nameserver``,
+    ``searchdomain`` and edits of an existing ``devN``/``mpN`` on both, a *new* ``devN`` on 8.4
+    too (pve-container src/PVE/LXC/Config.pm:1624-1747 vmconfig_hotplug_pending@94f5585: only
+    the FASTPLUG keys, cpu/memory, netN, new mpN and — 9.x only — new devN are applied live;
+    stable-bookworm @6475873 has no devN branch). The plan read the pending list before the PUT,
+    so without this the run would go on as if the GPU were already in the container."""
+    vmid = actx.vmid
+    keys = pending_keys(actx, vmid)
+    if not keys or restart_planned:
+        return
+    devs = [k for k in keys if k.startswith("dev")]
+    if actx.plan.allow_restart or actx.cfg.container.restart == "when-needed":
+        restart_container(actx)
+        actx.plan.notes.append(f"CT {vmid}: restarted in this run to apply {', '.join(keys)} (PVE kept them pending)")
+        return
+    actx.plan.notes.append(
+        f"CT {vmid}: PVE keeps {', '.join(keys)} pending until the container restarts"
+        + (f"; until then the container has no {', '.join(devs)} (its GPU nodes): what follows in this run "
+           "cannot use the GPU" if devs else "")
+        + "; run `provision up --restart` (or set container.restart: when-needed)")
+
+
+def template_version(name: str) -> tuple[tuple[int, ...], str]:
+    """Sort key: the version in ``debian-12-standard_12.12-1_amd64.tar.zst`` as numbers, so that
+    12.12-1 is newer than 12.9-1 (a lexical sort says otherwise)."""
+    m = re.search(r"_(\d+(?:[.-]\d+)*)_[^_]*$", name.rsplit("/", 1)[-1])
+    nums = tuple(int(x) for x in re.split(r"[.-]", m.group(1))) if m else ()
+    return nums, name
+
+
 def resolve_template(actx: ApplyContext) -> str:
     """The volid of the configured template, downloading it first when missing."""
     c = actx.cfg.container
@@ -370,14 +446,16 @@ def resolve_template(actx: ApplyContext) -> str:
     prefix = c.template + "_"
 
     def pick(volids: list[str]) -> str | None:
-        found = sorted(v for v in volids if v.split("/", 1)[-1].startswith(prefix) or v.endswith("/" + c.template))
+        found = sorted((v for v in volids if v.split("/", 1)[-1].startswith(prefix) or v.endswith("/" + c.template)),
+                       key=template_version)
         return found[-1] if found else None
 
     volid = pick([e["volid"] for e in pve.get(storage_path, content="vztmpl") or []])
     if volid:
         return volid
     index = pve.get(f"/nodes/{pve.node}/aplinfo") or []
-    names = sorted(e["template"] for e in index if str(e.get("template", "")).startswith(prefix))
+    names = sorted((e["template"] for e in index if str(e.get("template", "")).startswith(prefix)),
+                   key=template_version)
     if not names:
         raise ProxmoxError(f"no template named {c.template} on {c.template_storage} or in the appliance index",
                            step=STEP, fix="set container.template to a name from `pveam available` or a volid")
@@ -417,12 +495,12 @@ def start_container(actx: ApplyContext) -> None:
     try:
         upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
         actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
-    except TaskFailed as exc:
-        # an immutable /etc/resolv.conf stops every start: fix it from the host, retry once
-        from .resolv import fix_on_host, is_resolv_failure
-        if not is_resolv_failure(exc):
+    except TaskFailed:
+        # An immutable /etc/resolv.conf stops every start, but PVE's text for it never reaches the
+        # task (operations/resolv.py): look at the file itself, fix it from the host, retry once.
+        from .resolv import fix_on_host
+        if not fix_on_host(actx, vmid):
             raise
-        fix_on_host(actx, vmid)
         upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
         actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
 

@@ -5,11 +5,11 @@ so they converge in the same config update as everything else. We own every
 ``devN`` whose path is under ``/dev/nvidia``: missing ones are added, stale ones
 removed, and an entry keeps its index from run to run (a no-op run diffs clean).
 
-uid/gid: ``uid=0,gid=0`` as in the seed guide (003). They are container-side ids, so
-in an unprivileged CT PVE maps them through the idmap and the node still belongs to
-the container's root, which runs llama-server. No ``mode``: PVE copies the host
-node's mode, which NVIDIA's driver makes 0666 by default (NVreg_DeviceFileMode),
-so a non-root service user in the CT keeps working too.
+Options: ``uid=0,gid=<GPU_GID>,mode=0660`` (``provisioner/gpu_access.py``). PVE does not
+copy the host node's mode: without ``mode=`` the node in the CT is 0660 root:root
+(pve-container src/PVE/LXC.pm:1897-1921@94f5585), which llama-server, running as ``llama``,
+cannot open. The ids are container-side (mapped through the idmap of an unprivileged CT);
+``llama`` is in the group with that gid (the services step creates it).
 
 The host step (``gpu.host``) runs *before* the container step: PVE refuses a ``devN``
 whose host node does not exist (``Device /dev/nvidia-uvm does not exist``), and
@@ -31,13 +31,14 @@ from ..errors import ConfigError, RemoteError
 from ..facts import kernel as kernel_facts
 from ..facts.nvidia import (BOOT, BOOT_UNIT, BOOT_UNIT_PATH, BOOT_WANTS_LINK, DEVICES, DRIVER, GPUS,
                             MODULES_CONF_PATH, BootSetup, DeviceNodes, DriverVersion, GpuInfo)
+from ..gpu_access import dev_options
 from ..templating import render
 from .container import CONTRIBUTORS, OwnedKeys
 from .gpu_exclusive import exclusive
 from ..facts.gpu_claims import CLAIMS
 
 STEP = "gpu.host"
-DEV_OPTIONS = "uid=0,gid=0"
+DEV_OPTIONS = dev_options()
 UVM_NODES = ("/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 _DEV_KEY = re.compile(r"^dev(\d+)$")
 

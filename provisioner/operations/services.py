@@ -19,6 +19,7 @@ from ..config import read_secret
 from ..config.schema import Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
+from ..gpu_access import GPU_GID, GPU_GROUP
 from ..errors import ProvisionError
 from ..facts.services import (
     CONF_DIR,
@@ -86,9 +87,16 @@ class ServicesStep(ModelServiceStep):
 
         users = [LLAMA_USER] + ([GATEWAY_USER] if cfg.gateway.enabled else [])
         missing = [u for u in users if u not in sf.users]
-        if missing:
-            changes.append(Change(STEP, "create", target, f"create system users {', '.join(missing)}",
-                                  self._users(users), diff={"users": (None, ", ".join(missing))}))
+        # llama must be in the group the GPU nodes belong to (gpu_access.py) before it first starts
+        no_gpu_group = LLAMA_USER in sf.users and GPU_GID not in sf.user_groups.get(LLAMA_USER, frozenset())
+        if missing or no_gpu_group:
+            diff: dict[str, tuple[object, object]] = {}
+            if missing:
+                diff["users"] = (None, ", ".join(missing))
+            diff[f"{LLAMA_USER} in group {GPU_GROUP} ({GPU_GID})"] = (False if no_gpu_group else None, True)
+            what = f"create system users {', '.join(missing)}" if missing else \
+                f"add {LLAMA_USER} to {GPU_GROUP} (gid {GPU_GID}, the GPU nodes' group)"
+            changes.append(Change(STEP, "create", target, what, self._users(users), diff=diff))
 
         keys = [(SERVER_KEY, cfg.server.api_key, "server.api_key")]
         if cfg.gateway.enabled:
@@ -120,7 +128,7 @@ class ServicesStep(ModelServiceStep):
             touched.add(LLAMA_BIN)
         restarts = []
         for unit, inputs in service_inputs(cfg).items():
-            change = self._restart(unit, inputs, sf, touched, target)
+            change = self._restart(unit, inputs, sf, touched, target, regrouped=no_gpu_group)
             if change:
                 restarts.append(change)
         if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
@@ -137,7 +145,7 @@ class ServicesStep(ModelServiceStep):
     def _users(users: list[str]) -> Callable[[ApplyContext], None]:
         def apply(actx: ApplyContext) -> None:
             script = render("scripts/users.sh.j2", users=users, llama_user=LLAMA_USER, conf_dir=CONF_DIR,
-                            state_dir=STATE_DIR)
+                            state_dir=STATE_DIR, gpu_group=GPU_GROUP, gpu_gid=GPU_GID)
             actx.ct().run(script).check("creating the service users", vmid=actx.vmid, step=STEP)
         return apply
 
@@ -190,11 +198,14 @@ class ServicesStep(ModelServiceStep):
         return apply
 
     @staticmethod
-    def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+    def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str,
+                 regrouped: bool = False) -> Change | None:
         state = sf.units.get(unit, UnitState("inactive", "not-found"))
         # the binary is in the digest through inputs_snippet; a rebuild planned in this run shows up here
         changed = sorted((set(inputs) | ({LLAMA_BIN} if unit == LLAMA_UNIT else set())) & touched)
         reasons = []
+        if regrouped and unit == LLAMA_UNIT and state.active == "active":
+            reasons.append(f"{LLAMA_USER} joins {GPU_GROUP}; a running process keeps its old groups")
         if changed:
             reasons.append("changed: " + ", ".join("the llama-server build" if p == LLAMA_BIN else p.rsplit("/", 1)[-1]
                                                    for p in changed))

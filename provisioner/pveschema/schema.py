@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -35,6 +35,8 @@ class MethodSchema:
     additional_properties: bool
     allowtoken: bool
     returns: str
+    #: the method's ``permissions`` as the schema states them (``{"check": [...]}``, ``{"user": "all"}``)
+    permissions: dict[str, Any] = field(default_factory=dict)
 
     def prop(self, key: str) -> Prop | None:
         """The property schema for ``key``, mapping ``devN`` to ``dev[n]`` within bounds."""
@@ -106,7 +108,8 @@ def method_schema(version: str, method: str, path: str) -> tuple[MethodSchema, d
     schema = MethodSchema(
         path=template, method=method.upper(), properties=params["properties"],
         additional_properties=bool(params.get("additionalProperties")),
-        allowtoken=bool(info.get("allowtoken", 1)), returns=info["returns"]["type"])
+        allowtoken=bool(info.get("allowtoken", 1)), returns=info["returns"]["type"],
+        permissions=dict(info.get("permissions") or {}))
     return schema, path_params
 
 

@@ -36,10 +36,13 @@ def host_data(conn: dict[str, Any], *, vmid: int, hostname: str | None = None, a
     api, ssh = conn["api"], conn["ssh"]
     if auth == "token":
         auth_data: dict[str, Any] = {"token_id": api["token_id"], "token_secret": {"file": api["token_secret_file"]}}
+    elif auth == "restricted":  # the privilege-separated token with the minimal role (sim/manage.py)
+        auth_data = {"token_id": api["restricted_token_id"],
+                     "token_secret": {"file": api["restricted_token_secret_file"]}}
     elif auth == "password":
         auth_data = {"user": api["user"], "password": {"file": api["password_file"]}}
     else:
-        raise ValueError(f"auth must be token or password, not {auth!r}")
+        raise ValueError(f"auth must be token, restricted or password, not {auth!r}")
     net = conn["network"]
     prefix = net["cidr"].split("/")[1]
     ip = ".".join(net["gateway"].split(".")[:3] + [str(20 + vmid % 200)])

@@ -32,6 +32,15 @@ from provisioner.sim.pve import cluster as sim_cluster
 
 BASE = Path(os.environ.get("PROVISION_SIM_BASE", "/var/lib/provision-sim"))
 TOKEN_ID = "root@pam!provision"
+#: a privilege-separated token with only the README's minimal role (`pveum user token add
+#: provision@pve provision` + `pveum acl modify / --tokens ... --roles Provision`)
+RESTRICTED_TOKEN_ID = "provision@pve!provision"
+RESTRICTED_ROLE = "Provision"
+#: the README's minimal role for an unprivileged CT (a privileged one on PVE 9 also needs Sys.Modify on /)
+RESTRICTED_PRIVS = ["VM.Audit", "VM.Allocate", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Network",
+                    "VM.Config.Options", "VM.Config.Disk", "VM.PowerMgmt", "VM.Snapshot",
+                    "VM.Snapshot.Rollback", "Datastore.Audit", "Datastore.AllocateSpace",
+                    "Datastore.AllocateTemplate", "SDN.Use"]
 #: tool → Debian package, for the "missing prerequisite" message
 PREREQS = {"lxc-start": "lxc", "debootstrap": "debootstrap", "/usr/sbin/sshd": "openssh-server",
            "zstd": "zstd", "dpkg-deb": "dpkg", "gpg": "gnupg", "unshare": "util-linux",
@@ -200,10 +209,17 @@ def start(opts: StartOptions, log=print) -> dict:
     log(f"rootfs cache ready ({time.monotonic() - t0:.1f}s)")
     password = _secret(root / "secrets" / "root_password", secrets.token_urlsafe(18))
     token = _secret(root / "secrets" / "token_secret", _uuid())
+    restricted = _secret(root / "secrets" / "restricted_token_secret", _uuid())
     cert, _ = tls.ensure_certificate(root, node)
     settings = {"name": opts.name, "node": node, "version": opts.pve_version,
                 "api_port": opts.api_port, "ssh_port": opts.ssh_port, "apt_port": opts.apt_port,
-                "root_password": password, "tokens": {TOKEN_ID: token},
+                "root_password": password,
+                # the full token (made with --privsep 0: root's rights) and a restricted one
+                "tokens": {TOKEN_ID: {"secret": token, "privsep": 0},
+                           RESTRICTED_TOKEN_ID: {"secret": restricted, "privsep": 1}},
+                "roles": {RESTRICTED_ROLE: RESTRICTED_PRIVS},
+                "acl": [{"path": "/", "roles": [RESTRICTED_ROLE], "propagate": 1,
+                         "users": [RESTRICTED_TOKEN_ID.split("!")[0]], "tokens": [RESTRICTED_TOKEN_ID]}],
                 "fingerprint": tls.fingerprint(cert), "delay_ms": 0,
                 "gpus": [g.__dict__ for g in opts.gpus], "driver": opts.driver}
     if opts.cluster:
@@ -249,7 +265,9 @@ def connection_info(root: Path, settings: dict) -> dict:
                 "url": f"https://127.0.0.1:{settings['api_port']}/api2/json",
                 "fingerprint": settings["fingerprint"], "user": "root@pam",
                 "password_file": str(root / "secrets" / "root_password"),
-                "token_id": TOKEN_ID, "token_secret_file": str(root / "secrets" / "token_secret")},
+                "token_id": TOKEN_ID, "token_secret_file": str(root / "secrets" / "token_secret"),
+                "restricted_token_id": RESTRICTED_TOKEN_ID,
+                "restricted_token_secret_file": str(root / "secrets" / "restricted_token_secret")},
         "ssh": {"host": "127.0.0.1", "port": settings["ssh_port"], "user": "root",
                 "key_file": str(root / "ssh" / "id_ed25519"),
                 "known_hosts": str(root / "ssh" / "known_hosts")},

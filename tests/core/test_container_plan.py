@@ -120,6 +120,11 @@ def test_root_only_rules() -> None:
     assert not is_root_only("features", "nesting=1", True)
     assert is_root_only("features", "nesting=1", False)
     assert is_root_only("features", "keyctl=1,nesting=1", True)
+    # compared flag by flag with the current value (pve-container src/PVE/LXC.pm:1690-1726@94f5585)
+    assert is_root_only("features", "nesting=1", True, "nesting=1,keyctl=1")   # removing keyctl
+    assert not is_root_only("features", "nesting=0,keyctl=1", True, "nesting=1,keyctl=1")
+    assert not is_root_only("features", None, True, "nesting=1")               # delete: old flags
+    assert is_root_only("features", None, True, "nesting=1,fuse=1")
     assert not is_root_only("cores", "4", False)
 
 
@@ -137,3 +142,18 @@ def test_desired_config_has_marker_tag_and_no_secrets() -> None:
     assert want["tags"] == "llm;provision"
     assert want["net0"] == "name=eth0,bridge=vmbr0,ip=10.0.3.50/24,gw=10.0.3.1"
     assert want["mp0"] == "/tank/models,mp=/srv/models,ro=1"
+
+
+def test_templates_are_picked_by_version_not_lexically() -> None:
+    from provisioner.operations.container import template_version
+    names = ["local:vztmpl/debian-12-standard_12.9-1_amd64.tar.zst",
+             "local:vztmpl/debian-12-standard_12.12-1_amd64.tar.zst",
+             "local:vztmpl/debian-12-standard_12.2-1_amd64.tar.zst"]
+    assert max(names, key=template_version).endswith("12.12-1_amd64.tar.zst")
+    assert max(names) .endswith("12.9-1_amd64.tar.zst")  # what the old lexical sort picked
+
+
+def test_dns_lists_compare_after_pves_normalisation() -> None:
+    assert same("nameserver", "10.0.3.1 1.1.1.1", "10.0.3.1,1.1.1.1", "9.1")
+    assert not same("nameserver", "10.0.3.1", "10.0.3.1 1.1.1.1", "9.1")
+    assert same("searchdomain", "lan example.com", "lan;example.com", "9.1")

@@ -48,7 +48,7 @@ def test_uvm_nodes_missing_is_fixable_by_the_gpu_host_step():
     d = context(raw={"nvidia.devices": text})
     f = one(ch.check_device_nodes(d), "host.device_nodes")
     assert f.status == "fail" and f.fixable and "/dev/nvidia-uvm, /dev/nvidia-uvm-tools" in f.title
-    assert "nvidia-modprobe -u -c=0" in f.fix and "Could not get mode or device ID" in f.detail
+    assert "nvidia-modprobe -u -c=0" in f.fix and "Device /dev/nvidia-uvm does not exist" in f.detail
     fixes = plan_fixes(d, [f])
     assert [x.findings for x in fixes] == [["host.device_nodes"]]
     assert "load nvidia_uvm" in fixes[0].summary
@@ -89,9 +89,9 @@ def test_devn_removed_by_hand_gives_the_exact_pct_set():
     d = context(drop_keys=("dev2",))
     f = one(cc.check_devices(d), "container.devices")
     assert f.status == "fail" and f.fixable and "/dev/nvidia-uvm" in f.title
-    assert f"pct set {VMID} --dev2 /dev/nvidia-uvm,uid=0,gid=0" in f.fix
+    assert f"pct set {VMID} --dev2 /dev/nvidia-uvm,uid=0,gid=59999,mode=0660" in f.fix
     fixes = plan_fixes(d, [f])
-    assert [x.summary for x in fixes] == ["pct set --dev2 /dev/nvidia-uvm,uid=0,gid=0"]
+    assert [x.summary for x in fixes] == ["pct set --dev2 /dev/nvidia-uvm,uid=0,gid=59999,mode=0660"]
 
 
 def test_devn_delete_pending_counts_as_removed():
@@ -103,7 +103,8 @@ def test_devn_pointing_at_a_missing_host_node():
     text = "\n".join(ln for ln in raw("nvidia.devices").splitlines() if "uvm" not in ln)
     fs = cc.check_devices(context(raw={"nvidia.devices": text}))
     f = [x for x in fs if "missing on the host" in x.title][0]
-    assert f.status == "fail" and "Could not get mode or device ID of /dev/nvidia-uvm" in f.detail
+    # vm_start stats every devN first (pve-container src/PVE/LXC/Tools.pm:157-167@94f5585)
+    assert f.status == "fail" and "Device /dev/nvidia-uvm does not exist" in f.detail
 
 
 def test_extra_devn_is_a_warning():
@@ -125,7 +126,18 @@ def test_stale_uvm_major_in_the_container():
 def test_node_not_usable_by_the_service_user():
     text = raw("doctor.ct_nodes").replace("node /dev/nvidia0 0 0 666", "node /dev/nvidia0 0 0 660")
     f = one(cc.check_node_access(context(raw={"doctor.ct_nodes": text})), "container.node_access")
-    assert f.status == "fail" and "cannot open /dev/nvidia0" in f.title and "mode=0666" in f.fix
+    assert f.status == "fail" and "cannot open /dev/nvidia0" in f.title and "gid=59999,mode=0660" in f.fix
+
+
+def test_node_0660_of_the_gpu_group_is_usable_by_its_member():
+    """Our scheme (gpu_access.py): 0660, gid 59999, llama in that group."""
+    text = raw("doctor.ct_nodes").replace(" 0 0 666", " 0 59999 660")
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("groups")) + "\ngroups 998 59999\n"
+    f = one(cc.check_node_access(context(raw={"doctor.ct_nodes": text})), "container.node_access")
+    assert f.status == "ok"
+    no_member = text.replace("groups 998 59999", "groups 998")
+    f = one(cc.check_node_access(context(raw={"doctor.ct_nodes": no_member})), "container.node_access")
+    assert f.status == "fail"
 
 
 def test_nodes_owned_by_nobody_in_an_unprivileged_ct():

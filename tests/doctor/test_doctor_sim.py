@@ -151,7 +151,7 @@ def test_devn_removed_by_hand(env, sim_node):
     code, data = doctor_json(env, "--fix", "--yes")
     assert finding(data, "container.devices")["status"] == "ok"
     rc, out, _ = sim_node.run(f"pct config {VMID}")
-    assert "/dev/nvidia-uvm,uid=0,gid=0" in out
+    assert "/dev/nvidia-uvm,uid=0,gid=59999,mode=0660" in out
 
 
 def test_dkms_package_in_the_container(env, sim_node):

@@ -70,10 +70,9 @@ def test_passthrough_entries_appear_and_converge(sim_node, host_file: Path, pass
     assert ("container", "create") in applied(passthrough)
     code, conf, _ = sim_node.run(f"cat /etc/pve/lxc/{VMID}.conf")
     devs = sorted(ln for ln in conf.splitlines() if ln.startswith("dev"))
-    assert devs == ["dev0: /dev/nvidia0,gid=0,uid=0", "dev1: /dev/nvidiactl,gid=0,uid=0",
-                    "dev2: /dev/nvidia-uvm,gid=0,uid=0", "dev3: /dev/nvidia-uvm-tools,gid=0,uid=0"] or \
-        devs == ["dev0: /dev/nvidia0,uid=0,gid=0", "dev1: /dev/nvidiactl,uid=0,gid=0",
-                 "dev2: /dev/nvidia-uvm,uid=0,gid=0", "dev3: /dev/nvidia-uvm-tools,uid=0,gid=0"]
+    opt = "uid=0,gid=59999,mode=0660"  # provisioner/gpu_access.py
+    assert devs == [f"dev0: /dev/nvidia0,{opt}", f"dev1: /dev/nvidiactl,{opt}",
+                    f"dev2: /dev/nvidia-uvm,{opt}", f"dev3: /dev/nvidia-uvm-tools,{opt}"]
     code, out = ct(sim_node, "for n in /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools; do "
                              "[ -c $n ] || echo missing $n; done")
     assert (code, out) == (0, "")
@@ -178,6 +177,43 @@ def test_cpu_build_of_llama_server_then_skipped(sim_node, host_file: Path, passt
                                     "second_run_seconds": round(time.monotonic() - t1, 1),
                                     "second_run_applied": again["applied"]}))
 
+
+
+def test_service_user_can_open_every_gpu_node_and_doctor_agrees(sim_node, host_file: Path, tmp_path: Path) -> None:
+    """PVE makes each devN node 0660 root:root unless mode/gid say otherwise (pve-container
+    src/PVE/LXC.pm:1897-1921@94f5585; the sim does the same). After a full `up` with a model the
+    `llama` user must read and write every node, checked as llama itself, and doctor must agree.
+    (``--regid`` too: without it setpriv keeps root's gid 0, which opens a root:root 0660 node anyway.)"""
+    data = yaml.safe_load(host_file.read_text())
+    data["model"] = {"path": str(assets.smollm2_model()), "location": "container"}
+    data["gateway"] = {"enabled": False}
+    # the tiny model says 8K; clients.claude_code needs 32K (as tests/doctor/test_services_sim.py)
+    data["server"] = {"ctx_size": 32768, "override_kv": ["llama.context_length=int:32768"], "threads": 1}
+    served = tmp_path / "served.yaml"
+    served.write_text(yaml.safe_dump(data))
+    provision_cli("up", str(served), "--yes", timeout=1800)
+    nodes = "/dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools"
+    code, out = ct(sim_node, f"for n in {nodes}; do stat -c '%n %a %g' $n; "
+                             "setpriv --reuid=llama --regid=llama --init-groups test -r $n -a -w $n || echo CANNOT $n; done")
+    assert code == 0 and "CANNOT" not in out, out
+    assert all(line.split()[1:] == ["660", "59999"] for line in out.splitlines()), out  # ours, not the host's 666
+    doc = provision_cli("--json", "doctor", str(served), check=False)
+    found = [f for f in json.loads(doc.stdout.strip().splitlines()[-1])["findings"] if f["id"] == "container.node_access"]
+    assert found and all(f["status"] == "ok" for f in found), found
+    # a devN without mode/gid (what earlier versions wrote) is a node llama cannot open: doctor says so
+    rc, conf, _ = sim_node.run(f"pct config {VMID} | grep '^dev0:'")
+    path = conf.strip().split(": ", 1)[1].split(",")[0]
+    rc, _, err = sim_node.run(f"pct set {VMID} --dev0 {path} && pct stop {VMID} && pct start {VMID}")
+    assert rc == 0, err
+    code, out = ct(sim_node, "setpriv --reuid=llama --regid=llama --init-groups test -w /dev/nvidia0 || echo CANNOT")
+    assert "CANNOT" in out
+    doc = provision_cli("--json", "doctor", str(served), check=False)
+    bad = [f for f in json.loads(doc.stdout.strip().splitlines()[-1])["findings"]
+           if f["id"] == "container.node_access" and f["status"] == "fail"]
+    assert bad and "cannot open /dev/nvidia0" in bad[0]["title"]
+    provision_cli("up", str(served), "--yes", "--restart", timeout=1800)  # back to ours
+    code, out = ct(sim_node, "setpriv --reuid=llama --regid=llama --init-groups test -r /dev/nvidia0 -a -w /dev/nvidia0 || echo CANNOT")
+    assert "CANNOT" not in out, out
 
 
 def test_changed_flags_rebuild_with_ccache_and_prune(sim_node, host_file: Path, tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from provisioner.operations.passthrough import (GpuHostStep, boot_files, device_
 
 from .planctx import RTX4090, RTX5090, ctx, host_facts
 
-WANT = {"dev0": "/dev/nvidia0,uid=0,gid=0", "dev1": "/dev/nvidiactl,uid=0,gid=0",
-        "dev2": "/dev/nvidia-uvm,uid=0,gid=0", "dev3": "/dev/nvidia-uvm-tools,uid=0,gid=0"}
+#: PVE makes the nodes 0660 root:root without mode/gid (pve-container src/PVE/LXC.pm:1906@94f5585)
+OPT = "uid=0,gid=59999,mode=0660"
+WANT = {"dev0": f"/dev/nvidia0,{OPT}", "dev1": f"/dev/nvidiactl,{OPT}",
+        "dev2": f"/dev/nvidia-uvm,{OPT}", "dev3": f"/dev/nvidia-uvm-tools,{OPT}"}
 
 
 def test_fresh_container_gets_four_entries() -> None:
@@ -24,8 +26,8 @@ def test_existing_entries_keep_their_index_and_foreign_dev_is_kept() -> None:
     current = {"dev0": "/dev/dri/renderD128,gid=104", "dev3": "/dev/nvidia0,gid=0,uid=0",
                "dev5": "/dev/nvidia-uvm,uid=0,gid=0"}
     out = number_devices(["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"], current)
-    assert out == {"dev3": "/dev/nvidia0,uid=0,gid=0", "dev5": "/dev/nvidia-uvm,uid=0,gid=0",
-                   "dev1": "/dev/nvidiactl,uid=0,gid=0", "dev2": "/dev/nvidia-uvm-tools,uid=0,gid=0"}
+    assert out == {"dev3": f"/dev/nvidia0,{OPT}", "dev5": f"/dev/nvidia-uvm,{OPT}",
+                   "dev1": f"/dev/nvidiactl,{OPT}", "dev2": f"/dev/nvidia-uvm-tools,{OPT}"}
 
 
 def test_converged_devices_plan_no_container_change() -> None:
@@ -39,7 +41,7 @@ def test_stale_entry_is_removed_and_missing_added() -> None:
     changes = [ch for ch in ContainerStep().plan(c) if ch.action == "update"]
     assert len(changes) == 1
     diff = changes[0].diff
-    assert diff["dev1"] == ("/dev/nvidia1,uid=0,gid=0", "/dev/nvidiactl,uid=0,gid=0")
+    assert diff["dev1"] == ("/dev/nvidia1,uid=0,gid=0", f"/dev/nvidiactl,{OPT}")
     assert diff["dev4"] == ("/dev/nvidia-modeset", None)
 
 
@@ -51,7 +53,17 @@ def test_gpu_disabled_removes_our_entries_only() -> None:
 
 def test_modeset_and_caps_when_configured() -> None:
     paths = list(device_keys(ctx(host_facts(), extra="gpu: {modeset: true, caps: true}\n")).desired.values())
-    assert paths[-2:] == ["/dev/nvidia-modeset,uid=0,gid=0", "/dev/nvidia-caps/nvidia-cap1,uid=0,gid=0"]
+    assert paths[-2:] == [f"/dev/nvidia-modeset,{OPT}", f"/dev/nvidia-caps/nvidia-cap1,{OPT}"]
+
+
+def test_old_entries_without_mode_are_updated() -> None:
+    """devN written by earlier versions (uid=0,gid=0, no mode) give 0660 root:root nodes llama
+    cannot open: they are rewritten (and, on a running CT, pending until a restart)."""
+    old = {k: v.split(",")[0] + ",uid=0,gid=0" for k, v in WANT.items()}
+    c = ctx(host_facts(), config={**old, "cores": "4", "memory": "16384", "swap": "512", "onboot": "1",
+                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1"})
+    (update,) = [ch for ch in ContainerStep().plan(c) if ch.action == "update"]
+    assert sorted(update.diff) == ["dev0", "dev1", "dev2", "dev3"]
 
 
 def test_select_by_index_bus_and_name() -> None:

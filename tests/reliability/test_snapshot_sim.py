@@ -84,6 +84,7 @@ def test_rollback_shows_a_plan_then_returns_to_the_newest(sim_node, host, tmp_pa
     assert refused.returncode == 1 and "--yes" in refused.stderr
     done = provision("rollback", str(host), "--yes")
     assert f"to snapshot {newest}" in done.stderr and "stopped, rolled back and started" in done.stderr
+    assert "and started" in done.stderr.splitlines()[-1]
     assert "memory: 2048 → 2560" in done.stderr  # what changed since (config)
     code, _, _ = sim_node.run(f"pct exec {VMID} -- test -e /root/written-after-the-snapshot")
     assert code == 1  # the file written after the snapshot is gone
@@ -124,3 +125,34 @@ def test_snapshot_off_takes_none(sim_node, host, tmp_path):
     report = as_json(provision("--json", "up", str(off), "--yes", "--only", "container"))
     assert report["applied"] and len(snapshots(host, VMID)) == before
     assert not any("snapshot" in n for n in report["notes"])
+
+
+def test_rollback_that_zfs_refuses_leaves_the_ct_running(sim_node, tmp_path):
+    """PVE checks volume_rollback_is_possible before it stops the CT (pve-guest-common
+    src/PVE/AbstractConfig.pm:1124-1210@4a8f6cb); ZFS allows only the newest snapshot (pve-storage
+    src/PVE/Storage/ZFSPoolPlugin.pm:588-614@0c56bad). A product that stopped the CT first left it
+    down after the refusal; now the rollback task alone decides, with start=1."""
+    vmid = VMID + 2
+    path = write_host_file(tmp_path / "zfs.yaml", sim_node.conn, vmid=vmid, gpu=False,
+                           extra={"container": {"storage": "local-zfs"}})
+    try:
+        first = as_json(provision("--json", "up", str(path), "--yes", "--only", "container"))
+        assert [c["action"] for c in first["applied"]] == ["create", "start"]
+        for i, mem in enumerate((1536, 2560)):  # two runs, two snapshots
+            provision("up", str(with_changes(path, tmp_path, f"z{i}", memory_mb=mem)), "--yes", "--only", "container")
+        ours = sorted(s["name"] for s in snapshots(path, vmid) if s["name"].startswith("provision-"))
+        assert len(ours) == 2
+        refused = provision("rollback", str(path), "--to", ours[0], "--yes", check=False)
+        assert refused.returncode == 1
+        assert f"can't rollback, '{ours[0]}' is not most recent snapshot on 'local-zfs:" in refused.stderr
+        code, out, _ = sim_node.run(f"pct status {vmid}")
+        assert "running" in out, "the refused rollback must not leave the CT stopped"
+        ok = provision("rollback", str(path), "--to", ours[1], "--yes")
+        assert "and started" in ok.stderr
+        assert "running" in sim_node.run(f"pct status {vmid}")[1]
+        # a stopped CT is rolled back and stays stopped
+        assert sim_node.run(f"pct stop {vmid}")[0] == 0
+        stopped = provision("rollback", str(path), "--to", ours[1], "--yes")
+        assert "stay stopped" in stopped.stderr and "stopped" in sim_node.run(f"pct status {vmid}")[1]
+    finally:
+        provision("down", str(path), "--yes", check=False)

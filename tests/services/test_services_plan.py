@@ -18,6 +18,8 @@ from provisioner.operations.wheel import source_sha
 
 from .helpers import config, ctx
 
+from provisioner.gpu_access import GPU_GID  # noqa: E402
+
 LLAMA, GW = "llama-server", "provision-gateway"
 
 
@@ -28,7 +30,8 @@ def converged(cfg, **over) -> ServiceFacts:
                   "recorded": {LLAMA: "d1", GW: "d2"}, "inputs": {LLAMA: "d1", GW: "d2"},
                   "health": {"llama": 200, "gateway": 200},
                   "gateway_installed": {"version": __version__, "source_sha": source_sha()},
-                  "users": frozenset({"llama", "provision-gw"}), "systemd_version": 252, "have_curl": True}
+                  "users": frozenset({"llama", "provision-gw"}), "systemd_version": 252, "have_curl": True,
+                  "user_groups": {"llama": frozenset({998, GPU_GID}), "provision-gw": frozenset({997})}}
     values.update(over)
     return ServiceFacts(**values)
 
@@ -102,7 +105,7 @@ def test_services_facts_parse() -> None:
            "unit llama-server active enabled\nunit provision-gateway inactive not-found\n"
            "recorded llama-server " + "1" * 64 + "\n"
            'installed {"version": "0.1.0", "source_sha": "x"}\n'
-           "user llama\nsystemd 252\nverify-pending\nhave-curl\nip 10.0.3.50\n"
+           "user llama 998 59999\nsystemd 252\nverify-pending\nhave-curl\nip 10.0.3.50\n"
            "inputs llama-server " + "1" * 64 + "\nhealth llama 200\nhealth gateway 000\n")
     f = parse_services(out, 0)
     assert f.files == {"/etc/provision/gateway.json": "f" * 64}
@@ -111,8 +114,19 @@ def test_services_facts_parse() -> None:
     assert f.gateway_installed == {"version": "0.1.0", "source_sha": "x"}
     assert (f.users, f.systemd_version, f.verify_pending, f.have_curl, f.ip) == (
         frozenset({"llama"}), 252, True, True, "10.0.3.50")
+    assert f.user_groups == {"llama": frozenset({998, GPU_GID})}
     assert f.health == {"llama": 200, "gateway": 0}
     assert f.healthy(gateway=False) and not f.healthy(gateway=True)
+
+
+def test_llama_outside_the_gpu_group_joins_it_and_restarts() -> None:
+    """The devN nodes are gid=GPU_GID,mode=0660 (gpu_access.py): llama must be in that group,
+    and a running llama-server only gets it by a restart."""
+    cfg = config()
+    facts = converged(cfg, user_groups={"llama": frozenset({998}), "provision-gw": frozenset({997})})
+    assert plan(cfg, facts) == [
+        ("create", f"add llama to provision-gpu (gid {GPU_GID}, the GPU nodes' group)"),
+        ("restart", "restart llama-server (llama joins provision-gpu; a running process keeps its old groups)")]
 
 
 def test_no_model_no_services() -> None:

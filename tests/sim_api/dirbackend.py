@@ -62,13 +62,14 @@ class DirBackend:
             tar.extractall(rootfs, filter="data")
         log(f"Total bytes extracted: {sum(f.stat().st_size for f in rootfs.rglob('*') if f.is_file())}")
 
-    def start(self, vmid: int, conf: dict[str, str], log: Log) -> None:
+    def start(self, vmid: int, conf: dict[str, str], log: Log, debug: bool = False) -> None:
         self.calls.append(("start", vmid))
         for key in sorted(conf):
             if re.fullmatch(r"dev\d+", key):
                 path = conf[key].split(",")[0].removeprefix("path=")
                 if not os.path.exists(path):
-                    raise SimTaskError(f"Could not get mode or device ID of {path}")
+                    # update_lxc_config's stat (pve-container src/PVE/LXC/Tools.pm:157-167@94f5585)
+                    raise SimTaskError(f"Device {path} does not exist")
         self._running_flag(vmid).parent.mkdir(parents=True, exist_ok=True)
         self._running_flag(vmid).write_text("1")
         log(f"started CT {vmid} (test backend)")

@@ -67,8 +67,10 @@ def test_unknown_method_is_501(sim: Sim) -> None:
 
 
 def test_other_node_is_not_reachable(sim: Sim) -> None:
+    # a die in remote_node_ip's DNS fallback is an ordinary 500 (pve-common src/PVE/Network.pm:891
+    # @f665029, pve-manager PVE/HTTPServer.pm:176-188@14a22df); REFERENCE §1 had 595
     r = sim.token().get(f"{sim.base}/nodes/pve2/lxc")
-    assert r.status_code == 595
+    assert r.status_code == 500
     assert r.json()["message"].startswith("hostname lookup 'pve2' failed")
 
 
@@ -111,3 +113,25 @@ def test_ticket_renewal_with_the_ticket_as_password(sim: Sim) -> None:
 def test_authentication_comes_before_routing(sim: Sim) -> None:
     r = sim.session().get(f"{sim.base}/nodes/pve/qemu")
     assert (r.status_code, r.reason) == (401, "No ticket")
+
+
+def test_connector_renews_its_password_ticket_before_two_hours(sim: Sim) -> None:
+    """A ticket lives 7200 s (pve-access-control src/PVE/AccessControl.pm:58@5ccd07d); the connector
+    renews it with the ticket as password after an hour, so a long `up` keeps working."""
+    import time
+
+    from provisioner.connectors.pve import PVE, TICKET_RENEW_AFTER, Credentials, Endpoint
+
+    pve = PVE(Endpoint(host="127.0.0.1", port=sim.api.port, fingerprint=sim.api.fingerprint),
+              Credentials(user="root@pam", password=ROOT_PASSWORD))
+    first = pve._auth.ticket
+    time.sleep(1.1)  # tickets carry their time in seconds
+    pve.version()
+    assert pve._auth.ticket == first  # young: kept
+    pve._ticket_at -= TICKET_RENEW_AFTER + 1
+    assert pve.version()["release"] == sim.api.version
+    assert pve._auth.ticket != first and pve._auth.ticket.startswith("PVE:root@pam:")
+    # a write needs the renewed CSRF token to match the renewed ticket
+    sim.write_ct(120, {"arch": "amd64", "hostname": "llm", "memory": "512", "ostype": "debian",
+                       "rootfs": "local-lvm:vm-120-disk-0,size=8G"})
+    pve.put(pve.ct(120, "config"), cores=2)

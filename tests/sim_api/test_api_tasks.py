@@ -98,15 +98,16 @@ def test_force_destroy_of_running_ct(sim: Sim) -> None:
 
 
 def test_start_failure_becomes_exitstatus(sim: Sim) -> None:
-    """A devN whose host node vanished after the PUT fails the start task with PVE's text."""
+    """A devN whose host node vanished after the PUT fails the start task with PVE's text: vm_start's
+    update_lxc_config stats it first (pve-container src/PVE/LXC.pm:777, Tools.pm:157-167@94f5585)."""
     s = sim.token()
     create(sim, s)
     conf_path = sim.root / "etc/pve/lxc/120.conf"
     conf_path.write_text(conf_path.read_text() + "dev0: /dev/nvidia-gone\n")
     status = sim.wait_task(s, s.post(f"{sim.base}/nodes/pve/lxc/120/status/start").json()["data"])
-    assert status["exitstatus"] == "Could not get mode or device ID of /dev/nvidia-gone"
+    assert status["exitstatus"] == "Device /dev/nvidia-gone does not exist"
     log = s.get(f"{sim.base}/nodes/pve/tasks/{status['upid']}/log").json()["data"]
-    assert log[-1]["t"] == "TASK ERROR: Could not get mode or device ID of /dev/nvidia-gone"
+    assert log[-1]["t"] == "TASK ERROR: Device /dev/nvidia-gone does not exist"
 
 
 def test_fail_next_task_fault(sim: Sim) -> None:
@@ -132,7 +133,7 @@ def test_running_task_status_has_no_exitstatus(sim: Sim) -> None:
     gate = threading.Event()
     original = sim.backend.start
 
-    def slow_start(vmid, conf, log):  # type: ignore[no-untyped-def]
+    def slow_start(vmid, conf, log, debug=False):  # type: ignore[no-untyped-def]
         gate.wait(10)
         original(vmid, conf, log)
 
@@ -243,3 +244,40 @@ def test_new_volumes_are_named_like_pve(sim: Sim) -> None:
     assert s.put(f"{sim.base}/nodes/pve/lxc/120/config", data={"delete": "mp0"}).status_code == 200
     conf = s.get(f"{sim.base}/nodes/pve/lxc/120/config").json()["data"]
     assert "mp0" not in conf and conf["unused0"] == "local-lvm:vm-120-disk-1"
+
+
+def test_empty_task_log_is_no_content_and_the_first_real_line_is_not_skipped(sim: Sim) -> None:
+    """An empty task log reads as [{n: 1, t: "no content"}] (pve-common src/PVE/Tools.pm:791-795
+    @f665029). The connector neither prints it nor counts it as line 1."""
+    import threading
+
+    from provisioner.connectors.pve import PVE, Credentials, Endpoint
+
+    from .conftest import TOKEN_ID, TOKEN_SECRET
+
+    s = sim.token()
+    create(sim, s)
+    gate = threading.Event()
+    original = sim.backend.start
+
+    def quiet_then_talk(vmid, conf, log, debug=False):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        log("first real line")
+        original(vmid, conf, log)
+
+    sim.backend.start = quiet_then_talk  # type: ignore[method-assign]
+    upid = s.post(f"{sim.base}/nodes/pve/lxc/120/status/start").json()["data"]
+    r = s.get(f"{sim.base}/nodes/pve/tasks/{upid}/log", params={"start": 0})
+    assert (r.json()["data"], r.json()["total"]) == ([{"n": 1, "t": "no content"}], 1)
+    pve = PVE(Endpoint(host="127.0.0.1", port=sim.api.port, fingerprint=sim.api.fingerprint),
+              Credentials(token_id=TOKEN_ID, token_secret=TOKEN_SECRET))
+    seen: list[str] = []
+
+    def on_log(line: str) -> None:
+        seen.append(line)
+        gate.set()  # the first poll has been read: let the task talk
+
+    threading.Timer(1.0, gate.set).start()
+    pve.wait_task(upid, on_log=on_log, poll=0.05)
+    assert "no content" not in seen
+    assert seen[0] == "first real line", seen

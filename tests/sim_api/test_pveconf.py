@@ -101,3 +101,13 @@ def test_store_save_load_and_lock(tmp_path: Path) -> None:
     t.join(5)
     assert order == ["first", "second"]
     assert (tmp_path / "etc/pve/.locks/lock-120.conf").exists()
+
+
+def test_empty_description_lines_are_kept_as_bare_hashes() -> None:
+    """write_pct_config writes each split(/\\n/) line as '#'.line (pve-container
+    src/PVE/LXC/Config.pm:1248-1252@94f5585): inner empty lines stay, trailing ones go."""
+    from provisioner.sim.pve.conf import PveConf, Section, parse, write
+
+    text = write(PveConf(main=Section({"description": "first\n\nthird\n\n", "memory": "512"})))
+    assert text == "#first\n#\n#third\nmemory: 512\n"
+    assert parse(text).values["description"] == "first\n\nthird\n"

@@ -22,8 +22,8 @@ def test_upid_format_round_trip() -> None:
 @pytest.mark.parametrize("body, exitstatus, last", [
     (lambda log: log("working"), "OK", "TASK OK"),
     (lambda log: (log.warn("a"), log.warn("b")), "WARNINGS: 2", "TASK WARNINGS: 2"),
-    (lambda log: (_ for _ in ()).throw(SimTaskError("Could not get mode or device ID of /dev/x")),
-     "Could not get mode or device ID of /dev/x", "TASK ERROR: Could not get mode or device ID of /dev/x"),
+    (lambda log: (_ for _ in ()).throw(SimTaskError("Device /dev/x does not exist")),
+     "Device /dev/x does not exist", "TASK ERROR: Device /dev/x does not exist"),
 ])
 def test_exit_status_and_log(tmp_path: Path, body, exitstatus: str, last: str) -> None:  # type: ignore[no-untyped-def]
     tasks = TaskManager(tmp_path, "pve")

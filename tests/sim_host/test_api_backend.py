@@ -63,7 +63,7 @@ def test_create_start_and_fail_through_the_api(sim_node, api):
         rc, _, err = sim_node.run(f"pct set {VMID} --dev0 /dev/nvidia0 && rm /dev/nvidia0")
         assert rc == 0, err
         status, _log = _wait(api, api.lxc(VMID).status.start.post())
-        assert status == "Could not get mode or device ID of /dev/nvidia0"
+        assert status == "Device /dev/nvidia0 does not exist"  # pve-container src/PVE/LXC/Tools.pm:163
     finally:
         sim_node.faults.upgrade_host_driver("580.95.05")  # puts /dev/nvidia0 back
         if api.lxc(VMID).status.current.get()["status"] == "running":

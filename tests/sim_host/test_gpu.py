@@ -96,7 +96,8 @@ def test_uvm_dropped_then_recreated_by_nvidia_modprobe(sim_node, gpu_ct):
     assert out.split() == ["1", "0", "1"]
     sim_node.run(f"pct stop {gpu_ct}")
     rc, _, err = sim_node.run(f"pct start {gpu_ct}")
-    assert rc == 255 and "Could not get mode or device ID of /dev/nvidia-uvm" in err
+    # vm_start's update_lxc_config stats every devN (pve-container src/PVE/LXC/Tools.pm:157-167@94f5585)
+    assert rc == 255 and "Device /dev/nvidia-uvm does not exist" in err
     rc, out, err = sim_node.run(f"nvidia-modprobe -u -c=0 && stat -c '%t:%T' /dev/nvidia-uvm && pct start {gpu_ct}")
     assert rc == 0, err
     assert out.strip() == f"{major:x}:0"
@@ -112,6 +113,23 @@ def test_new_dev_hotplugs_into_running_ct_on_pve9(sim_node, unprivileged):
         assert rc == 0, err
         assert "cur dev0: /dev/nvidia0,gid=44,mode=0660" in out
         assert out.splitlines()[-1] == "c3:0 660 video"
+    finally:
+        sim_node.destroy_ct(vmid)
+
+
+@pytest.mark.parametrize("unprivileged", ["1", "0"])
+def test_node_is_0660_root_unless_mode_or_gid_say_otherwise(sim_node, unprivileged):
+    """create_passthrough_device_node: mode 0660 unless mode=, owner uid/gid (default 0) mapped
+    through the idmap; the host node's 0666 is not copied (pve-container src/PVE/LXC.pm:1897-1921
+    @94f5585; 8.4: stable-bookworm src/lxc-pve-prestart-hook:150-165@6475873)."""
+    vmid = VMID + 4 + int(unprivileged)
+    sim_node.create_ct(vmid, unprivileged=unprivileged, dev0="/dev/nvidia0",
+                       dev1="/dev/nvidiactl,gid=44,mode=0606")
+    try:
+        rc, out, err = sim_node.run(f"stat -c %a /dev/nvidia0 && pct start {vmid} && "
+                                    f"pct exec {vmid} -- stat -c '%n %a %u %g' /dev/nvidia0 /dev/nvidiactl")
+        assert rc == 0, err
+        assert out.splitlines() == ["666", "/dev/nvidia0 660 0 0", "/dev/nvidiactl 606 0 44"]
     finally:
         sim_node.destroy_ct(vmid)
 

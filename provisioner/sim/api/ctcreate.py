@@ -76,17 +76,31 @@ def _owner(api: Any, vmid: int) -> str:
 
 
 def create(req: Request) -> str:
+    """The synchronous checks of create_vm, in its order (pve-container src/PVE/API2/LXC.pm:
+    250-361@94f5585; 8.4: stable-bookworm @6475873)."""
     api, params = req.api, req.params
     vmid = req.vmid()
+    unprivileged = _flag(params, "unprivileged")
+    if unprivileged is None:
+        # pve-container 6.0.6 made unprivileged the default; 8.4 (5.x) still defaults to 0
+        unprivileged = api.version != "8.4"
+    if not unprivileged and api.version != "8.4":
+        # a privileged CT needs Sys.Modify on / (LXC.pm:272-273; since pve-container 6.0.6,
+        # debian/changelog — REFERENCE §1 says 6.0.5; 8.4 has no such check)
+        req.check("/", ["Sys.Modify"])
     owner = _owner(api, vmid)
     if owner:  # PVE::Cluster::check_vmid_unused: vmids are cluster-wide
         raise ApiError(f"CT {vmid} already exists on node '{owner}'")
-    unprivileged = _flag(params, "unprivileged")
-    if unprivileged is None:
-        unprivileged = api.version != "8.4"
+    if not req.may(f"/vms/{vmid}", ["VM.Allocate"]):
+        raise ApiError("Permission check failed", status=403)  # raise_perm_exc() without a path (LXC.pm:295-310)
     config = {k: (("1" if v else "0") if isinstance(v, bool) else str(v))
               for k, v in params.items() if k not in _NOT_CONFIG}
-    check_modify_perm(req.user, {}, config, [], unprivileged, api.version)
+    check_modify_perm(req.user, {}, config, [], unprivileged, api.version, vmid=vmid, access=req.acl())
+    # the template: Datastore.Allocate, or at least read access to its storage
+    # (pve-storage src/PVE/Storage.pm check_volume_access@0c56bad)
+    tsid = str(params["ostemplate"]).split(":", 1)[0]
+    if not req.may(f"/storage/{tsid}", ["Datastore.Allocate"]):
+        req.check(f"/storage/{tsid}", ["Datastore.AllocateSpace", "Datastore.Audit"], any_of=True)
     default_storage = str(params.get("storage", "local"))
     config.setdefault("rootfs", f"{default_storage}:4")
     conf = PveConf()
@@ -102,6 +116,7 @@ def create(req: Request) -> str:
             if "rootdir" not in storage.check_storage(sid)["content"]:
                 raise ApiError("Parameter verification failed.", status=400, errors={
                     "storage": f"storage '{sid}' does not support container directories"})
+            req.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])  # LXC.pm:343-361
         conf.values[key] = allocate_volume(vmid, conf.values, key, value, api.version)
     for key, value in sorted(config.items()):
         conf.pending.values[key] = prepare_value(vmid, {}, key, value, api.version)

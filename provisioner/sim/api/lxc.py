@@ -67,7 +67,9 @@ def ct_summary(api: Any, vmid: int) -> dict[str, Any] | None:
 
 @route("/nodes/{node}/lxc", "GET")
 def lxc_list(req: Request) -> list[dict[str, Any]]:
-    return [s for v in req.api.store.vmids() if (s := ct_summary(req.api, v))]
+    # only CTs the caller may VM.Audit (pve-container src/PVE/API2/LXC.pm:129@94f5585)
+    return [s for v in req.api.store.vmids()
+            if req.may(f"/vms/{v}", ["VM.Audit"]) and (s := ct_summary(req.api, v))]
 
 
 @route("/nodes/{node}/lxc", "POST")
@@ -160,7 +162,7 @@ def config_put(req: Request) -> None:
                     digest=req.params.get("digest"))
     hotplug = getattr(req.api.backend, "hotplug", None)
     update_config(req.api.store, vmid, update, user=req.user, running=is_running(req.api, vmid),
-                  version=req.api.version, node=req.api.node, hotplug=(
+                  version=req.api.version, node=req.api.node, access=req.acl(), hotplug=(
                       (lambda key, value: hotplug(vmid, key, value)) if hotplug else None))
     return None
 

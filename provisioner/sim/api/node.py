@@ -75,12 +75,13 @@ def nextid(req: Request) -> int:
     if "vmid" in req.params:
         vmid = int(req.params["vmid"])
         if vmid in used:
-            raise param_error({"vmid": f"VM {vmid} already exists"})
+            raise param_error({"vmid": f"VM {vmid} already exists"})  # Cluster.pm:1039
         return vmid
+    # datacenter.cfg next-id defaults: [100, 1000000) (pve-manager PVE/API2/Cluster.pm:1044-1052@14a22df)
     for vmid in range(100, 1_000_000):
         if vmid not in used:
             return vmid
-    raise ApiError("unable to get any free VMID in range [100, 999999999]")
+    raise ApiError("unable to get any free VMID in range [100, 1000000]")
 
 
 @route("/cluster/resources", "GET")
@@ -88,16 +89,22 @@ def resources(req: Request) -> list[dict[str, Any]]:
     from provisioner.sim.api.lxc import ct_summary
     kind = req.params.get("type")
     out: list[dict[str, Any]] = []
+    # Guests the caller may not VM.Audit are left out silently, storages without
+    # Datastore.Audit too (pve-manager PVE/API2/Cluster.pm:588 and 647@14a22df): a token
+    # without ACLs sees an empty cluster, not an error.
     if kind in (None, "vm"):
         for vmid in req.api.store.vmids():
             entry = ct_summary(req.api, vmid)
             if entry:
                 out.append({**entry, "id": f"lxc/{vmid}", "node": req.api.node})
         out.extend(_other_members_guests(req))
+        out = [e for e in out if req.may(f"/vms/{e['vmid']}", ["VM.Audit"])]
     if kind in (None, "node"):
         out.extend(nodes(req))
     if kind in (None, "storage"):
         for sid, cfg in storage.STORAGES.items():
+            if not req.may(f"/storage/{sid}", ["Datastore.Audit"]):
+                continue
             out.append({"id": f"storage/{req.api.node}/{sid}", "type": "storage", "storage": sid,
                         "node": req.api.node, "status": "available", "plugintype": cfg["type"],
                         "content": cfg["content"], "shared": 0})
@@ -134,13 +141,30 @@ def _task_or_404(req: Request) -> dict[str, Any]:
     status = req.api.tasks.status(upid)
     if status is None:
         raise ApiError(f"no such task: {upid}", status=404)
+    _check_task_access(req, status)
     return status
+
+
+def task_owner(task: dict[str, Any], authid: str) -> bool:
+    """A token sees its own tasks; a user its own and its tokens' (pve-manager
+    PVE/API2/Tasks.pm:27-37@14a22df)."""
+    owner = str(task.get("user", ""))
+    return authid == owner or ("!" in owner and authid == owner.split("!", 1)[0])
+
+
+def _check_task_access(req: Request, task: dict[str, Any]) -> None:
+    """Someone else's task needs Sys.Audit on /nodes/<node> (Tasks.pm:324, 405, 527)."""
+    if not task_owner(task, req.user):
+        req.check(f"/nodes/{req.params['node']}", ["Sys.Audit"])
 
 
 @route("/nodes/{node}/tasks", "GET")
 def tasks(req: Request) -> list[dict[str, Any]]:
     out = []
+    auditor = req.may(f"/nodes/{req.params['node']}", ["Sys.Audit"])
     for t in req.api.tasks.list():
+        if not (auditor or task_owner(t, req.user)):
+            continue
         item = {k: t[k] for k in ("upid", "node", "pid", "pstart", "starttime", "type", "id", "user")}
         if t.get("status") == "stopped":
             item.update(endtime=t.get("endtime"), status=t.get("exitstatus"))
@@ -179,6 +203,11 @@ def task_log(req: Request) -> list[dict[str, Any]]:
     lines = req.api.tasks.log(str(req.params["upid"]))
     start = int(req.params.get("start", 0))
     limit = int(req.params.get("limit", 50))
+    if not lines:
+        # an empty log reads as one line "no content" (an ExtJS workaround in pve-common
+        # src/PVE/Tools.pm:791-795 dump_logfile@f665029), whatever start says
+        req.result_attrs["total"] = 1
+        return [{"n": 1, "t": "no content"}]
     if limit == 0:
         limit = len(lines)
     req.result_attrs["total"] = len(lines)
@@ -220,9 +249,26 @@ def aplinfo_download(req: Request) -> str:
 @route("/nodes/{node}/storage", "GET")
 def storage_index(req: Request) -> list[dict[str, Any]]:
     usage = shutil.disk_usage(req.api.sim_root)
+    # "Only list entries where you have 'Datastore.Audit' or 'Datastore.AllocateSpace'" (schema)
     return [{"storage": sid, "type": cfg["type"], "content": cfg["content"], "active": 1,
              "enabled": 1, "shared": 0, "total": usage.total, "used": usage.used,
-             "avail": usage.free} for sid, cfg in storage.STORAGES.items()]
+             "avail": usage.free} for sid, cfg in storage.STORAGES.items()
+            if req.may(f"/storage/{sid}", ["Datastore.Audit", "Datastore.AllocateSpace"], any_of=True)]
+
+
+@route("/access/permissions", "GET")
+def permissions(req: Request) -> dict[str, dict[str, int]]:
+    """Effective permissions of the caller (or of its own token), pve-access-control
+    src/PVE/API2/AccessControl.pm:509-568@5ccd07d: with ``path`` that path only (even when
+    empty), else every default and ACL path where something is held."""
+    userid = str(req.params.get("userid") or req.user)
+    if userid != req.user and userid.split("!", 1)[0] != req.user:
+        req.check("/access", ["Sys.Audit"])
+    acl = req.acl()
+    path = req.params.get("path")
+    if path:
+        return {str(path): {p: int(v) for p, v in sorted(acl.permissions(userid, str(path)).items())}}
+    return acl.effective(userid)
 
 
 @route("/nodes/{node}/storage/{storage}/content", "GET")

@@ -28,6 +28,7 @@ from provisioner import pveschema
 from provisioner.sim.api import tls
 from provisioner.sim.lxc.base import Backend
 from provisioner.sim.pve.access import Authenticator, AuthFailure, Principal, read_settings, write_settings
+from provisioner.sim.pve.acl import Access, schema_check
 from provisioner.sim.pve.conf import ConfStore
 from provisioner.sim.pve.rules import RuleError
 from provisioner.sim.pve.tasks import TaskManager
@@ -52,11 +53,26 @@ class Request:
     params: dict[str, Any]
     method: str
     path: str
+    access: Access | None = None
     result_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def user(self) -> str:
         return self.principal.authid if self.principal else ""
+
+    def acl(self) -> Access:
+        """Who may do what, as of this request (sim.json is read at request time)."""
+        if self.access is None:
+            self.access = Access(self.api.settings(), self.api.version)
+        return self.access
+
+    def check(self, path: str, privs: list[str], *, any_of: bool = False) -> None:
+        """RPCEnvironment::check for the caller: PVE's 403 when a privilege is missing."""
+        self.acl().check(self.user, path, privs, any_of=any_of)
+
+    def may(self, path: str, privs: list[str], *, any_of: bool = False) -> bool:
+        """The same check with ``noerr``: used where PVE filters instead of refusing."""
+        return self.acl().has(self.user, path, privs, any_of=any_of)
 
     def vmid(self) -> int:
         return int(self.params["vmid"])
@@ -169,17 +185,27 @@ class SimApi:
                 return error_response(400, "Parameter verification failed.", {
                     key: "duplicate parameter (already defined in URI) with conflicting values!"})
             params[key] = value
+        # pve-manager PVE/HTTPServer.pm:170-190@14a22df: allowtoken, then the schema's permission
+        # check, then proxying to the node, then the handler (which validates the parameters)
         if principal and principal.token and not schema.allowtoken:
             return error_response(403, f"Permission check failed (URI '{path}' not available "
                                        "with API token, need proper ticket.\n)")
+        access = Access(self.settings(), self.version)
+        if principal is not None:
+            try:
+                schema_check(access, principal.authid, schema.permissions, params)
+            except RuleError as exc:
+                return error_response(exc.status, exc.message)
+        if "node" in params and params["node"] != self.node:
+            # an unknown node: PVE::Cluster::remote_node_ip falls back to a DNS lookup that dies
+            # (pve-common src/PVE/Network.pm:891@f665029), and any die is a 500. (REFERENCE §1 had 595.)
+            node = params["node"]
+            return error_response(500, f"hostname lookup '{node}' failed - failed to get address "
+                                       f"info for: {node}: Name or service not known")
         errors = pveschema.validate_params(schema, params)
         if errors:
             return error_response(400, "Parameter verification failed.", errors)
-        if "node" in params and params["node"] != self.node:
-            node = params["node"]
-            return error_response(595, f"hostname lookup '{node}' failed - failed to get address "
-                                       f"info for: {node}: Name or service not known")
-        req = Request(self, principal, params, method, path)
+        req = Request(self, principal, params, method, path, access=access)
         try:
             data = await asyncio.get_running_loop().run_in_executor(None, handler, req)
         except RuleError as exc:

@@ -29,12 +29,14 @@ def status_current(req: Request) -> dict[str, Any]:
     return {**summary, "ha": {"managed": 0}}
 
 
-def start_work(api: Any, vmid: int, log: TaskLog) -> None:
+def start_work(api: Any, vmid: int, log: TaskLog, debug: bool = False) -> None:
+    """vm_start's worker. A ``lock: mounted`` CT may start (pve-container
+    src/PVE/API2/LXC/Status.pm:194-196@94f5585), any other lock refuses."""
     conf = api.store.load(vmid).values
-    if conf.get("lock"):
+    if conf.get("lock") and conf["lock"] != "mounted":
         raise SimTaskError(f"CT is locked ({conf['lock']})")
     values = apply_pending(api.store, vmid, api.version)
-    api.backend.start(vmid, values, log)
+    api.backend.start(vmid, values, log, debug=debug)
 
 
 @route("/nodes/{node}/lxc/{vmid}/status/start", "POST")
@@ -45,7 +47,8 @@ def start(req: Request) -> str:
         raise ApiError(f"CT {vmid} already running")
     if conf.get("template") == "1":
         raise ApiError("you can't start a CT if it's a template")
-    return api.tasks.start("vzstart", str(vmid), req.user, lambda log: start_work(api, vmid, log))
+    debug = str(req.params.get("debug", "0")) in ("1", "true", "True")
+    return api.tasks.start("vzstart", str(vmid), req.user, lambda log: start_work(api, vmid, log, debug))
 
 
 @route("/nodes/{node}/lxc/{vmid}/status/stop", "POST")

@@ -170,14 +170,15 @@ class Pct:
             raise PctError(text) from None
         return 0
 
-    def start(self, vmid: int) -> int:
+    def start(self, vmid: int, debug: bool = False) -> int:
+        """The API's vm_start run from the CLI (``lock: mounted`` may start, Status.pm:194)."""
         conf = self.conf(vmid)
-        if conf.get("lock"):
+        if conf.get("lock") and conf["lock"] != "mounted":
             raise PctError(f"CT is locked ({conf['lock']})")
         if self.running(vmid):
             raise PctError(f"CT {vmid} already running")
         conf = rules.apply_pending(self.store, vmid, self.version)
-        self.backend.start(vmid, conf, _stdout)
+        self.backend.start(vmid, conf, _stdout, debug=debug)
         return 0
 
     def stop(self, vmid: int) -> int:
@@ -275,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             return pct.shutdown(vmid, timeout)
         if cmd == "set":
             return pct.set(vmid, *_parse_set(args))
+        if cmd == "start":
+            return pct.start(vmid, debug=bool({"--debug", "-debug", "--debug=1"} & set(args)))
         simple = {"mount": pct.mount, "unmount": pct.unmount, "pending": pct.pending,
-                  "start": pct.start, "stop": pct.stop, "status": pct.status}
+                  "stop": pct.stop, "status": pct.status}
         if cmd not in simple:
             raise PctError(f"unknown command 'pct {shlex.quote(cmd)}'")
         return simple[cmd](vmid)

@@ -69,7 +69,7 @@ class LxcBackend:
         self._ctdir(vmid).mkdir(parents=True, exist_ok=True)
         log(f"rootfs ready in {time.monotonic() - t0:.1f}s")
 
-    def start(self, vmid: int, conf: dict[str, str], log: Log) -> None:
+    def start(self, vmid: int, conf: dict[str, str], log: Log, debug: bool = False) -> None:
         if self.status(vmid) == "running":
             raise SimTaskError(f"CT {vmid} already running")
         root = self.rootfs_path(vmid, conf)
@@ -77,7 +77,10 @@ class LxcBackend:
         ctdir.mkdir(parents=True, exist_ok=True)
         dev_lines = devices.prepare(conf, ctdir / "passthrough", self.host_dev)
         shift = lxcconf.ID_SHIFT if conf.get("unprivileged") == "1" else 0
-        ctsetup.setup(root, vmid, conf, shift, shift)
+        try:
+            ctsetup.setup(root, vmid, conf, shift, shift)
+        except SimTaskError as exc:
+            hook_failed(vmid, str(exc), log, debug=debug)
         nvidia_proc = self.sim_root / "host" / "proc" / "driver"
         text = lxcconf.render(vmid, conf, rootfs=root, dev_lines=dev_lines,
                               nvidia_proc=nvidia_proc if devices.has_nvidia(conf)
@@ -219,6 +222,27 @@ class LxcBackend:
     def running_vmids(self) -> list[int]:
         return [int(p.name) for p in self.lxcpath.iterdir()
                 if p.name.isdigit() and self.status(int(p.name)) == "running"]
+
+
+PRESTART_HOOK = "/usr/share/lxc/hooks/lxc-pve-prestart-hook"
+
+
+def hook_failed(vmid: int, output: str, log: Log, *, debug: bool) -> None:
+    """The pre-start hook (where PVE rewrites resolv.conf & co.) died with ``output``.
+
+    LXC logs a hook's output at DEBUG only (lxc src/lxc/utils.c:558@e7b855a) and then ERRORs
+    (utils.c:569, start.c:1037 and 2208); the pve-container@.service unit runs lxc-start at its
+    default level, so the task log gets only the ERROR lines, and monitor_start ends the task with
+    ``startup for container 'N' failed`` (pve-container src/PVE/LXC.pm:3064-3072 and 3110-3122,
+    src/pve-container@.service; ``debug=1`` uses pve-container-debug@.service with ``-l DEBUG``
+    @94f5585). So the hook's words reach the task log only with ``debug=1``. (REFERENCE §1 used
+    to say the rename error is the start's error text.)"""
+    if debug:
+        log(f"run_buffer: 558 Script exec {PRESTART_HOOK} {vmid} lxc pre-start produced output: {output}")
+    log("run_buffer: 569 Script exited with status 1")
+    log(f'lxc_init: 1037 Failed to run lxc.hook.pre-start for container "{vmid}"')
+    log(f'__lxc_start: 2208 Failed to initialize container "{vmid}"')
+    raise SimTaskError(f"startup for container '{vmid}' failed")
 
 
 #: overmounts made by provisioner.sim.host.namespace that would stop unprivileged CTs mounting proc/sys

@@ -23,8 +23,9 @@ class Backend(Protocol):
     def create(self, vmid: int, conf: dict[str, str], ostemplate: Path, log: Log) -> None:
         """Materialise the root filesystem (from the template) for a new container."""
 
-    def start(self, vmid: int, conf: dict[str, str], log: Log) -> None:
-        """Start: check devN host nodes, rewrite /etc/resolv.conf, boot systemd."""
+    def start(self, vmid: int, conf: dict[str, str], log: Log, debug: bool = False) -> None:
+        """Start: check devN host nodes, rewrite /etc/resolv.conf, boot systemd. ``debug``: the
+        whole LXC log (DEBUG level) goes to the task log, as with ``pct start --debug``."""
 
     def stop(self, vmid: int, log: Log) -> None:
         """Hard stop."""

@@ -5,6 +5,12 @@ nvidia-uvm's is whatever the host has at this start), a node with that
 major:minor is made under ``<lxc dir>/passthrough/`` with the container-side
 uid/gid (shifted for unprivileged CTs) and mode, then bind-mounted into the CT,
 and the devices cgroup (v1 key: this VM runs cgroup v1) allows it.
+
+The node's mode is ``mode=`` when given, else **0660** — never the host node's mode —
+and it belongs to ``uid``/``gid`` (default 0), mapped through the idmap: pve-container
+src/PVE/LXC.pm:1897-1921 create_passthrough_device_node@94f5585 (9.x), stable-bookworm
+src/lxc-pve-prestart-hook:150-165@6475873 (8.4). So a non-root service in the CT cannot
+open a node unless ``mode`` or ``gid`` say so.
 """
 
 from __future__ import annotations
@@ -45,8 +51,14 @@ def _make_node(entry: dict[str, str], passthrough: Path, unpriv: bool,
     path = entry.get("path", "")
     try:
         st = os.stat(host_path(path, host_dev))
+    except FileNotFoundError:
+        # vm_start's update_lxc_config stats every devN before lxc-start, so the start fails with
+        # get_device_mode_and_rdev's text on both versions (src/PVE/LXC.pm:777, src/PVE/LXC/Tools.pm:
+        # 157-167@94f5585; stable-bookworm src/PVE/LXC.pm:719@6475873) before the 8.4 hook's own
+        # "Could not get mode or device ID" could
+        raise SimTaskError(f"Device {path} does not exist") from None
     except OSError:
-        raise SimTaskError(f"Could not get mode or device ID of {path}") from None
+        raise SimTaskError(f"Error accessing device {path}") from None
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
@@ -56,7 +68,7 @@ def _make_node(entry: dict[str, str], passthrough: Path, unpriv: bool,
     node = passthrough / path.lstrip("/")
     node.parent.mkdir(parents=True, exist_ok=True)
     node.unlink(missing_ok=True)
-    mode = int(entry["mode"], 8) if "mode" in entry else stat.S_IMODE(st.st_mode)
+    mode = int(entry["mode"], 8) if "mode" in entry else 0o660  # not the host's mode (see above)
     os.mknod(node, (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | mode, st.st_rdev)
     os.chmod(node, mode)  # mknod honours the umask
     uid, gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))

@@ -3,12 +3,20 @@
 Every write goes to a temp file that is then rename()d over the target, like
 PVE's atomic file writer; so an immutable (``chattr +i``) target makes the
 rename fail with EPERM and the start fails with PVE's message. A file
-``/etc/.pve-ignore.<name>`` in the CT makes PVE (and us) leave ``<name>`` alone.
+``.pve-ignore.<name>`` *beside* the target (``/etc/.pve-ignore.resolv.conf``,
+``/etc/network/.pve-ignore.interfaces``) makes PVE leave it alone (pve-container
+src/PVE/LXC/Setup/Base.pm:739-743 ct_is_file_ignored@94f5585).
+
+resolv.conf (set_dns + ct_modify_file, Base.pm:33-60, 122-137, 883-945): the CT's
+``nameserver``/``searchdomain``, else the host's; when the file already holds a
+``# --- BEGIN PVE ---`` … ``# --- END PVE ---`` section only that section is replaced,
+otherwise the whole file (``replace => 1``). Either way it is written atomically.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from provisioner.sim.lxc.base import SimTaskError
@@ -27,10 +35,14 @@ def _safe_path(rootfs: Path, rel: str) -> Path:
     return path
 
 
+def ignored(rootfs: Path, rel: str) -> bool:
+    """ct_is_file_ignored: ``<dir>/.pve-ignore.<name>`` beside the target exists."""
+    return _safe_path(rootfs, f"{os.path.dirname(rel)}/.pve-ignore.{os.path.basename(rel)}").is_file()
+
+
 def atomic_write(rootfs: Path, rel: str, text: str, uid: int, gid: int) -> None:
     """Write ``rel`` (absolute CT path) unless the CT asks PVE to ignore it."""
-    name = os.path.basename(rel)
-    if _safe_path(rootfs, f"/etc/.pve-ignore.{name}").exists():
+    if ignored(rootfs, rel):
         return
     target = _safe_path(rootfs, rel)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -45,14 +57,27 @@ def atomic_write(rootfs: Path, rel: str, text: str, uid: int, gid: int) -> None:
         raise SimTaskError(f"close (rename) atomic file '{rel}' failed: {exc.strerror}") from None
 
 
-def resolv_conf(conf: dict[str, str]) -> str:
-    servers = conf.get("nameserver", "").replace(",", " ").split() or [HOST_NAMESERVER]
-    search = conf.get("searchdomain", "").replace(",", " ").split()
-    out = "# --- BEGIN PVE ---\n"
+BEGIN, END = "# --- BEGIN PVE ---", "# --- END PVE ---"
+
+
+def resolv_conf(conf: dict[str, str], old: str | None = None) -> str:
+    """The new resolv.conf: PVE's section from the CT's DNS (else the host's), replacing only
+    the section of ``old`` when it has one."""
+    servers = conf.get("nameserver", "").replace(",", " ").replace(";", " ").split() or [HOST_NAMESERVER]
+    search = conf.get("searchdomain", "").replace(",", " ").replace(";", " ").split()
+    data = ""
     if search:
-        out += "search " + " ".join(search) + "\n"
-    out += "".join(f"nameserver {s}\n" for s in servers)
-    return out + "# --- END PVE ---\n"
+        data += "search " + " ".join(search) + "\n"
+    data += "".join(f"nameserver {s}\n" for s in servers)
+    section = f"{BEGIN}\n{data}{END}"
+    lines = (old or "").split("\n")
+    beg = next((i for i, ln in enumerate(lines) if re.match(r"^#\s*---\s*BEGIN\s*PVE\s*", ln)), None)
+    end = None if beg is None else next(
+        (i for i, ln in enumerate(lines) if i > beg and re.match(r"^#\s*---\s*END\s*PVE\s*", ln, re.I)), None)
+    if beg is None or end is None:
+        return section + "\n"
+    lines[beg:end + 1] = [section]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def interfaces(conf: dict[str, str]) -> str:
@@ -81,4 +106,9 @@ def setup(rootfs: Path, vmid: int, conf: dict[str, str], uid: int = 0, gid: int 
             f"# --- BEGIN PVE ---\n127.0.1.1 {hostname}\n# --- END PVE ---\n"
     atomic_write(rootfs, "/etc/hosts", hosts, uid, gid)
     atomic_write(rootfs, "/etc/network/interfaces", interfaces(conf), uid, gid)
-    atomic_write(rootfs, "/etc/resolv.conf", resolv_conf(conf), uid, gid)
+    resolv = _safe_path(rootfs, "/etc/resolv.conf")
+    try:
+        old = resolv.read_text() if resolv.is_file() and not resolv.is_symlink() else None
+    except OSError:
+        old = None
+    atomic_write(rootfs, "/etc/resolv.conf", resolv_conf(conf, old), uid, gid)

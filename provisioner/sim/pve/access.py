@@ -2,8 +2,9 @@
 
 Credentials come from ``sim.json`` (read at request time, so tokens can be added
 while the server runs): ``root_password`` for ``root@pam``, optional ``users``
-(``{"user@realm": "password"}``) and ``tokens`` as ``{"user@realm!name": "secret"}``
-(a list of ``{"tokenid"/"id", "secret"/"value"}`` objects is accepted too).
+(``{"user@realm": "password"}``) and ``tokens`` as ``{"user@realm!name": "secret"}`` or
+``{"user@realm!name": {"secret": ..., "privsep": 0|1}}`` (a list of ``{"tokenid"/"id",
+"secret"/"value", "privsep"}`` objects is accepted too); privileges: sim/pve/acl.py.
 Tickets look like PVE's (``PVE:user@realm:HEXTIME::signature``), signed with
 HMAC-SHA256 under a key kept in ``SIM_ROOT/authkey``; they live two hours.
 """
@@ -59,15 +60,9 @@ def write_settings(sim_root: Path, data: dict) -> None:
 
 
 def _tokens(settings: dict) -> dict[str, str]:
-    raw = settings.get("tokens") or {}
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    out = {}
-    for item in raw:
-        if isinstance(item, dict):
-            tid = item.get("tokenid") or item.get("id") or item.get("full_tokenid")
-            out[str(tid)] = str(item.get("secret") or item.get("value"))
-    return out
+    """tokenid -> secret (privilege separation and ACLs: sim/pve/acl.py)."""
+    from provisioner.sim.pve.acl import tokens
+    return {tid: t.secret for tid, t in tokens(settings).items()}
 
 
 class Authenticator:

@@ -126,9 +126,13 @@ def parse(text: str) -> PveConf:
 
 def _section_text(section: Section) -> str:
     out = []
-    for line in (section.values.get("description") or "").split("\n"):
-        if line:
-            out.append("#" + encode_text(line) + "\n")
+    # Perl's split(/\n/, $descr): inner empty lines stay (as a bare "#"), trailing ones go
+    # (pve-container src/PVE/LXC/Config.pm:1248-1252 write_pct_config@94f5585)
+    lines = (section.values.get("description") or "").split("\n")
+    while lines and not lines[-1]:
+        lines.pop()
+    for line in lines:
+        out.append("#" + encode_text(line) + "\n")
     for key in sorted(section.values):
         if key in _SPECIAL:
             continue

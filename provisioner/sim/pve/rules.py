@@ -21,13 +21,16 @@ import re
 import secrets
 import stat
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from provisioner.pveschema import config_format, format_property_string, resolve_version, split_list
 from provisioner.sim.pve import storage
 from provisioner.sim.pve.conf import ConfStore, PveConf
 from provisioner.sim.pve.ct_permissions import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
 from provisioner.sim.pve.errors import RuleError, param_error, perm_error  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from provisioner.sim.pve.acl import Access
 
 #: applied at once even on a running CT (LXC_FASTPLUG_OPTIONS)
 FASTPLUG = {"description", "onboot", "startup", "protection", "hostname", "hookscript",
@@ -81,11 +84,36 @@ def prepare_value(vmid: int, conf: dict[str, str], opt: str, value: str, version
         # value (and what a running CT hot-plugs) carries the address it will keep
         return print_network(opt, value, version)
     elif re.fullmatch(r"dev\d+", opt):
+        # parse_device dies before update_pct_config's own "Path is not defined" check can
+        # (pve-container src/PVE/LXC/Config.pm:1524-1538 and 1376-1383@94f5585)
         path = parse_key(opt, value, version).get("path")
         if path is None:
-            raise RuleError(f"Path is not defined for passthrough device {opt}")
+            raise RuleError("Path has to be defined")
         check_device(path)
     return value
+
+
+def check_devices_exist(conf: dict[str, str]) -> None:
+    """update_lxc_config, which the PUT runs after writing the config and vm_start before
+    lxc-start: every devN of the config is stat()ed, a missing node dies with
+    ``Device <path> does not exist`` (pve-container src/PVE/LXC.pm:769-785 and
+    src/PVE/LXC/Tools.pm:157-167@94f5585; 8.4: stable-bookworm src/PVE/LXC.pm:716-719@6475873).
+    So once a host node is gone, every later config PUT fails too."""
+    for key in sorted((k for k in conf if re.fullmatch(r"dev\d+", k)), key=lambda k: int(k[3:])):
+        path = split_list_first(conf[key])
+        if path is None:
+            raise RuleError(f"Path is not defined for passthrough device {key}")
+        check_device(path)
+
+
+def split_list_first(value: str) -> str | None:
+    """The ``path`` of a devN value (``[path=]<path>,...``), None when it has none."""
+    for part in value.split(","):
+        if part.startswith("path="):
+            return part[5:]
+        if "=" not in part and part:
+            return part
+    return None
 
 
 def _cleanup_pending(pve: PveConf) -> None:
@@ -222,8 +250,11 @@ class Update:
 
 def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, running: bool,
                   version: str, node: str = "localhost", hotplug: Hotplug | None = None,
-                  warn: Callable[[str], None] | None = None) -> None:
-    """Apply a PUT config like PVE: raises ``RuleError`` (400/403/500) with PVE's text."""
+                  warn: Callable[[str], None] | None = None, access: "Access | None" = None) -> None:
+    """Apply a PUT config like PVE: raises ``RuleError`` (400/403/500) with PVE's text.
+
+    ``access``: the caller's privileges (None: only the root-only rules, as for ``pct``, which
+    acts as root@pam anyway)."""
     if not update.params and not update.delete and not update.revert:
         raise RuleError("no options specified")
     with store.lock(vmid):
@@ -237,8 +268,9 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
         if update.digest and update.digest != pve.digest:
             raise RuleError(DIGEST_MISMATCH)
         unprivileged = conf.get("unprivileged") == "1"
-        check_modify_perm(user, conf, {}, update.delete, unprivileged, version)
-        check_modify_perm(user, conf, {}, update.revert, unprivileged, version)
+        perm = dict(vmid=vmid, access=access)
+        check_modify_perm(user, conf, {}, update.delete, unprivileged, version, **perm)
+        check_modify_perm(user, conf, {}, update.revert, unprivileged, version, **perm)
         for opt in update.revert:
             if config_format(version, opt) is None:
                 raise param_error({"revert": f"unknown option '{opt}'"})
@@ -251,7 +283,7 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
                 raise param_error({"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"})
             if opt in update.revert:
                 raise param_error({"delete": f"you can't use '-delete {opt}' and '-revert {opt}' at the same time"})
-        check_modify_perm(user, conf, update.params, [], unprivileged, version)
+        check_modify_perm(user, conf, update.params, [], unprivileged, version, **perm)
 
         for opt in update.revert:
             pve.pending.values.pop(opt, None)
@@ -279,9 +311,13 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
             errors = hotplug_pending(pve, version, modified, hotplug, vmid=vmid)
         else:
             errors = apply_pending_stopped(pve, version, modified, vmid=vmid)
+        if errors:
+            # "don't write to config if we get any errors" (src/PVE/API2/LXC/Config.pm:250-252@94f5585)
+            raise param_error(errors)
         store.save(vmid, pve)
-    if errors:
-        raise param_error(errors)
+        # written first, then update_lxc_config (Config.pm:253-256): a missing devN node fails
+        # the request although the change is saved
+        check_devices_exist(pve.values)
 
 
 def apply_pending(store: ConfStore, vmid: int, version: str) -> dict[str, str]:
