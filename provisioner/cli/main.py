@@ -26,14 +26,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ERROR_LOG = Path.home() / ".cache" / "provision" / "last-error.log"
 
 
+def _print_version(value: bool) -> None:
+    """``--version`` on its own: eager, so click does not first insist on a command."""
+    if value:
+        typer.echo(f"provision {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(ctx: typer.Context,
             json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
             verbose: bool = typer.Option(False, "--verbose", "-v", help="Show notes, task logs and command output."),
-            version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                         help="Print the version and exit.")) -> None:
     ctx.obj = set_current(Output(json_mode=json_out, verbose=verbose))
 
 
