@@ -10,13 +10,12 @@ alone give 0, or 1 with ``--strict``. ``--fix`` shows the safe fixes it will app
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 
 from ..redact import redact
-from .main import _load, app, guarded
+from .main import _load, app, confirm, guarded
 from .output import Output, current
 
 _MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
@@ -76,10 +75,10 @@ def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
                 out.line(f"doctor --fix will apply {len(fixes)} fix(es):")
                 for f in fixes:
                     out.line(f"  - {f.summary}  (clears {', '.join(f.findings)})")
-                if not yes and sys.stdin.isatty() and not out.json_mode:
-                    if not typer.confirm("Apply these fixes?", default=False):
-                        out.line("nothing changed")
-                        return 1
+                if not yes and not confirm(out, "Apply these fixes?", what=f"applying {len(fixes)} fix(es)",
+                                           vmid=d.vmid):
+                    out.line("nothing changed")
+                    return 1
                 with out.progress() as progress:
                     done = apply_fixes(d, conn.ssh, conn.pve, fixes, status=progress.status, log=out.log_line)
                 d, report = diagnose(loaded.config, conn, vmid=vmid)

@@ -73,6 +73,21 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
+def confirm(out: Output, question: str, *, what: str, vmid: int | None = None) -> bool:
+    """Ask ``question`` on a terminal; without one (or with --json), refuse: nobody can answer.
+
+    A pipe is not an answer: `echo n | provision down FILE` once destroyed the container because
+    "no terminal" meant "do not ask". Now only --yes means that.
+    """
+    from ..errors import RefusedError
+
+    if not sys.stdin.isatty() or out.json_mode:
+        why = "--json was given" if out.json_mode and sys.stdin.isatty() else "stdin is not a terminal"
+        raise RefusedError(f"{what} needs confirmation, and nobody can give it here ({why}); nothing changed",
+                           vmid=vmid, fix="run it in a terminal to be asked, or pass --yes")
+    return typer.confirm(question, default=False)
+
+
 def _only(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -116,12 +131,13 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        if plan_only or (not yes and sys.stdin.isatty() and not out.json_mode):
+        if plan_only or not yes:
             report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
-            out.plan(report, loaded)
+            if plan_only or not report.planned or not out.json_mode:
+                out.plan(report, loaded)
             if plan_only or not report.planned:
                 return 0
-            if not typer.confirm("Apply these changes?", default=False):
+            if not confirm(out, "Apply these changes?", what=f"applying {len(report.planned)} change(s)"):
                 out.line("nothing changed")
                 return 1
         cfg = loaded.config
@@ -197,8 +213,9 @@ def down(file: Path = typer.Argument(..., help="The host file (YAML)."),
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        destroy(loaded.config, conn, purge=purge, confirm=None if yes or not sys.stdin.isatty()
-                else (lambda q: typer.confirm(q, default=False)), out=out)
+        destroy(loaded.config, conn, purge=purge, out=out,
+                confirm=None if yes else (lambda q, vmid: confirm(out, q, what="destroying the container",
+                                                                  vmid=vmid)))
     finally:
         conn.close()
     return 0

@@ -8,15 +8,14 @@ under the same host lock as `up`.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from ..errors import ProvisionError, RefusedError
+from ..errors import ProvisionError
 from ..redact import redact_obj
-from .main import _load, app, guarded
+from .main import _load, app, confirm, guarded
 from .output import Output, current
 
 
@@ -91,13 +90,9 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
     try:
         plan = rollback_plan(cfg, conn, to)
         _show(out, plan)
-        if not yes:
-            if not sys.stdin.isatty() or out.json_mode:
-                raise RefusedError("rolling back needs confirmation", vmid=plan["vmid"],
-                                   fix="run it in a terminal, or pass --yes")
-            if not typer.confirm("Roll back?", default=False):
-                out.line("nothing changed")
-                return 1
+        if not yes and not confirm(out, "Roll back?", what="rolling back", vmid=plan["vmid"]):
+            out.line("nothing changed")
+            return 1
         lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}",
                         on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,17 +173,18 @@ def fleet_plan(out: Output, path: Path, *, only: list[str] | None, restart: bool
 
 def fleet_up(out: Output, path: Path, *, plan_only: bool, yes: bool, restart: bool, wait: float,
              only: list[str] | None, workers: int) -> int:
-    import typer
-
     if plan_only:
         return fleet_plan(out, path, only=only, restart=restart, workers=workers, exit_code=False)
     inv = _load(out, path, only)
-    if not yes and sys.stdin.isatty() and not out.json_mode:
+    if not yes:
+        from ..cli.main import confirm
+
         planned = _execute(out, inv, _plan_job(only, restart), workers, planning=True)
         _report(out, inv, planned, planning=True)
         if not any(r.failed or r.value.planned for r in planned):
             return 0
-        if not typer.confirm("Apply these changes on every host that has them?", default=False):
+        if not confirm(out, "Apply these changes on every host that has them?",
+                       what="applying the inventory's changes"):
             out.line("nothing changed")
             return 1
     results = _execute(out, inv, _up_job(only, restart, wait), workers)

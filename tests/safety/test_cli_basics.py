@@ -10,3 +10,18 @@ def test_version_prints_and_exits_0() -> None:
     """Was "Missing command" with exit 2 (issue 20, point 14)."""
     proc = provision_cli("--version", check=False)
     assert (proc.returncode, proc.stdout.strip()) == (0, f"provision {__version__}"), proc.stderr
+
+
+def test_confirm_refuses_without_a_terminal() -> None:
+    """Point 2: a pipe or /dev/null is nobody's answer; only --yes skips the question."""
+    import pytest
+
+    from provisioner.cli.main import confirm
+    from provisioner.cli.output import Output
+    from provisioner.errors import RefusedError
+
+    with pytest.raises(RefusedError) as info:
+        confirm(Output(), "Destroy CT 9?", what="destroying the container", vmid=9)
+    text = str(info.value)
+    assert text.startswith("CT 9: destroying the container needs confirmation")
+    assert "stdin is not a terminal" in text and "pass --yes" in text

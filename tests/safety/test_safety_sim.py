@@ -1,0 +1,54 @@
+"""Issue 20 on the simulated node: never leave the host worse than it was.
+
+Each test names the point of issue 20 it covers; each failed against the code before its fix.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provisioner.sim.hostfile import write_host_file
+from provision_cli import last_json, provision_cli
+
+pytestmark = pytest.mark.sim
+
+
+def provision(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI; `up`/`plan` limited to the container step unless the test says otherwise."""
+    if any(a in ("up", "plan") for a in args[:3]) and "--only" not in args:
+        args = (*args, "--only", "container")
+    return provision_cli(*args, check=check, input=input)
+
+
+def conf_exists(sim_node, vmid: int) -> bool:
+    code, _, _ = sim_node.run(f"test -e /etc/pve/lxc/{vmid}.conf")
+    return code == 0
+
+
+def test_no_terminal_and_no_yes_refuses_up_and_down(sim_node, tmp_path: Path) -> None:
+    """Point 2: `echo n | provision down` destroyed the CT, `echo n | provision up` applied."""
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=181, gpu=False)
+    try:
+        up = provision("up", str(path), input="n\n", check=False)
+        assert up.returncode == 1, up.stderr
+        assert "needs confirmation" in up.stderr and "stdin is not a terminal" in up.stderr
+        assert "pass --yes" in up.stderr
+        assert "create container" in up.stderr  # the plan is shown, so the refusal says what was not done
+        assert not conf_exists(sim_node, 181)
+        provision("up", str(path), "--yes")
+        again = provision("up", str(path), input="n\n")  # nothing to change: no question, exit 0
+        assert "no changes" in again.stderr
+        down = provision("down", str(path), input="n\n", check=False)
+        assert down.returncode == 1, down.stderr
+        assert "destroying the container needs confirmation" in down.stderr and "--yes" in down.stderr
+        assert conf_exists(sim_node, 181)
+        json_down = provision("--json", "down", str(path), check=False)
+        assert json_down.returncode == 1 and last_json(json_down)["error"] == "RefusedError"
+        assert conf_exists(sim_node, 181)
+    finally:
+        provision("down", str(path), "--yes", check=False)
+    assert not conf_exists(sim_node, 181)
+
