@@ -58,7 +58,7 @@ def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
            strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too.")) -> int:
     """Check host, container, driver, CUDA, DNS, services and access; say what is wrong and how to fix it."""
     from ..doctor.findings import exit_code
-    from ..doctor.fixes import apply_fixes, plan_fixes
+    from ..doctor.fixes import apply_fixes, plan_fixes, withheld
     from ..doctor.runner import diagnose
     from ..engine import run
 
@@ -71,6 +71,9 @@ def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
             fixes = plan_fixes(d, report.findings)
             if not out.json_mode:
                 render(out, report, verbose=out.verbose)
+            reason = withheld(d, report.findings)
+            if reason:
+                out.line(f"not fixed: {reason}")
             if fixes:
                 out.line(f"doctor --fix will apply {len(fixes)} fix(es):")
                 for f in fixes:
@@ -83,8 +86,10 @@ def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
                     done = apply_fixes(d, conn.ssh, conn.pve, fixes, status=progress.status, log=out.log_line)
                 d, report = diagnose(loaded.config, conn, vmid=vmid)
                 report.fixed = done
+                report.not_fixed = reason
                 out.line("after fixing:")
             else:
+                report.not_fixed = reason
                 out.line("no safe fix to apply")
                 if not out.json_mode:
                     return exit_code(report.findings, strict=strict)

@@ -148,3 +148,25 @@ def test_pct_exec_gave_nothing_back():
     f = one(cc.check_exec(d), "container.exec")
     assert f.status == "fail" and f"pct exec {VMID} -- true" in f.fix
     assert cc.check_exec(context()) == []
+
+
+def test_fix_leaves_an_unmarked_container_alone():
+    """Issue 20 point 3: --fix added dev0-dev3 to a container we did not create."""
+    from provisioner.doctor.fixes import withheld
+
+    foreign = {"tags": "team-a", "description": "my own container"}
+    d = context(drop_keys=("dev2",), config_keys=foreign)
+    f = one(cc.check_devices(d), "container.devices")
+    assert f.status == "fail"
+    assert plan_fixes(d, [f]) == []
+    reason = withheld(d, [f])
+    assert reason and f"CT {VMID} was not created by provision" in reason and "container.adopt: true" in reason
+    # host-side fixes are not the container's: still offered
+    text = "\n".join(ln for ln in raw("nvidia.devices").splitlines() if "uvm" not in ln)
+    d = context(raw={"nvidia.devices": text}, config_keys=foreign)
+    host = one(ch.check_device_nodes(d), "host.device_nodes")
+    assert [x.findings for x in plan_fixes(d, [host])] == [["host.device_nodes"]]
+    # adopt: true is the user's word that it may be changed, as for `up`
+    d = context(cfg=config(container={"adopt": True}), drop_keys=("dev2",), config_keys=foreign)
+    assert [x.summary for x in plan_fixes(d, [f])] == ["pct set --dev2 /dev/nvidia-uvm,uid=0,gid=0"]
+    assert withheld(d, [f]) is None
