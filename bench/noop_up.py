@@ -35,11 +35,10 @@ def measure(host_file: Path, runs: int, only: list[str] | None) -> dict:
     for _ in range(runs):
         conn = run.connect(loaded.config)
         t0 = time.perf_counter()
-        from provisioner.engine.lock import HostLock
+        from provisioner.engine.lock import ContainerLock
 
-        cfg = loaded.config
-        with HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}"):
-            report = run.up(loaded, conn, only=only)
+        with ContainerLock(loaded.config, conn) as lock:
+            report = run.up(loaded, conn, only=only, lock=lock)
         wall = time.perf_counter() - t0
         conn.close()
         if report.applied:

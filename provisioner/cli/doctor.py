@@ -82,7 +82,9 @@ def doctor(file: Path = typer.Argument(..., help="The host file (YAML)."),
                                            vmid=d.vmid):
                     out.line("nothing changed")
                     return 1
-                with out.progress() as progress:
+                from ..engine.lock import ContainerLock
+
+                with ContainerLock(d.cfg, conn, vmid=d.vmid), out.progress() as progress:
                     done = apply_fixes(d, conn.ssh, conn.pve, fixes, status=progress.status, log=out.log_line)
                 d, report = diagnose(loaded.config, conn, vmid=vmid)
                 report.fixed = done

@@ -120,7 +120,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
        workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     out: Output = current()
     if _is_inventory(file):
@@ -140,12 +140,11 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
             if not confirm(out, "Apply these changes?", what=f"applying {len(report.planned)} change(s)"):
                 out.line("nothing changed")
                 return 1
-        cfg = loaded.config
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait or 0.0,
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+        lock = ContainerLock(loaded.config, conn, wait=wait or 0.0,
+                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
-                            on_change=progress.done, only=_only(only))
+                            on_change=progress.done, only=_only(only), lock=lock)
         out.applied(report, loaded)
     finally:
         conn.close()
@@ -207,15 +206,17 @@ def down(file: Path = typer.Argument(..., help="The host file (YAML)."),
          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> int:
     """Stop and destroy the container we created (never one we did not)."""
     from ..engine import run
+    from ..engine.lock import ContainerLock
     from ..operations.lifecycle import destroy
 
     out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        destroy(loaded.config, conn, purge=purge, out=out,
-                confirm=None if yes else (lambda q, vmid: confirm(out, q, what="destroying the container",
-                                                                  vmid=vmid)))
+        with ContainerLock(loaded.config, conn):  # never while an `up` of it runs
+            destroy(loaded.config, conn, purge=purge, out=out,
+                    confirm=None if yes else (lambda q, vmid: confirm(out, q, what="destroying the container",
+                                                                      vmid=vmid)))
     finally:
         conn.close()
     return 0

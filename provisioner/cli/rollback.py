@@ -81,7 +81,7 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
              yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> int:
     """Return the container to a snapshot taken by `up` (or one named with --to)."""
     from ..engine import run, snapshot
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     out: Output = current()
     loaded = _load(out, file)
@@ -93,8 +93,8 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
         if not yes and not confirm(out, "Roll back?", what="rolling back", vmid=plan["vmid"]):
             out.line("nothing changed")
             return 1
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}",
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+        lock = ContainerLock(cfg, conn, vmid=plan["vmid"],
+                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             snapshot.rollback(conn.pve, plan["vmid"], plan["snapshot"], running=plan["running"],
                               timeout=cfg.proxmox.task_timeout, say=progress.status)

@@ -1,10 +1,17 @@
-"""One `provision up` per container at a time, across workstations.
+"""One `provision` run per container at a time, across workstations.
 
 The lock lives on the Proxmox host: an SSH channel runs ``flock`` on a file in
 /run/lock and keeps it while the channel is open. If our process dies or the
 connection drops, the channel closes and the kernel releases the lock — no
 stale locks to clean up. The holder writes who it is next to the lock, so the
 loser's message names it.
+
+A container's lock is named by its node and vmid (``container_lock``), never by the
+host file's hostname: two host files naming one vmid with different hostnames are one
+container. A container that does not exist yet with ``vmid: auto`` is locked by its
+hostname until the create step knows its vmid, which it then claims (``claim``) before
+creating it. Every command that changes a container takes it: up, down, rollback,
+doctor --fix, and `provision host` for each container it moves.
 """
 
 from __future__ import annotations
@@ -14,15 +21,23 @@ import os
 import shlex
 import socket
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import paramiko
 
 from ..connectors.ssh import SSH
 from ..errors import LockHeld, SSHError
 
+if TYPE_CHECKING:
+    from ..config.schema import HostFile
+
 LOCK_DIR = "/run/lock"
 BUSY = 75  # EX_TEMPFAIL
+
+
+def safe_name(name: str) -> str:
+    """A lock name as a file name: anything but letters, digits and -_. becomes _."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _script(name: str) -> str:
@@ -39,7 +54,7 @@ class HostLock:
     def __init__(self, ssh: SSH, name: str, *, wait: float = 0.0,
                  on_wait: Callable[[str], None] = lambda holder: None) -> None:
         self.ssh = ssh
-        self.name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        self.name = safe_name(name)
         self.wait = wait
         self.on_wait = on_wait
         self._chan: paramiko.Channel | None = None
@@ -90,3 +105,76 @@ class HostLock:
             except (OSError, paramiko.SSHException, EOFError):
                 pass
             self._chan = None
+
+
+def ct_lock_name(node: str, vmid: int) -> str:
+    """The one name of a container's lock: its node and vmid."""
+    return f"{node}-ct{int(vmid)}"
+
+
+def new_ct_lock_name(node: str, hostname: str) -> str:
+    """A container not created yet (``vmid: auto``): its hostname until it has a vmid."""
+    return f"{node}-new-{hostname}"
+
+
+class ContainerLock:
+    """The run lock of the host file's container; ``claim(vmid)`` adds the lock of a vmid chosen later."""
+
+    def __init__(self, cfg: "HostFile", conn: Any, *, wait: float = 0.0,
+                 on_wait: Callable[[str], None] = lambda holder: None, vmid: int | None = None) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.wait = wait
+        self.on_wait = on_wait
+        self.vmid = vmid if vmid is not None else (cfg.container.vmid if isinstance(cfg.container.vmid, int)
+                                                   else None)
+        self._held: list[HostLock] = []
+
+    @property
+    def node(self) -> str:
+        return str(self.conn.pve.node)
+
+    def _resolve(self) -> int | None:
+        """``vmid: auto``: the vmid of our container with this hostname, if it exists (one API call)."""
+        from ..facts.pve import find_ours
+
+        resources = self.conn.pve.get("/cluster/resources", type="vm") or []
+        return find_ours(resources, self.cfg.container.hostname, self.node)
+
+    def _take(self, name: str) -> None:
+        lock = HostLock(self.conn.ssh, name, wait=self.wait, on_wait=self.on_wait)
+        lock.__enter__()
+        self._held.append(lock)
+
+    def names(self) -> list[str]:
+        return [h.name for h in self._held]
+
+    def __enter__(self) -> "ContainerLock":
+        if self.vmid is None:
+            self.vmid = self._resolve()
+        try:
+            self._take(ct_lock_name(self.node, self.vmid) if self.vmid is not None
+                       else new_ct_lock_name(self.node, self.cfg.container.hostname))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def claim(self, vmid: int) -> None:
+        """Hold ``vmid``'s lock too (the create step, before creating it): a run that finds the new
+        container by its hostname locks it by vmid and must wait for us."""
+        name = safe_name(ct_lock_name(self.node, vmid))
+        if name not in self.names():
+            self._take(name)
+        self.vmid = vmid
+
+    def release(self, vmid: int) -> None:
+        """Give back a vmid claimed for a container that was not created after all."""
+        name = safe_name(ct_lock_name(self.node, vmid))
+        for lock in [h for h in self._held if h.name == name]:
+            lock.__exit__()
+            self._held.remove(lock)
+
+    def __exit__(self, *exc: object) -> None:
+        while self._held:
+            self._held.pop().__exit__()

@@ -167,14 +167,18 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
 def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
        status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None,
        on_change: Callable[[Change, float], None] = lambda c, s: None,
-       only: list[str] | None = None) -> Report:
-    """Converge: plan each step with fresh-enough facts and apply its changes."""
+       only: list[str] | None = None, lock: Any = None) -> Report:
+    """Converge: plan each step with fresh-enough facts and apply its changes.
+
+    ``lock`` is the container's run lock (engine/lock.py ``ContainerLock``), held by the caller;
+    the create step claims the new container's vmid with it.
+    """
     t0 = time.monotonic()
     cfg = loaded.config
     steps = select_steps(cfg, only)
     report = Report()
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"lock": lock} if lock is not None else {}
     for step in steps:
         status(f"{step.name}: planning")
         step_t0 = time.monotonic()

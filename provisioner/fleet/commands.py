@@ -81,19 +81,18 @@ def _plan_job(only: list[str] | None, restart: bool) -> Callable[[Host, Events],
 
 def _up_job(only: list[str] | None, restart: bool, wait: float) -> Callable[[Host, Events], Any]:
     from ..engine import run
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     def job(host: Host, events: Events) -> Any:
-        cfg = host.loaded.config
         conn = _connected(host, events)
         try:
             events.status("taking the run lock")
-            lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait,
-                            on_wait=lambda holder: events.status(f"waiting for the lock held by {holder}"))
+            lock = ContainerLock(host.loaded.config, conn, wait=wait,
+                                 on_wait=lambda holder: events.status(f"waiting for the lock held by {holder}"))
             with lock:
                 events.status("gathering facts")
                 return run.up(host.loaded, conn, allow_restart=restart, status=events.status, log=events.log,
-                              on_change=events.change, only=only)
+                              on_change=events.change, only=only, lock=lock)
         finally:
             conn.close()
 

@@ -390,11 +390,34 @@ def resolve_template(actx: ApplyContext) -> str:
     return volid
 
 
+def _claim_next_vmid(actx: ApplyContext, tries: int = 5) -> int:
+    """``vmid: auto``: the next free vmid, with its run lock held before the container exists.
+
+    Another run that finds the new container by hostname locks it by vmid (engine/lock.py),
+    so it waits for this one. Two runs handed the same id: the second gets the lock only
+    after the first created it, sees the id taken and asks again.
+    """
+    pve = actx.pve
+    lock = actx.state.get("lock")
+    vmid = int(pve.get("/cluster/nextid"))
+    for _ in range(tries):
+        if lock is None:
+            return vmid
+        lock.claim(vmid)
+        again = int(pve.get("/cluster/nextid"))
+        if again == vmid:
+            return vmid
+        lock.release(vmid)
+        vmid = again
+    raise ProxmoxError(f"no free vmid stayed free for {tries} tries (other runs are creating containers)",
+                       step=STEP, fix="set container.vmid, or run again")
+
+
 def create_container(actx: ApplyContext, want: dict[str, str]) -> None:
     c = actx.cfg.container
     pve = actx.pve
     ostemplate = resolve_template(actx)
-    vmid = actx.plan.vmid or int(pve.get("/cluster/nextid"))
+    vmid = actx.plan.vmid or _claim_next_vmid(actx)
     actx.state["vmid"] = vmid
     unpriv = c.unprivileged
     params = dict(want)

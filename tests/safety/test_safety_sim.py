@@ -52,3 +52,32 @@ def test_no_terminal_and_no_yes_refuses_up_and_down(sim_node, tmp_path: Path) ->
         provision("down", str(path), "--yes", check=False)
     assert not conf_exists(sim_node, 181)
 
+
+def test_run_lock_is_the_containers_and_down_takes_it(sim_node, tmp_path: Path) -> None:
+    """Point 4: the lock was per hostname (two files with one vmid applied at once) and `down`
+    ignored it. Now it is node + vmid; `vmid: auto` finds the container by hostname first."""
+    from provisioner.config import load
+    from provisioner.engine import run
+    from provisioner.engine.lock import ContainerLock
+
+    a = write_host_file(tmp_path / "a.yaml", sim_node.conn, vmid=182, hostname="lock-a", gpu=False)
+    b = write_host_file(tmp_path / "b.yaml", sim_node.conn, vmid=182, hostname="lock-b", gpu=False)
+    auto = write_host_file(tmp_path / "auto.yaml", sim_node.conn, vmid=182, hostname="lock-a", gpu=False,
+                           extra={"container": {"vmid": "auto"}})
+    provision("up", str(a), "--yes")
+    cfg = load(a).config
+    conn = run.connect(cfg)
+    try:
+        with ContainerLock(cfg, conn) as held:
+            assert held.names() == [f"{sim_node.node}-ct182"]
+            for path, cmd in ((b, "up"), (auto, "up"), (a, "down")):
+                proc = provision(cmd, str(path), "--yes", check=False)
+                assert proc.returncode == 1, (cmd, path.name, proc.stderr)
+                assert f"another `provision` run holds the lock for {sim_node.node}-ct182" in proc.stderr
+        assert conf_exists(sim_node, 182)
+        _, out, _ = sim_node.run("grep ^hostname: /etc/pve/lxc/182.conf")
+        assert out.strip() == "hostname: lock-a"
+    finally:
+        conn.close()
+        provision("down", str(a), "--yes", check=False)
+    assert not conf_exists(sim_node, 182)
