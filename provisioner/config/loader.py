@@ -149,7 +149,8 @@ def _error_for(err: dict, file: str, lines: dict[KeyPath, int]) -> ConfigError:
         msg = f"{shown!r} is not of the expected form ({err['ctx']['pattern']})"
     elif kind == "literal_error":
         msg = f"{err.get('input')!r} is not allowed: expected {err['ctx']['expected']}"
-    fix = _FIXES.get(kind, "correct the value")
+    # a validator's own fix (config/paths.py PathError) says exactly what to write instead
+    fix = getattr((err.get("ctx") or {}).get("error"), "fix", None) or _FIXES.get(kind, "correct the value")
     return ConfigError(msg, file=file, line=line, key=_dotted(loc) or None, fix=fix)
 
 
