@@ -451,10 +451,26 @@ def start_container(actx: ApplyContext) -> None:
 
 
 def restart_container(actx: ApplyContext) -> None:
+    """Reboot the CT; a reboot that stopped it and could not start it again is not left so.
+
+    The resolv step removed an immutable resolv.conf before this (engine/steps.py). Should the
+    start half still fail (the facts could not see the flag, e.g. `--only container`), the CT
+    is stopped: look through `pct mount`, and start it again once the flag is gone.
+    """
     vmid = actx.vmid
     actx.status(f"restarting CT {vmid} to apply pending changes")
-    upid = actx.pve.post(actx.pve.ct(vmid, "status/reboot"))
-    actx.pve.wait_task(upid, what=f"restarting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
+    timeout = actx.cfg.proxmox.task_timeout
+    try:
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/reboot"))
+        actx.pve.wait_task(upid, what=f"restarting CT {vmid}", timeout=timeout)
+    except TaskFailed:
+        from .resolv import fix_on_host
+
+        status = (actx.pve.get(actx.pve.ct(vmid, "status/current")) or {}).get("status")
+        if status == "running" or not fix_on_host(actx, vmid):
+            raise
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
+        actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=timeout)
 
 
 __all__ = ["CONTRIBUTORS", "ContainerStep", "OwnedKeys", "desired_config", "has_marker", "is_root_only",

@@ -10,6 +10,10 @@ not permitted`` and the container does not start.
   not, then from the host through the container's /proc/<pid>/root).
 - Start fails with that message: ``start_container`` calls ``fix_on_host`` (``pct
   mount``, ``chattr -i`` on the mounted rootfs, ``pct unmount``) and retries once.
+- A restart (``up --restart``, pending keys) is a stop and a start: the resolv step runs
+  before the container step so the flag is gone first; should a restart still fail and
+  leave the CT stopped (the fact could not see the flag), ``restart_container`` looks
+  through ``pct mount`` itself and starts the CT again once it removed the flag.
 
 We never set ``+i``. Whoever wanted DNS fixed gets it the supported way: the
 container's ``nameserver``/``searchdomain`` (set by the container step), or, when
@@ -67,8 +71,10 @@ def _note(actx: ApplyContext, vmid: int, how: str, output: str) -> None:
                            "container.nameserver/searchdomain or /etc/.pve-ignore.resolv.conf")
 
 
-def fix_on_host(actx: ApplyContext, vmid: int) -> None:
-    """Remove +i on a stopped CT's resolv.conf through ``pct mount`` (the CT cannot start before)."""
+def fix_on_host(actx: ApplyContext, vmid: int) -> bool:
+    """Remove +i on a stopped CT's resolv.conf through ``pct mount`` (the CT cannot start before).
+
+    Returns whether the flag was there (and is gone now)."""
     ssh = actx.ssh
     actx.status(f"CT {vmid}: removing the immutable flag from /etc/resolv.conf (pct mount)")
     mounted = ssh.run(f"pct mount {int(vmid)}")
@@ -80,7 +86,10 @@ def fix_on_host(actx: ApplyContext, vmid: int) -> None:
         result.check(f"chattr -i on CT {vmid}'s resolv.conf", vmid=vmid, step=STEP)
     finally:
         ssh.run(f"pct unmount {int(vmid)}").check(f"pct unmount {vmid}", vmid=vmid, step=STEP)
-    _note(actx, vmid, "from the host (pct mount)", result.stdout)
+    removed = "removed" in result.stdout.split()
+    if removed:
+        _note(actx, vmid, "from the host (pct mount)", result.stdout)
+    return removed
 
 
 def fix_running(actx: ApplyContext) -> None:

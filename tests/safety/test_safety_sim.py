@@ -81,3 +81,49 @@ def test_run_lock_is_the_containers_and_down_takes_it(sim_node, tmp_path: Path) 
         conn.close()
         provision("down", str(a), "--yes", check=False)
     assert not conf_exists(sim_node, 182)
+
+
+def _with(path: Path, dest: Path, **container: object) -> Path:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["container"].update(container)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def _immutable_resolv(sim_node, vmid: int) -> None:
+    code, _, err = sim_node.run(f"pct exec {vmid} -- chattr +i /etc/resolv.conf")  # privileged: it may
+    assert code == 0, err
+
+
+def _status(sim_node, vmid: int) -> str:
+    return sim_node.run(f"pct status {vmid}")[1].strip()
+
+
+def test_restart_with_an_immutable_resolv_conf_does_not_leave_the_ct_stopped(sim_node, tmp_path: Path) -> None:
+    """Point 1: `up --restart` with pending keys rebooted before the resolv fix: rc 1, CT stopped."""
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=183, gpu=False)
+    try:
+        provision("up", str(path), "--yes")
+        # a nameserver change stays pending on a running CT (the first up leaves it so); +i makes the
+        # reboot's start fail
+        pending = _with(path, tmp_path / "ns1.yaml", nameserver="10.0.3.1 9.9.9.9")
+        provision("up", str(pending), "--yes")
+        _immutable_resolv(sim_node, 183)
+        rep = last_json(provision("--json", "up", str(pending), "--yes", "--restart", "--only", "resolv,container"))
+        assert [(c["step"], c["action"]) for c in rep["applied"]] == [("resolv", "fix"), ("container", "restart")]
+        assert _status(sim_node, 183) == "status: running"
+        # --only container: no resolv step; the failed reboot is caught, fixed through pct mount, started
+        again = _with(path, tmp_path / "ns2.yaml", nameserver="10.0.3.1")
+        provision("up", str(again), "--yes")
+        _immutable_resolv(sim_node, 183)
+        rep = last_json(provision("--json", "up", str(again), "--yes", "--restart"))
+        assert [(c["step"], c["action"]) for c in rep["applied"]] == [("container", "restart")]
+        assert any("resolv.conf was immutable" in n and "pct mount" in n for n in rep["notes"]), rep["notes"]
+        assert _status(sim_node, 183) == "status: running"
+        _, out, _ = sim_node.run("pct exec 183 -- lsattr -d /etc/resolv.conf")
+        assert "i" not in out.split()[0]
+    finally:
+        sim_node.run("pct exec 183 -- chattr -i /etc/resolv.conf")
+        provision("down", str(path), "--yes", check=False)
