@@ -83,10 +83,23 @@ def check_model_file(d: DoctorContext) -> list[Finding]:
     path = f"{where}/{d.cfg.model.filename}"
     state = mf.files.get("model") if mf else None
     readable = probe.readable.get("model") if probe else None
-    ev = Evidence((d.on_host if d.cfg.model.location == "host" else d.in_ct)(f"ls -l {path}"),
+    if d.cfg.model.location == "host":
+        command = d.on_host(f"ls -l {path}")
+    elif d.ct_running:
+        command = d.in_ct(f"ls -l {path}")
+    else:  # read through `pct mount` (doctor/runner.py)
+        command = d.on_host(f"sh -c 'pct mount {d.vmid}; ls -l /var/lib/lxc/{d.vmid}/rootfs{path}; "
+                            f"pct unmount {d.vmid}'")
+    ev = Evidence(command,
                   (f"{path}: {state.size} bytes" if state else f"{path}: missing") +
                   ("" if readable is None else f"\nreadable by {LLAMA_USER} in the container: "
                    f"{'yes' if readable else 'NO'}"))
+    if mf is None:  # a stopped CT whose root could not be read (pct mount failed): unknown, not missing
+        return []
+    if mf.outside:
+        return [warn("services.model_file", f"{where} leads out of CT {d.vmid}'s root filesystem (a symlink); "
+                     "not followed while the container is stopped", ev,
+                     fix=f"start the container (`pct start {d.vmid}`) and run doctor again")]
     if state is None:
         return [fail("services.model_file", f"the model file {path} is missing", ev,
                      fix="`provision up FILE` downloads (or pushes) it")]

@@ -7,6 +7,7 @@ host and container facts, and two HTTP requests to the gateway made concurrently
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..engine.context import PlanContext
 from ..engine.run import Connections, root_path, step_facts
 from ..engine.steps import all_steps
 from ..errors import ProvisionError
-from ..facts.base import Fact, gather
+from ..facts.base import OFFLINE_FAILED, Fact, gather
 from ..facts.pve import PveFacts, gather_pve
 from ..facts.services import RESOLV_FACT, model_facts, services_facts
 from . import (
@@ -66,7 +67,7 @@ def _capturing(fact: Fact[Any], raw: dict[str, tuple[str, int]]) -> Fact[Any]:
         raw[_n] = (output, code)
         return _p(output, code)
 
-    return Fact(fact.name, fact.command, process, fact.where)
+    return dataclasses.replace(fact, process=process)
 
 
 def run_checks(d: DoctorContext) -> list[Finding]:
@@ -119,8 +120,10 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
         probes_future = pool.submit(run_probes, cfg, base, gateway_key(cfg, None))
     if access.ssh_error is None:
         try:
+            # a stopped CT: the checks that need only its files read them through `pct mount`
             facts = gather(conn.ssh, [_capturing(f, raw) for f in all_facts(cfg)],
-                           vmid=pve.ct.vmid if pve.ct else None, ct_running=bool(pve.ct and pve.ct.running))
+                           vmid=pve.ct.vmid if pve.ct else None, ct_running=bool(pve.ct and pve.ct.running),
+                           mount_stopped=True)
         except ProvisionError as exc:
             access.ssh_error = exc
     plan = PlanContext(cfg=cfg, pve=pve, facts=facts, root_path=access.root_path)
@@ -136,7 +139,12 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
                       vmid=pve.ct.vmid if pve.ct else want_vmid, host=cfg.ssh.host or cfg.proxmox.host)
     report.findings = run_checks(d)
     if not d.ct_running and access.api_ok and pve.ct is not None:
-        report.skipped.append(Skipped("driver, cuda, dns, services", f"CT {pve.ct.vmid} is not running"))
+        mount_failed = facts.get(OFFLINE_FAILED)
+        report.skipped.append(Skipped("driver, cuda, name resolution, services",
+                                      f"CT {pve.ct.vmid} is not running"
+                                      + (f"; its files could not be read either (pct mount: {mount_failed})"
+                                         if mount_failed else "; resolv.conf and the model were read through "
+                                         f"`pct mount {pve.ct.vmid}`")))
     if access.ssh_error is not None:
         report.skipped.append(Skipped("host, container facts", "SSH failed"))
     report.seconds = time.monotonic() - t0

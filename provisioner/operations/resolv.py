@@ -133,8 +133,12 @@ class ResolvStep:
             return []
 
         def apply(actx: ApplyContext) -> None:
-            fix_running(actx)
+            if actx.plan.ct_running:
+                fix_running(actx)
+            else:  # doctor read a stopped CT's file through `pct mount`: fix it the same way
+                fix_on_host(actx, actx.vmid)
 
         return [Change(STEP, "fix", f"ct {ctx.vmid}",
-                       "remove the immutable flag from /etc/resolv.conf (it would stop the next start)",
+                       "remove the immutable flag from /etc/resolv.conf "
+                       + ("(it would stop the next start)" if ctx.ct_running else "(it stops the container from starting)"),
                        apply, diff={"/etc/resolv.conf": ("chattr +i", "-i")})]

@@ -127,3 +127,44 @@ def test_restart_with_an_immutable_resolv_conf_does_not_leave_the_ct_stopped(sim
     finally:
         sim_node.run("pct exec 183 -- chattr -i /etc/resolv.conf")
         provision("down", str(path), "--yes", check=False)
+
+
+def test_doctor_reads_a_stopped_containers_files_through_pct_mount(sim_node, tmp_path: Path) -> None:
+    """Point 9: on a stopped CT doctor said the model was missing (it was not) and skipped DNS, so it
+    never named the immutable resolv.conf that kept the CT from starting."""
+    import json
+
+    vmid = 184
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=False,
+                           extra={"model": {"repo": "acme/tiny", "file": "tiny.gguf", "location": "container"}})
+    try:
+        provision("up", str(path), "--yes")
+        code, _, err = sim_node.run(f"pct exec {vmid} -- sh -c 'mkdir -p /srv/models && "
+                                    "head -c 4096 /dev/zero > /srv/models/tiny.gguf && chattr +i /etc/resolv.conf'")
+        assert code == 0, err
+        code, _, err = sim_node.run(f"pct stop {vmid}")
+        assert code == 0, err
+
+        def doctor(*extra: str) -> dict:
+            proc = provision("--json", "doctor", str(path), *extra, check=False)
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
+        def finding(data: dict, fid: str) -> dict:
+            return next(f for f in data["findings"] if f["id"] == fid)
+
+        data = doctor()
+        model = finding(data, "services.model_file")
+        assert model["status"] == "ok", model
+        dns = finding(data, "dns.immutable")
+        assert dns["status"] == "fail" and f"CT {vmid} cannot start" in dns["title"], dns
+        assert f"pct mount {vmid}" in dns["evidence"]["command"]
+        assert any("through `pct mount" in s["reason"] for s in data["skipped"]), data["skipped"]
+        _, conf, _ = sim_node.run(f"cat /etc/pve/lxc/{vmid}.conf")
+        assert "lock:" not in conf  # doctor unmounted it again
+        data = doctor("--fix", "--yes")
+        assert finding(data, "dns.immutable")["status"] == "ok"
+        code, _, err = sim_node.run(f"pct start {vmid}")
+        assert code == 0, err
+    finally:
+        sim_node.run(f"pct exec {vmid} -- chattr -i /etc/resolv.conf")
+        provision("down", str(path), "--yes", check=False)
