@@ -170,3 +170,14 @@ def test_fix_leaves_an_unmarked_container_alone():
     d = context(cfg=config(container={"adopt": True}), drop_keys=("dev2",), config_keys=foreign)
     assert [x.summary for x in plan_fixes(d, [f])] == ["pct set --dev2 /dev/nvidia-uvm,uid=0,gid=0"]
     assert withheld(d, [f]) is None
+
+
+def test_a_gpu_shared_by_a_later_container_is_a_warning_not_a_lockout():
+    """Issue 20 point 10: doctor failed (container.gpu_exclusive) for the GPU's first holder."""
+    claims = "\n".join(["201 #managed-by%3A provision (do not remove this line)", "201 tags: provision",
+                        "201 hostname: llm-b", "201 dev0: /dev/nvidia0,uid=0,gid=0"])
+    d = context(raw={"pve.gpu_claims": claims})
+    found = [f for f in cc.check_devices(d) if f.id == "container.gpu_exclusive"]
+    assert [(f.status, f.title) for f in found] == [
+        ("warn", "/dev/nvidia0 is shared with CT 201 (llm-b), which asked for it (gpu.share: true)")]
+    assert one(cc.check_devices(d), "container.devices").status == "ok"
