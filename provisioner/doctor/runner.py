@@ -41,6 +41,9 @@ CHECKS: list[Callable[[DoctorContext], list[Finding]]] = [
     *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS,
     *checks_cuda.CHECKS, *checks_dns.CHECKS, *checks_services.CHECKS]
 
+#: seconds the facts round trip may take with --deep: sha256 of a 20 GB model at ~200 MB/s is ~100 s
+DEEP_TIMEOUT = 3600
+
 __all__ = ["CHECKS", "all_facts", "diagnose", "run_checks", "target_config"]
 
 
@@ -52,9 +55,11 @@ def target_config(cfg: HostFile, vmid: int | None) -> HostFile:
     return cfg.model_copy(update={"container": container})
 
 
-def all_facts(cfg: HostFile) -> list[Fact[Any]]:
-    """The engine's step facts plus the services/model/resolv facts and doctor's own (deduplicated)."""
-    facts = step_facts(all_steps(cfg)) + services_facts(cfg) + model_facts(cfg) + [RESOLV_FACT] + doctor_facts(cfg)
+def all_facts(cfg: HostFile, *, deep: bool = False) -> list[Fact[Any]]:
+    """The engine's step facts plus the services/model/resolv facts and doctor's own (deduplicated);
+    ``deep``: also the model files' sha256 (doctor --deep)."""
+    facts = step_facts(all_steps(cfg)) + services_facts(cfg) + model_facts(cfg) + [RESOLV_FACT] + \
+        doctor_facts(cfg, deep=deep)
     seen: dict[str, Fact[Any]] = {}
     for f in facts:
         seen.setdefault(f.name, f)
@@ -77,8 +82,9 @@ def run_checks(d: DoctorContext) -> list[Finding]:
     return findings
 
 
-def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tuple[DoctorContext, DoctorReport]:
-    """Gather everything and run every check (reads only)."""
+def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None,
+             deep: bool = False) -> tuple[DoctorContext, DoctorReport]:
+    """Gather everything and run every check (reads only); ``deep`` hashes the model files too."""
     t0 = time.monotonic()
     cfg = target_config(cfg, vmid)
     auth = cfg.proxmox.auth
@@ -121,9 +127,9 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
     if access.ssh_error is None:
         try:
             # a stopped CT: the checks that need only its files read them through `pct mount`
-            facts = gather(conn.ssh, [_capturing(f, raw) for f in all_facts(cfg)],
+            facts = gather(conn.ssh, [_capturing(f, raw) for f in all_facts(cfg, deep=deep)],
                            vmid=pve.ct.vmid if pve.ct else None, ct_running=bool(pve.ct and pve.ct.running),
-                           mount_stopped=True)
+                           mount_stopped=True, timeout=DEEP_TIMEOUT if deep else 120)
         except ProvisionError as exc:
             access.ssh_error = exc
     plan = PlanContext(cfg=cfg, pve=pve, facts=facts, root_path=access.root_path)

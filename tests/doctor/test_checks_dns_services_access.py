@@ -32,8 +32,14 @@ def probes(health=200, e2e=200, body=MESSAGE):
             "gateway.e2e": Probe("gateway.e2e", f"{base}/v1/messages", status=e2e, body=body, seconds=0.4)}
 
 
+SHA = "ab" * 32
+#: the recorded model file with the sidecar `provision up` writes after verifying it
+MODEL_CT = (raw("model.ct") + '\nsidecar model {"size": 98362432, "mtime": 1795316378, "sha256": "' + SHA
+            + '", "verified": "sha256", "source": {}}')
+
+
 def up_ctx(**kw):
-    raw_map = {"services.ct": UP, "doctor.server": server_raw(), **kw.pop("raw", {})}
+    raw_map = {"services.ct": UP, "doctor.server": server_raw(), "model.ct": MODEL_CT, **kw.pop("raw", {})}
     return context(raw=raw_map, probes=kw.pop("probes", probes()), **kw)
 
 
@@ -96,7 +102,7 @@ def test_services_healthy():
     got = {f.id: f.status for c in cs.CHECKS for f in c(d)}
     assert got == {k: "ok" for k in ("services.llama_unit", "services.gateway_unit", "services.llama_health",
                                      "services.model_file", "services.context", "services.vram", "services.ports",
-                                     "services.gateway_health", "services.e2e")}, got
+                                     "services.gateway_health", "services.e2e", "services.model_verified")}, got
     ctx = one(cs.check_context(d), "services.context")
     assert "llama-server /props" in ctx.evidence.output
 
@@ -240,3 +246,20 @@ def test_unknown_host_key():
                        fix="check the fingerprint ... then add it: ssh-keyscan -p 22 pve.example >> ~/.ssh/known_hosts")
     f = one(ca.check_ssh(context(access=_access(ssh_error=err))), "access.ssh")
     assert f.status == "fail" and "not known" in f.title and "ssh-keyscan" in f.fix
+
+
+def test_model_changed_in_place_is_seen_by_size_mtime_and_by_deep_hash():
+    """Issue 20 point 5: a model changed in place was not seen by doctor."""
+    f = one(cs.check_model_file(up_ctx(raw={"model.ct": MODEL_CT.replace("file model 98362432 1795316378",
+                                                                         "file model 98362432 1795316999")})),
+            "services.model_verified")
+    assert f.status == "fail" and "changed since it was verified" in f.title and "provision up" in f.fix
+    # same size and mtime: only --deep can tell (the hash fact), and says what it cost
+    same = one(cs.check_model_file(up_ctx()), "services.model_verified")
+    assert same.status == "ok" and "doctor --deep" in same.title
+    deep = up_ctx(raw={"doctor.model_sha": f"sha model {'cd' * 32} 98362432 0.4\n"})
+    f = one(cs.check_model_file(deep), "services.model_verified")
+    assert f.status == "fail" and "is not the file that was verified" in f.title and "read in 0.4 s" in f.evidence.output
+    good = up_ctx(raw={"doctor.model_sha": f"sha model {SHA} 98362432 0.4\n"})
+    assert one(cs.check_model_file(good), "services.model_verified").title == \
+        "model file sha256 verified (0.1 GiB read in 0.4 s)"

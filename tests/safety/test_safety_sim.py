@@ -168,3 +168,47 @@ def test_doctor_reads_a_stopped_containers_files_through_pct_mount(sim_node, tmp
     finally:
         sim_node.run(f"pct exec {vmid} -- chattr -i /etc/resolv.conf")
         provision("down", str(path), "--yes", check=False)
+
+
+def test_a_model_changed_in_place_is_found_by_deep_and_replaced_in_one_up(sim_node, tmp_path: Path) -> None:
+    """Point 5: doctor did not see a model changed in place; the next up failed its checksum, deleted the
+    model and exited 1 (a second up fetched it)."""
+    import hashlib
+    import json
+
+    from provisioner.sim import assets
+
+    vmid, model = 185, assets.smollm2_model()
+    want = hashlib.sha256(model.read_bytes()).hexdigest()
+    ct_file = f"/srv/models/{model.name}"
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=False,
+                           extra={"model": {"path": str(model), "location": "container"}})
+
+    def doctor(*extra: str) -> dict:
+        proc = provision("--json", "doctor", str(path), *extra, check=False)
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        return next(f for f in data["findings"] if f["id"] == "services.model_verified")
+
+    def ct_sha() -> str:
+        return sim_node.run(f"pct exec {vmid} -- sha256sum {ct_file}")[1].split()[0]
+
+    try:
+        provision("up", str(path), "--yes", "--only", "container,model")
+        deep = doctor("--deep")
+        assert deep["status"] == "ok" and "sha256 verified" in deep["title"] and " read in " in deep["title"]
+        # one byte changed, size and mtime kept: only --deep sees it
+        code, _, err = sim_node.run(f"pct exec {vmid} -- sh -c 't=$(stat -c %Y {ct_file}); printf X | dd of={ct_file} "
+                                    f"bs=1 seek=4096 conv=notrunc 2>/dev/null; touch -d @$t {ct_file}'")
+        assert code == 0, err
+        assert doctor()["status"] == "ok"
+        deep = doctor("--deep")
+        assert deep["status"] == "fail" and "is not the file that was verified" in deep["title"], deep
+        assert f"rm {ct_file}.provision.json" in deep["fix"]
+        # its mtime moves too: up sees "changed since it was verified", verifies, pushes again, in one run
+        sim_node.run(f"pct exec {vmid} -- touch {ct_file}")
+        rep = last_json(provision("--json", "up", str(path), "--yes", "--only", "container,model"))
+        assert [(c["step"], c["action"]) for c in rep["applied"]] == [("model", "push")]
+        assert ct_sha() == want
+        assert doctor("--deep")["status"] == "ok"
+    finally:
+        provision("down", str(path), "--yes", check=False)
