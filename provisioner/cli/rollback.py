@@ -32,11 +32,11 @@ def rollback_plan(cfg: Any, conn: Any, to: str | None) -> dict[str, Any]:
                              fix="nothing to roll back; `provision up FILE` creates it")
     snaps = snapshot.list_snapshots(conn.pve, ct.vmid)
     if to is None:
-        ours = snapshot.ours_oldest_first(snaps)
-        if not ours:
+        target = snapshot.rollback_target(snaps)
+        if target is None:
             raise ProvisionError(f"CT {ct.vmid} has no provision-* snapshot", vmid=ct.vmid,
                                  fix="name one with --to NAME (see the snapshots in the Proxmox UI)")
-        chosen = ours[-1]
+        chosen = target
     else:
         found = [s for s in snaps if s.name == to]
         if not found:
@@ -50,7 +50,9 @@ def rollback_plan(cfg: Any, conn: Any, to: str | None) -> dict[str, Any]:
     newer = [s.name for s in snaps if (s.snaptime or 0) > (chosen.snaptime or 0)]
     return {"vmid": ct.vmid, "hostname": ct.config.get("hostname"), "running": ct.running,
             "ours": ct.ours, "snapshot": chosen.name, "time": chosen.when(), "snaptime": chosen.snaptime,
-            "description": chosen.description,
+            "description": chosen.description, "before_kinds": sorted(chosen.kinds),
+            "others": [snapshot.describe_snapshot(o) for o in reversed(snapshot.ours_oldest_first(snaps))
+                       if o.name != chosen.name],
             "config_changed_since": {k: {"snapshot": b, "now": a} for k, (b, a) in changed.items()},
             "newer_snapshots": newer}
 
@@ -72,6 +74,8 @@ def _show(out: Output, plan: dict[str, Any]) -> None:
         out.line("  config: unchanged since the snapshot")
     if plan["newer_snapshots"]:
         out.line(f"  newer snapshots are kept: {', '.join(plan['newer_snapshots'])}")
+    if plan["others"]:
+        out.line(f"  other provision snapshots (--to NAME): {'; '.join(plan['others'])}")
 
 
 @app.command()

@@ -217,9 +217,10 @@ class Container(Section):
     description: str = ""
     adopt: bool = False
     restart: Literal["never", "when-needed"] = "never"
-    #: take a Proxmox snapshot `provision-YYYYmmdd-HHMMSS` before `up` changes an existing CT
+    #: take a Proxmox snapshot `provision-YYYYmmdd-HHMMSS` before `up` makes a change that can break an existing CT
     snapshot: bool = True
-    #: how many `provision-*` snapshots to keep (older ones are deleted; others never are)
+    #: how many `provision-*` snapshots to keep, besides the newest one before each kind of change
+    #: (engine/snapshot.py; older ones are deleted, the user's never are)
     snapshots_keep: Annotated[int, Field(ge=1, le=100)] = 3
     #: seconds apt/dpkg in the CT wait for a lock held by another process (unattended-upgrades)
     apt_lock_timeout: Annotated[int, Field(ge=0, le=86400)] = 300

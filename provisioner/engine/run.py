@@ -183,12 +183,13 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
         status(f"{step.name}: planning")
         step_t0 = time.monotonic()
         changes = step.plan(ctx)
-        if changes and not state.get("snapshot_checked"):
-            # A safety net before the first change to an existing CT. Taking a snapshot
-            # rewrites the CT config (new digest), so this step is planned again.
+        risky = next((c for c in changes if snapshot.kind_of(c)), None)
+        if risky is not None and not state.get("snapshot_checked"):
+            # A safety net before the first change that can break an existing CT (engine/snapshot.py).
+            # Taking a snapshot rewrites the CT config (new digest), so this step is planned again.
             state["snapshot_checked"] = True
             actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
-            if snapshot.before_first_change(actx, changes[0]):
+            if snapshot.before_first_change(actx, risky):
                 ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
                 changes = step.plan(ctx)
         for change in changes:
@@ -201,11 +202,15 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
                 exc.step = exc.step or change.step
                 raise
             report.applied.append(change)
+            if change.step == "container" and change.action == "create":
+                state["created"] = True  # a new CT has nothing to protect: no snapshot in this run
             on_change(change, time.monotonic() - c0)
             if change.refresh:
                 ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
         if changes:
             report.timings[step.name] = time.monotonic() - step_t0
+    if report.applied:
+        snapshot.note_without_snapshot(ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, state=state))
     report.notes = list(dict.fromkeys(ctx.notes))
     report.seconds = time.monotonic() - t0
     report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips
