@@ -15,7 +15,7 @@ def all_steps(cfg: HostFile) -> list[Step]:
 
     # gpu.host comes first: PVE refuses a devN whose host node is missing, and
     # /dev/nvidia-uvm often is until nvidia_uvm is loaded.
-    steps: list[Step] = [GpuHostStep(), ContainerStep(), DriverStep(), CudaStep(), LlamaStep()]
+    steps: list[Step] = [GpuHostStep(), ContainerStep(), DriverStep(cfg), CudaStep(), LlamaStep()]
 
     # model, services, verify (issue 5). The models directory on the host must exist before the
     # container starts with its bind mount. An immutable resolv.conf of a running container is

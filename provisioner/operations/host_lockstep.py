@@ -36,7 +36,7 @@ def _converge(a: ApplyContext, ct: ManagedCt, target: str) -> None:
         a.pve.wait_task(a.pve.post(a.pve.ct(ct.vmid, "status/start")), what=f"starting CT {ct.vmid}")
         started = True
     try:
-        step = DriverStep()
+        step = DriverStep(cfg)
         ctx = gather_facts(cfg, conn, [step])
         loaded = ctx.fact(DRIVER.name).version
         if loaded != target:

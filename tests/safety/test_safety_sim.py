@@ -212,3 +212,32 @@ def test_a_model_changed_in_place_is_found_by_deep_and_replaced_in_one_up(sim_no
         assert doctor("--deep")["status"] == "ok"
     finally:
         provision("down", str(path), "--yes", check=False)
+
+
+def test_a_host_driver_the_repository_lacks_is_refused_before_anything_moves(sim_node, tmp_path: Path) -> None:
+    """Point 8: for a host driver NVIDIA's repository does not have, the plan promised it, the pin released
+    the holds, verify failed misleadingly, and doctor's fix could not work."""
+    import json
+
+    vmid = 186
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=True,
+                           extra={"gpu": {"share": True}})  # the node's one GPU, whoever else has it
+    steps = "container,gpu,driver"
+    try:
+        provision("up", str(path), "--yes", "--only", steps)
+        _, held_before, _ = sim_node.run(f"pct exec {vmid} -- apt-mark showhold")
+        sim_node.faults.upgrade_host_driver("580.65.06")  # not in the simulated NVIDIA repository
+        for cmd in (("plan",), ("up", "--yes")):
+            proc = provision(*cmd, str(path), "--only", steps, check=False)
+            assert proc.returncode == 1, proc.stderr
+            assert "has no nvidia-driver-cuda, libcuda1, libnvidia-ml1 580.65.06" in proc.stderr, proc.stderr
+            assert "580.105.08" in proc.stderr and "host.driver.version" in proc.stderr
+        _, held_after, _ = sim_node.run(f"pct exec {vmid} -- apt-mark showhold")
+        assert held_after == held_before and "nvidia-driver-cuda" in held_after  # nothing moved
+        proc = provision("--json", "doctor", str(path), check=False)
+        f = next(f for f in json.loads(proc.stdout.strip().splitlines()[-1])["findings"]
+                 if f["id"] == "driver.userspace")
+        assert f["status"] == "fail" and not f["fixable"] and "provision host" in f["fix"], f
+    finally:
+        sim_node.faults.upgrade_host_driver("580.95.05")
+        provision("down", str(path), "--yes", check=False)
