@@ -11,6 +11,7 @@ over SSH as root (a token never counts as root, not even ``root@pam!x``).
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Callable
@@ -337,8 +338,33 @@ def pct_set(actx: ApplyContext, vmid: int, keys: dict[str, str], deletes: list[s
     cmd = f"pct set {int(vmid)} " + " ".join(args)
     result = actx.ssh.run(cmd)
     if not result.ok:
-        raise RemoteError("pct set failed", command=cmd, exit_code=result.exit_code,
-                          output=result.stderr or result.stdout, vmid=vmid, step=STEP)
+        text = "\n".join(t for t in (result.stderr.strip(), result.stdout.strip()) if t)
+        head, errors = pve_errors(text)
+        if errors:  # PVE's per-key reasons, in the message itself (not an output tail)
+            raise ProxmoxError(f"pct set {int(vmid)}: {head}", errors=errors, vmid=vmid, step=STEP,
+                               fix=HOTPLUG_FIX.replace("VMID", str(int(vmid)))
+                               if any("hotplug" in v for v in errors.values()) else None)
+        raise RemoteError("pct set failed", command=cmd, exit_code=result.exit_code, output=text, vmid=vmid,
+                          step=STEP)
+
+
+#: PVE writes nothing when a hot-plug fails (pve-container src/PVE/API2/LXC/Config.pm:259 at 94f5585:
+#: "don't write to config if we get any errors"), so the way out is a fix or a stopped container
+HOTPLUG_FIX = ("nothing was written; fix the cause PVE names above, or stop the container "
+               "(`pct stop VMID`) and run `provision up` again: a stopped container takes the key at its next start")
+_KEY_LINE = re.compile(r"^([a-z][a-z0-9_-]*): (.+)$")
+
+
+def pve_errors(text: str) -> tuple[str, dict[str, str]]:
+    """``pct``'s parameter errors (``400 Parameter verification failed.`` then ``key: reason`` lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    head = next((ln for ln in lines if re.match(r"^\d{3} ", ln)), lines[0] if lines else "failed")
+    errors = {}
+    for ln in lines:
+        m = _KEY_LINE.match(ln)
+        if m and not ln.startswith(("pct ", "usage")):
+            errors[m.group(1)] = m.group(2)
+    return head, errors
 
 
 def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) -> None:
@@ -356,6 +382,9 @@ def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) 
             if "detected modified configuration" in str(exc):
                 raise ProxmoxError("the container config changed while we were planning", vmid=ct.vmid,
                                    step=STEP, fix="run `provision up` again (it re-reads the config)") from None
+            if any("hotplug" in str(v) for v in exc.errors.values()):
+                exc.fix = exc.fix or HOTPLUG_FIX.replace("VMID", str(ct.vmid))
+                exc.vmid, exc.step = ct.vmid, STEP
             raise
     pct_set(actx, ct.vmid, root_set, root_del)
 

@@ -137,3 +137,14 @@ def test_desired_config_has_marker_tag_and_no_secrets() -> None:
     assert want["tags"] == "llm;provision"
     assert want["net0"] == "name=eth0,bridge=vmbr0,ip=10.0.3.50/24,gw=10.0.3.1"
     assert want["mp0"] == "/tank/models,mp=/srv/models,ro=1"
+
+
+def test_pct_set_errors_are_read_per_key() -> None:
+    """Issue 20 point 12: PVE's per-key reasons of a failed `pct set` become the error's own lines."""
+    from provisioner.operations.container import pve_errors
+
+    text = ("400 Parameter verification failed.\ndev0: unable to hotplug dev0: Device /dev/nvidia0 does not exist\n"
+            "pct set <vmid> [OPTIONS]\n")
+    assert pve_errors(text) == ("400 Parameter verification failed.",
+                                {"dev0": "unable to hotplug dev0: Device /dev/nvidia0 does not exist"})
+    assert pve_errors("unable to parse value\n")[1] == {}

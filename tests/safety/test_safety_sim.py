@@ -241,3 +241,23 @@ def test_a_host_driver_the_repository_lacks_is_refused_before_anything_moves(sim
     finally:
         sim_node.faults.upgrade_host_driver("580.95.05")
         provision("down", str(path), "--yes", check=False)
+
+
+@pytest.mark.parametrize("auth", ["token", "password"])
+def test_a_failed_hot_plug_shows_pves_reason_per_key(sim_node, tmp_path: Path, auth: str) -> None:
+    """Point 12: up printed only `400 Parameter verification failed.`, not PVE's per-key errors."""
+    vmid = 187 if auth == "token" else 188
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=False, auth=auth)
+    try:
+        provision("up", str(path), "--yes")
+        missing = tmp_path / "not-there"  # a bind mount whose source does not exist: the hot-plug fails
+        bad = _with(path, tmp_path / "bad.yaml", mounts=[{"host": str(missing), "path": "/srv/data"}])
+        proc = provision("up", str(bad), "--yes", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "Parameter verification failed" in proc.stderr
+        assert f"mp0: unable to hotplug mp0: mount point '{missing}' does not exist" in proc.stderr, proc.stderr
+        assert "output (tail)" not in proc.stderr  # PVE's reason is the message, not buried in a log tail
+        assert f"nothing was written; fix the cause PVE names above, or stop the container (`pct stop {vmid}`)" \
+            in proc.stderr
+    finally:
+        provision("down", str(path), "--yes", check=False)
