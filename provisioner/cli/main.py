@@ -7,6 +7,8 @@ prints one line and leaves the traceback in a log file, not on screen.
 
 from __future__ import annotations
 
+from . import clock  # noqa: F401 - first: its fallback start time is this import
+
 import json
 import sys
 import traceback
@@ -140,14 +142,19 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
             if not confirm(out, "Apply these changes?", what=f"applying {len(report.planned)} change(s)"):
                 out.line("nothing changed")
                 return 1
+        started = clock.since_start()  # Python, imports, the host file, connecting
         lock = ContainerLock(loaded.config, conn, wait=wait or 0.0,
-                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}")).start()
+        run.prepare(loaded, conn, _only(only))  # while the lock's round trips run
         with lock, out.progress() as progress:
+            locked = clock.since_start()
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
                             on_change=progress.done, only=_only(only), lock=lock)
-        out.applied(report, loaded)
+        report.timings.update(startup=started, lock=locked - started)  # lock: with the overlapped preparation
     finally:
         conn.close()
+    report.wall = clock.since_start()  # all of it: the lock's release and closing the connections too
+    out.applied(report, loaded)
     return 0
 
 

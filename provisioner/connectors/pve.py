@@ -16,6 +16,7 @@ it does not do the way we need:
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class PVE:
         self.creds = creds
         self.node = endpoint.node
         self.calls = 0
+        self._calls_lock = threading.Lock()
+        self._version: dict[str, Any] | None = None
         self._validator = validator
         #: the PVE API schema ("8.4", "9.1") requests are validated against; None until the
         #: server's version is known (facts set it from /version), and nothing is checked before
@@ -136,7 +139,8 @@ class PVE:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
+        with self._calls_lock:  # facts read a container's config, pending and status at once
+            self.calls += 1
 
     def _login(self) -> None:
         try:
@@ -219,7 +223,10 @@ class PVE:
         return f"/nodes/{self.node}/lxc/{vmid}" + (f"/{sub}" if sub else "")
 
     def version(self) -> dict[str, Any]:
-        return self.get("/version")
+        """``GET /version``, asked once per connection (the CLI asks early, while the run lock is taken)."""
+        if self._version is None:
+            self._version = self.get("/version")
+        return self._version
 
     # -- tasks ----------------------------------------------------------------------------------
 

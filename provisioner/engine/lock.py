@@ -20,6 +20,7 @@ import getpass
 import os
 import shlex
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,12 +41,13 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _script(name: str) -> str:
+def _script(name: str, who: str) -> str:
     lock = shlex.quote(f"{LOCK_DIR}/provision-{name}.lock")
     holder = shlex.quote(f"{LOCK_DIR}/provision-{name}.holder")
-    # stdin: first line = who we are; then stays open for as long as we hold the lock
+    # who we are rides on the command line (user@host, pid, time: nothing secret), so LOCKED comes back
+    # with the exec's own reply, one round trip sooner; stdin stays open for as long as we hold the lock
     return (f"exec 9>>{lock}; if ! flock -n 9; then cat {holder} 2>/dev/null; exit {BUSY}; fi; "
-            f"IFS= read -r who; printf '%s\\n' \"$who\" > {holder}; echo LOCKED; cat >/dev/null")
+            f"printf '%s\\n' {shlex.quote(who)} > {holder}; echo LOCKED; cat >/dev/null")
 
 
 class HostLock:
@@ -65,9 +67,8 @@ class HostLock:
         transport = self.ssh.client().get_transport()
         assert transport is not None
         chan = transport.open_session()
-        chan.exec_command(_script(self.name))
         me = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        chan.sendall((me + "\n").encode())
+        chan.exec_command(_script(self.name, me))
         buf = b""
         while b"\n" not in buf:
             data = chan.recv(4096)
@@ -129,6 +130,21 @@ class ContainerLock:
         self.vmid = vmid if vmid is not None else (cfg.container.vmid if isinstance(cfg.container.vmid, int)
                                                    else None)
         self._held: list[HostLock] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> "ContainerLock":
+        """Begin taking the lock in the background (the SSH handshake and flock, several round trips), so
+        the caller's own start-up work overlaps them; ``with lock:`` then waits for it (and raises its error)."""
+        def take() -> None:
+            try:
+                self._acquire()
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that enters the lock
+                self._error = exc
+
+        self._thread = threading.Thread(target=take, name="provision-lock", daemon=True)
+        self._thread.start()
+        return self
 
     @property
     def node(self) -> str:
@@ -149,7 +165,7 @@ class ContainerLock:
     def names(self) -> list[str]:
         return [h.name for h in self._held]
 
-    def __enter__(self) -> "ContainerLock":
+    def _acquire(self) -> None:
         if self.vmid is None:
             self.vmid = self._resolve()
         try:
@@ -158,6 +174,16 @@ class ContainerLock:
         except BaseException:
             self.__exit__()
             raise
+
+    def __enter__(self) -> "ContainerLock":
+        if self._thread is None:
+            self._acquire()
+            return self
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         return self
 
     def claim(self, vmid: int) -> None:

@@ -136,6 +136,8 @@ class Report:
     api_calls: int = 0
     ssh_round_trips: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: the process's whole wall time when the CLI ran it (start-up and the lock included), else None
+    wall: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -145,7 +147,15 @@ class Report:
         return {"applied": [c.as_dict() for c in self.applied], "planned": [c.as_dict() for c in self.planned],
                 "notes": self.notes, "seconds": round(self.seconds, 3), "api_calls": self.api_calls,
                 "ssh_round_trips": self.ssh_round_trips,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                **({"wall_seconds": round(self.wall, 3)} if self.wall is not None else {})}
+
+
+def prepare(loaded: Loaded, conn: Connections, only: list[str] | None = None) -> None:
+    """Work a run needs that may happen before the run lock is held (the CLI does it while the lock is
+    being taken): import the steps' code, open the API's TLS connection and ask the version."""
+    select_steps(loaded.config, only)
+    conn.pve.version()
 
 
 def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,

@@ -5,6 +5,7 @@ A no-op run costs at most five calls: version, resources, config, pending, statu
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +81,11 @@ def gather_pve(pve: PVE, *, vmid: int | None, hostname: str) -> PveFacts:
         if node != pve.node:
             raise ProxmoxError(f"vmid {target} exists on node {node}, not on {pve.node}",
                                host=pve.endpoint.host, fix="use another container.vmid or proxmox.node")
-        config = pve.get(pve.ct(target, "config"))
-        pending_list = pve.get(pve.ct(target, "pending")) or []
-        status = pve.get(pve.ct(target, "status/current"))
+        # three independent reads, at once: one round trip instead of three
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="pve-facts") as pool:
+            futures = [pool.submit(pve.get, pve.ct(target, sub)) for sub in ("config", "pending", "status/current")]
+            config, pending_list, status = (f.result() for f in futures)
+        pending_list = pending_list or []
         pending = {p["key"]: str(p["pending"]) for p in pending_list if "pending" in p}
         deletes = frozenset(p["key"] for p in pending_list if p.get("delete"))
         ct = ContainerState(vmid=target, config={k: str(v) for k, v in config.items()},

@@ -25,3 +25,15 @@ def test_confirm_refuses_without_a_terminal() -> None:
     text = str(info.value)
     assert text.startswith("CT 9: destroying the container needs confirmation")
     assert "stdin is not a terminal" in text and "pass --yes" in text
+
+
+def test_a_no_op_does_not_import_what_it_never_uses() -> None:
+    """Point 15: paramiko pulled in invoke (and unittest, asyncio) at every start, ~0.1-0.2 s."""
+    import subprocess
+    import sys
+
+    code = ("import sys, provisioner.connectors.ssh, provisioner.engine.run; "
+            "print(sorted(m for m in ('invoke', 'unittest', 'asyncio') if m in sys.modules)); "
+            "import invoke; print('invoke still importable')")  # the block is lifted after paramiko's import
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "invoke still importable"]

@@ -261,3 +261,25 @@ def test_a_failed_hot_plug_shows_pves_reason_per_key(sim_node, tmp_path: Path, a
             in proc.stderr
     finally:
         provision("down", str(path), "--yes", check=False)
+
+
+def test_up_reports_the_whole_wall_time(sim_node, tmp_path: Path) -> None:
+    """Point 15: the reported figure left out Python's start-up, the imports and the lock (~1.8 s)."""
+    import time
+
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=189, gpu=False)
+    try:
+        provision("up", str(path), "--yes")
+        t0 = time.perf_counter()
+        rep = last_json(provision("--json", "up", str(path), "--yes"))
+        outside = time.perf_counter() - t0
+        assert rep["applied"] == []
+        t = rep["timings"]
+        assert {"startup", "lock"} <= set(t) and t["startup"] > 0 and t["lock"] > 0
+        # everything but the interpreter's exit is in it, and its parts add up
+        assert 0.8 * outside <= rep["wall_seconds"] <= outside, (rep["wall_seconds"], outside)
+        assert rep["wall_seconds"] >= t["startup"] + t["lock"] + rep["seconds"] - 0.05
+        text = provision("up", str(path), "--yes").stderr
+        assert "nothing changed (" in text and "s: start-up " in text and ", lock " in text and ", run " in text
+    finally:
+        provision("down", str(path), "--yes", check=False)
