@@ -83,7 +83,7 @@ def host_cmd(file: Path = typer.Argument(..., help="The host file (YAML) with ho
         ctx = PlanContext(cfg=cfg, pve=PveFacts(version=".".join(release.split(".")[:2]), release=release, ct=None,
                                                 vmid=None), facts={}, root_path=run.root_path(cfg))
         lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-host-driver", wait=wait,
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+                        on_wait=out.lock_waiter())
         applied = []
         with lock, out.progress() as progress:
             for change in hp.changes:

@@ -144,7 +144,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
                 return 1
         started = clock.since_start()  # Python, imports, the host file, connecting
         lock = ContainerLock(loaded.config, conn, wait=wait or 0.0,
-                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}")).start()
+                             on_wait=out.lock_waiter()).start()
         run.prepare(loaded, conn, _only(only))  # while the lock's round trips run
         with lock, out.progress() as progress:
             locked = clock.since_start()

@@ -98,7 +98,7 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
             out.line("nothing changed")
             return 1
         lock = ContainerLock(cfg, conn, vmid=plan["vmid"],
-                             on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+                             on_wait=out.lock_waiter())
         with lock, out.progress() as progress:
             snapshot.rollback(conn.pve, plan["vmid"], plan["snapshot"], running=plan["running"],
                               timeout=cfg.proxmox.task_timeout, say=progress.status)

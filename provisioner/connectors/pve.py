@@ -102,6 +102,17 @@ class _Transient(Exception):
 Validator = Callable[[str, str, str, dict[str, Any]], dict[str, str]]
 
 
+def _fix_for(status: int, creds: Credentials) -> str | None:
+    """What to do about an authentication failure (PVE answers a bare 401, no reason in the body)."""
+    if status != 401:
+        return None
+    if creds.token_id:
+        return (f"the API token {creds.token_id} was refused: check proxmox.auth.token_id and that the secret "
+                "source (token_secret) holds that token's secret; `pveum user token list USER` on the node lists "
+                "the tokens, `pveum user token add USER NAME` makes a new one (its secret is shown once)")
+    return "the login was refused: check proxmox.auth.user and the password source"
+
+
 class PVE:
     """A connection to one Proxmox VE node's API."""
 
@@ -169,10 +180,12 @@ class PVE:
 
     def _translate(self, exc: ResourceException, method: str, path: str) -> ProxmoxError:
         errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # proxmoxer's stand-in for a body that is not JSON ({"errors": b''} for a bare 401): not PVE's words
+        errors = {k: v for k, v in errors.items() if not isinstance(v, (bytes, bytearray))}
         msg = redact(str(exc.content or exc.status_message)).strip()
         return ProxmoxError(f"{method} {path}: {exc.status_code} {msg}", status=exc.status_code,
                             errors={k: redact(str(v)).strip() for k, v in errors.items()},
-                            host=self.endpoint.host)
+                            host=self.endpoint.host, fix=_fix_for(exc.status_code, self.creds))
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}

@@ -54,7 +54,8 @@ class HostLock:
     """Held while the context is open; ``name`` identifies the container (node + hostname)."""
 
     def __init__(self, ssh: SSH, name: str, *, wait: float = 0.0,
-                 on_wait: Callable[[str], None] = lambda holder: None) -> None:
+                 on_wait: Callable[[str, float], None] = lambda holder, left: None) -> None:
+        """``on_wait(holder, seconds_left)`` while another run holds it; ``(\"\", -1)`` once the wait is over."""
         self.ssh = ssh
         self.name = safe_name(name)
         self.wait = wait
@@ -86,16 +87,23 @@ class HostLock:
 
     def __enter__(self) -> "HostLock":
         deadline = time.monotonic() + self.wait
-        while True:
-            holder = self._try()
-            if holder is None:
-                return self
-            if time.monotonic() >= deadline:
-                raise LockHeld(f"another `provision` run holds the lock for {self.name}: {holder}",
-                               host=self.ssh.target.host,
-                               fix="wait for it to finish, or pass --wait SECONDS to queue behind it")
-            self.on_wait(holder)
-            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        waited = False
+        try:
+            while True:
+                holder = self._try()
+                if holder is None:
+                    return self
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockHeld(f"another `provision` run holds the lock for {self.name}: {holder}",
+                                   host=self.ssh.target.host,
+                                   fix="wait for it to finish, or pass --wait SECONDS to queue behind it")
+                waited = True
+                self.on_wait(holder, left)
+                time.sleep(min(2.0, max(0.1, left)))
+        finally:
+            if waited:
+                self.on_wait("", -1.0)  # the wait is over (one way or the other)
 
     def __exit__(self, *exc: object) -> None:
         if self._chan is not None:
@@ -122,7 +130,7 @@ class ContainerLock:
     """The run lock of the host file's container; ``claim(vmid)`` adds the lock of a vmid chosen later."""
 
     def __init__(self, cfg: "HostFile", conn: Any, *, wait: float = 0.0,
-                 on_wait: Callable[[str], None] = lambda holder: None, vmid: int | None = None) -> None:
+                 on_wait: Callable[[str, float], None] = lambda holder, left: None, vmid: int | None = None) -> None:
         self.cfg = cfg
         self.conn = conn
         self.wait = wait

@@ -151,6 +151,14 @@ class Report:
                 **({"wall_seconds": round(self.wall, 3)} if self.wall is not None else {})}
 
 
+def _after_start(ctx: PlanContext, step: Step) -> bool:
+    """A step that needs the container's own facts, while an existing container is stopped: what it
+    would plan from no facts (a reinstall of everything) is not what `up` does after starting it."""
+    if ctx.pve.ct is None or ctx.ct_running or step.name == "container":
+        return False
+    return any(f.where == "ct" for f in getattr(step, "facts", ()))
+
+
 def prepare(loaded: Loaded, conn: Connections, only: list[str] | None = None) -> None:
     """Work a run needs that may happen before the run lock is held (the CLI does it while the lock is
     being taken): import the steps' code, open the API's TLS connection and ask the version."""
@@ -166,8 +174,15 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
     steps = select_steps(cfg, only)
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
     report = Report()
+    later: list[str] = []
     for step in steps:
+        if _after_start(ctx, step):
+            later.append(step.name)
+            continue
         report.planned += step.plan(ctx)
+    if later:
+        ctx.notes.append(f"CT {ctx.vmid} is stopped: {', '.join(later)} read their facts inside it, so `up` "
+                         "plans them once it has started it (nothing is listed for them here)")
     report.notes = list(dict.fromkeys(ctx.notes))
     report.seconds = time.monotonic() - t0
     report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips

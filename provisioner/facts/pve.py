@@ -26,6 +26,8 @@ class ContainerState:
     pending_delete: frozenset[str] = frozenset()
     status: str = "stopped"
     node: str = ""
+    #: the value in force now of each key with a pending change or delete (``/pending``'s "value")
+    pending_was: dict[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -88,9 +90,11 @@ def gather_pve(pve: PVE, *, vmid: int | None, hostname: str) -> PveFacts:
         pending_list = pending_list or []
         pending = {p["key"]: str(p["pending"]) for p in pending_list if "pending" in p}
         deletes = frozenset(p["key"] for p in pending_list if p.get("delete"))
+        was = {p["key"]: str(p["value"]) for p in pending_list
+               if "value" in p and ("pending" in p or p.get("delete"))}
         ct = ContainerState(vmid=target, config={k: str(v) for k, v in config.items()},
                             digest=str(config.get("digest", "")), pending=pending,
                             pending_delete=deletes, status=str(status.get("status", "stopped")),
-                            node=pve.node)
+                            node=pve.node, pending_was=was)
     return PveFacts(version=_short_version(release), release=release, ct=ct,
                     vmid=target, used_vmids=used)

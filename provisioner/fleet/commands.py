@@ -88,7 +88,8 @@ def _up_job(only: list[str] | None, restart: bool, wait: float) -> Callable[[Hos
         try:
             events.status("taking the run lock")
             lock = ContainerLock(host.loaded.config, conn, wait=wait,
-                                 on_wait=lambda holder: events.status(f"waiting for the lock held by {holder}"))
+                                 on_wait=lambda holder, left: left >= 0 and events.status(
+                                     f"waiting for the lock held by {holder} ({left:.0f} s left)"))
             with lock:
                 events.status("gathering facts")
                 return run.up(host.loaded, conn, allow_restart=restart, status=events.status, log=events.log,

@@ -100,6 +100,17 @@ def desired_config(ctx: PlanContext) -> dict[str, str]:
     return want
 
 
+def split_tags(value: str) -> set[str]:
+    """PVE's tag list (``;``, ``,`` or spaces between tags) as a set of lower-cased tags."""
+    return {t.strip().lower() for t in value.replace(",", ";").replace(" ", ";").split(";") if t.strip()}
+
+
+def merged_tags(current: str, desired: str) -> str:
+    """The container's own tags plus ours: a tag someone set (in the UI, or before we adopted the CT)
+    is never removed; the host file's tags and the marker are added."""
+    return ";".join(sorted(split_tags(current) | split_tags(desired)))
+
+
 def is_root_only(key: str, value: str, unprivileged: bool) -> bool:
     """PVE's rule: devN, bind mounts, and features on a privileged CT (or beyond nesting)."""
     if key.startswith("dev"):
@@ -144,9 +155,7 @@ def same(key: str, current: str | None, desired: str, version: str) -> bool:
     if current is None:
         return False
     if key == "tags":
-        norm = lambda s: sorted({t.strip().lower() for t in s.replace(",", ";").replace(" ", ";").split(";")
-                                 if t.strip()})
-        return norm(current) == norm(desired)
+        return split_tags(current) == split_tags(desired)
     if key == "description":
         return current.strip() == desired.strip()
     if key.startswith(("net", "mp", "dev")) or key == "features":
@@ -208,6 +217,7 @@ class ContainerStep:
         version = ctx.pve.version
         want = desired_config(ctx)
         want["description"] = description(ctx, ct.config.get("description"))
+        want["tags"] = merged_tags(ct.config.get("tags", ""), want["tags"])
         # what the config will be once pending values apply
         effective = dict(ct.config)
         effective.update(ct.pending)
@@ -266,8 +276,11 @@ class ContainerStep:
         def apply(actx: ApplyContext) -> None:
             restart_container(actx)
 
+        # GET config already shows pending values, and no deleted key: the value in force comes from /pending
+        diff = {k: (ct.pending_was.get(k, ct.config.get(k) if k not in ct.pending else None),
+                    "(deleted)" if k in ct.pending_delete else ct.pending.get(k)) for k in keys}
         return Change(STEP, "restart", f"ct {ct.vmid}", f"restart to apply pending {', '.join(keys)}", apply,
-                      diff={k: (ct.config.get(k), ct.pending.get(k)) for k in keys}, refresh=True)
+                      diff=diff, refresh=True)
 
     def _start_change(self, ctx: PlanContext, *, created: bool) -> Change:
         def apply(actx: ApplyContext) -> None:

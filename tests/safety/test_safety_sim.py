@@ -283,3 +283,31 @@ def test_up_reports_the_whole_wall_time(sim_node, tmp_path: Path) -> None:
         assert "nothing changed (" in text and "s: start-up " in text and ", lock " in text and ", run " in text
     finally:
         provision("down", str(path), "--yes", check=False)
+
+
+def test_a_stopped_containers_plan_lists_only_what_up_does(sim_node, tmp_path: Path) -> None:
+    """Point 16: a stopped CT's plan listed a reinstall (from no facts) that `up` does not do."""
+    vmid = 180
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=False)
+    try:
+        provision("up", str(path), "--yes")
+        code, _, err = sim_node.run(f"pct stop {vmid}")
+        assert code == 0, err
+        rep = last_json(provision_cli("--json", "plan", str(path)))  # every step
+        assert [(c["step"], c["action"]) for c in rep["planned"]] == [("container", "start")], rep["planned"]
+        assert any(f"CT {vmid} is stopped: " in n and "llama" in n for n in rep["notes"]), rep["notes"]
+    finally:
+        provision("down", str(path), "--yes", check=False)
+
+
+def test_a_wrong_api_token_names_what_to_check(sim_node, tmp_path: Path) -> None:
+    """Point 16: `401 ... errors: b''` and no fix."""
+    secret = tmp_path / "wrong-secret"
+    secret.write_text("00000000-0000-0000-0000-000000000000\n")
+    secret.chmod(0o600)
+    path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=179, gpu=False,
+                           extra={"proxmox": {"auth": {"token_secret": {"file": str(secret)}}}})
+    proc = provision("plan", str(path), check=False)
+    assert proc.returncode == 1
+    assert "b''" not in proc.stderr and "401" in proc.stderr, proc.stderr
+    assert "was refused: check proxmox.auth.token_id and that the secret source" in proc.stderr
