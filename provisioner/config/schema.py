@@ -344,6 +344,10 @@ class Server(Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     ctx_size: Annotated[int, Field(ge=0)] = 32768
     parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    #: tokens of KV cache for a second slot, so Claude Code's background requests (titles, its small
+    #: fast model) run beside the main request instead of queueing behind it (operations/units.py
+    #: ``slot_layout``); 0 = one slot only. Used when parallel is 1 and ctx_size is set.
+    background_slot: Annotated[int, Field(ge=0, le=262144)] = 4096
     flash_attn: Literal["on", "off", "auto"] = "auto"
     cache_type_k: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
     cache_type_v: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"

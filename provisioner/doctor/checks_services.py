@@ -15,6 +15,7 @@ from ..facts.services import (
     UnitState,
     model_paths,
 )
+from ..operations.units import kv_tokens, slot_layout
 from .context import DoctorContext
 from .facts import Hashed, ServerProbe, Vram
 from .findings import Evidence, Finding, fail, ok, warn
@@ -170,7 +171,7 @@ def slot_context(d: DoctorContext) -> tuple[int | None, str]:
     total = s.ctx_size or (shape.n_ctx_train if shape else None)
     if total is None:
         return None, "unknown"
-    per_slot = total // s.parallel
+    per_slot = slot_layout(d.cfg)[1] or total // s.parallel
     trained = shape.n_ctx_train if shape else None
     capped = trained is not None and per_slot > trained and not any(
         kv.endswith(f"context_length=int:{per_slot}") or ".context_length=" in kv for kv in s.override_kv)
@@ -210,7 +211,7 @@ def estimate(d: DoctorContext) -> tuple[int, int, int] | None:
     if state is None or shape is None:
         return None
     s = d.cfg.server
-    n_ctx = s.ctx_size or (shape.n_ctx_train or 0)
+    n_ctx = kv_tokens(d.cfg) or (shape.n_ctx_train or 0)  # the background slot's share too
     return state.size, kv_cache_bytes(shape, n_ctx, s.cache_type_k, s.cache_type_v), n_ctx
 
 

@@ -168,9 +168,10 @@ def test_context_not_checked_without_claude_code():
 def test_vram_estimate_from_the_gguf_header():
     d = context()
     model_b, kv_b, n_ctx = cs.estimate(d)
-    # SmolLM2-135M: 30 layers, 3 KV heads × 64 = 192 per token for k and for v; q8_0 = 34/32 bytes
-    assert (model_b, n_ctx) == (98362432, 32768)
-    assert kv_b == 30 * 32768 * (192 * 34 / 32) * 2
+    # SmolLM2-135M: 30 layers, 3 KV heads × 64 = 192 per token for k and for v; q8_0 = 34/32 bytes;
+    # the pool is ctx_size + server.background_slot (32768 + 4096) tokens
+    assert (model_b, n_ctx) == (98362432, 36864)
+    assert kv_b == 30 * 36864 * (192 * 34 / 32) * 2
     f = one(cs.check_vram(d), "services.vram")
     assert f.status == "ok" and "fits in 24563 MiB" in f.title
 
@@ -182,7 +183,7 @@ def test_vram_too_small():
 
 
 def test_vram_counts_our_own_use_when_running():
-    d = up_ctx(raw={"doctor.vram": "0, 512, 480, 32\n"})
+    d = up_ctx(cfg=config(server={"background_slot": 0}), raw={"doctor.vram": "0, 512, 480, 32\n"})
     assert one(cs.check_vram(d), "services.vram").title.endswith("fits in 512 MiB of VRAM")
 
 
