@@ -312,4 +312,26 @@ def _is_message(body: str) -> bool:
         return False
 
 
-CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_vram, check_ports, check_gateway]
+def check_tools(d: DoctorContext) -> list[Finding]:
+    """Can the model's chat template carry tools? Coding agents need them (llama-server /props)."""
+    if d.cfg.model is None or not d.ct_facts:
+        return []
+    probe: ServerProbe | None = d.fact("doctor.server")
+    caps = (probe.props or {}).get("chat_template_caps") if probe else None
+    if not isinstance(caps, dict) or "supports_tools" not in caps:
+        return []
+    ev = Evidence(d.in_ct(f"curl -s http://127.0.0.1:{d.cfg.server.port}/props"),
+                  "chat_template_caps: " + ", ".join(f"{k}={v}" for k, v in sorted(caps.items())
+                                                     if "tool" in k))
+    if caps["supports_tools"]:
+        return [ok("services.tools", "the model's chat template supports tools", ev)]
+    from ..operations.verify import NO_TOOLS
+
+    return [warn("services.tools", "the model's chat template has no tool support", ev,
+                 fix="choose a model whose template supports tools, or give llama-server one "
+                     "(server.extra_args: --chat-template-file PATH)",
+                 detail=NO_TOOLS.removeprefix("warning: "))]
+
+
+CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_tools, check_vram, check_ports,
+          check_gateway]

@@ -264,3 +264,13 @@ def test_model_changed_in_place_is_seen_by_size_mtime_and_by_deep_hash():
     good = up_ctx(raw={"doctor.model_sha": f"sha model {SHA} 98362432 0.4\n"})
     assert one(cs.check_model_file(good), "services.model_verified").title == \
         "model file sha256 verified (0.1 GiB read in 0.4 s)"
+
+
+def test_a_template_without_tools_is_a_warning():
+    """Issue 20 point 11: tool calls come back as text with such a template."""
+    caps = {"supports_tools": False, "supports_tool_calls": False}
+    f = one(cs.check_tools(up_ctx(raw={"doctor.server": server_raw(props={
+        "default_generation_settings": {"n_ctx": 32768}, "chat_template_caps": caps})})), "services.tools")
+    assert f.status == "warn" and "no tool support" in f.title and "--chat-template-file" in f.fix
+    good = {"default_generation_settings": {"n_ctx": 32768}, "chat_template_caps": {"supports_tools": True}}
+    assert one(cs.check_tools(up_ctx(raw={"doctor.server": server_raw(props=good)})), "services.tools").status == "ok"
