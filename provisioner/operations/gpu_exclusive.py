@@ -36,7 +36,13 @@ def minor_of(gpu: GpuInfo) -> int:
 
 
 def _own_minors(ctx: PlanContext) -> set[int]:
-    """GPUs our container already has (its current devN entries)."""
+    """GPUs our container already has, when provision gave them: a container with our marker passed the
+    exclusivity check when it got them; one without (a hand-made devN) did not."""
+    return _current_minors(ctx) if ctx.pve.ct is not None and ctx.pve.ct.ours else set()
+
+
+def _current_minors(ctx: PlanContext) -> set[int]:
+    """GPUs the container has now (its current devN entries), whoever put them there."""
     if ctx.pve.ct is None:
         return set()
     out = set()
@@ -100,16 +106,17 @@ def exclusive(ctx: PlanContext, chosen: list[GpuInfo]) -> list[GpuInfo]:
     clashing = [g for g in chosen if minor_of(g) in taken and minor_of(g) not in own]
     if not clashing:
         return chosen
-    if ctx.cfg.gpu.select != "all":
-        gpu = clashing[0]
+    held = _current_minors(ctx)  # never silently dropped by `select: all`: said, with its holder
+    if ctx.cfg.gpu.select != "all" or any(minor_of(g) in held for g in clashing):
+        gpu = next((g for g in clashing if minor_of(g) in held), clashing[0])
         raise ConfigError(f"{_describe(gpu)} is already passed to {_holder(taken[minor_of(gpu)])}, "
                           "another container managed by provision; a GPU is given to one container "
                           "unless sharing is asked for", key="gpu.select", fix=_FIX)
     free = [g for g in chosen if g not in clashing]
     if not free:
-        held = "; ".join(f"{_describe(g)}: {_holder(taken[minor_of(g)])}" for g in clashing)
+        holders = "; ".join(f"{_describe(g)}: {_holder(taken[minor_of(g)])}" for g in clashing)
         raise ConfigError(f"every GPU on the node is already passed to another container managed by "
-                          f"provision ({held})", key="gpu.select", fix=_FIX)
+                          f"provision ({holders})", key="gpu.select", fix=_FIX)
     for g in clashing:
         ctx.notes.append(f"gpu.select: all skips {_describe(g)}: it is passed to {_holder(taken[minor_of(g)])} "
                          "(gpu.share: true would share it)")

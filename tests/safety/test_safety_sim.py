@@ -311,3 +311,21 @@ def test_a_wrong_api_token_names_what_to_check(sim_node, tmp_path: Path) -> None
     assert proc.returncode == 1
     assert "b''" not in proc.stderr and "401" in proc.stderr, proc.stderr
     assert "was refused: check proxmox.auth.token_id and that the secret source" in proc.stderr
+
+
+def test_doctor_fix_leaves_an_unmarked_container_alone(sim_node, tmp_path: Path) -> None:
+    """Point 3: on a container we did not create, doctor --fix added dev0-dev3."""
+    import json
+
+    vmid = 178
+    sim_node.create_ct(vmid, hostname=f"llm-{vmid}")  # no provision tag, no marker line
+    try:
+        path = write_host_file(tmp_path / "h.yaml", sim_node.conn, vmid=vmid, gpu=True)
+        proc = provision("--json", "doctor", str(path), "--fix", "--yes", check=False)
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert f"CT {vmid} was not created by provision" in data.get("not_fixed", ""), data
+        assert "container.devices" not in data["fixed"]
+        _, conf, _ = sim_node.run(f"cat /etc/pve/lxc/{vmid}.conf")
+        assert "dev0" not in conf and "provision" not in conf
+    finally:
+        sim_node.destroy_ct(vmid)
