@@ -28,6 +28,8 @@ def clients(file: Path = typer.Argument(..., help="The host file (YAML)."),
     from ..facts.pve import gather_pve
     from ..operations.clients import (
         client_inputs,
+        max_output,
+        max_output_basis,
         reachability_warnings,
         render_clients,
         write_clients,
@@ -52,6 +54,9 @@ def clients(file: Path = typer.Argument(..., help="The host file (YAML)."),
         out.warn(warning)
     output_dir = Path(cfg.clients.output_dir).expanduser()
     files = render_clients(cfg, inputs, output_dir)
+    if cfg.clients.claude_code:
+        out.line(f"Claude Code output cap: {max_output(inputs.n_ctx, inputs.gen_tps)} tokens per answer "
+                 f"({max_output_basis(inputs)}), exported by claude-local unless CLAUDE_CODE_MAX_OUTPUT_TOKENS is set")
     if write:
         done = write_clients(files, output_dir)
         if out.json_mode:

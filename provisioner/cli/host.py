@@ -9,7 +9,6 @@ the host, verifies the loaded module) and moves every managed GPU container in l
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..redact import redact_obj
-from .main import _load, app, guarded
+from .main import _load, app, confirm, guarded
 from .output import Output, current
 
 if TYPE_CHECKING:
@@ -70,11 +69,13 @@ def host_cmd(file: Path = typer.Argument(..., help="The host file (YAML) with ho
     try:
         st = host_driver.gather_state(cfg, conn)
         hp = host_driver.plan(cfg, st, reboot=reboot, converge_ct=converge_ct)
-        if plan_only or not hp.changes or (not yes and sys.stdin.isatty() and not out.json_mode):
-            _show(out, hp, file)
+        if plan_only or not hp.changes or not yes:
+            if plan_only or not hp.changes or not out.json_mode:
+                _show(out, hp, file)
             if plan_only or not hp.changes:
                 return 0
-            if not typer.confirm("Apply these host changes?", default=False):
+            if not confirm(out, "Apply these host changes?", what=f"changing the host's driver "
+                                                                 f"({len(hp.changes)} change(s))"):
                 out.line("nothing changed")
                 return 1
         info = conn.pve.version()
@@ -82,7 +83,7 @@ def host_cmd(file: Path = typer.Argument(..., help="The host file (YAML) with ho
         ctx = PlanContext(cfg=cfg, pve=PveFacts(version=".".join(release.split(".")[:2]), release=release, ct=None,
                                                 vmid=None), facts={}, root_path=run.root_path(cfg))
         lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-host-driver", wait=wait,
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+                        on_wait=out.lock_waiter())
         applied = []
         with lock, out.progress() as progress:
             for change in hp.changes:

@@ -7,6 +7,8 @@ prints one line and leaves the traceback in a log file, not on screen.
 
 from __future__ import annotations
 
+from . import clock  # noqa: F401 - first: its fallback start time is this import
+
 import json
 import sys
 import traceback
@@ -26,14 +28,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ERROR_LOG = Path.home() / ".cache" / "provision" / "last-error.log"
 
 
+def _print_version(value: bool) -> None:
+    """``--version`` on its own: eager, so click does not first insist on a command."""
+    if value:
+        typer.echo(f"provision {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(ctx: typer.Context,
             json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
             verbose: bool = typer.Option(False, "--verbose", "-v", help="Show notes, task logs and command output."),
-            version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                         help="Print the version and exit.")) -> None:
     ctx.obj = set_current(Output(json_mode=json_out, verbose=verbose))
 
 
@@ -68,6 +75,21 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
+def confirm(out: Output, question: str, *, what: str, vmid: int | None = None) -> bool:
+    """Ask ``question`` on a terminal; without one (or with --json), refuse: nobody can answer.
+
+    A pipe is not an answer: `echo n | provision down FILE` once destroyed the container because
+    "no terminal" meant "do not ask". Now only --yes means that.
+    """
+    from ..errors import RefusedError
+
+    if not sys.stdin.isatty() or out.json_mode:
+        why = "--json was given" if out.json_mode and sys.stdin.isatty() else "stdin is not a terminal"
+        raise RefusedError(f"{what} needs confirmation, and nobody can give it here ({why}); nothing changed",
+                           vmid=vmid, fix="run it in a terminal to be asked, or pass --yes")
+    return typer.confirm(question, default=False)
+
+
 def _only(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -100,7 +122,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
        workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     out: Output = current()
     if _is_inventory(file):
@@ -111,23 +133,28 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        if plan_only or (not yes and sys.stdin.isatty() and not out.json_mode):
+        if plan_only or not yes:
             report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
-            out.plan(report, loaded)
+            if plan_only or not report.planned or not out.json_mode:
+                out.plan(report, loaded)
             if plan_only or not report.planned:
                 return 0
-            if not typer.confirm("Apply these changes?", default=False):
+            if not confirm(out, "Apply these changes?", what=f"applying {len(report.planned)} change(s)"):
                 out.line("nothing changed")
                 return 1
-        cfg = loaded.config
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait or 0.0,
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+        started = clock.since_start()  # Python, imports, the host file, connecting
+        lock = ContainerLock(loaded.config, conn, wait=wait or 0.0,
+                             on_wait=out.lock_waiter()).start()
+        run.prepare(loaded, conn, _only(only))  # while the lock's round trips run
         with lock, out.progress() as progress:
+            locked = clock.since_start()
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
-                            on_change=progress.done, only=_only(only))
-        out.applied(report, loaded)
+                            on_change=progress.done, only=_only(only), lock=lock)
+        report.timings.update(startup=started, lock=locked - started)  # lock: with the overlapped preparation
     finally:
         conn.close()
+    report.wall = clock.since_start()  # all of it: the lock's release and closing the connections too
+    out.applied(report, loaded)
     return 0
 
 
@@ -186,14 +213,17 @@ def down(file: Path = typer.Argument(..., help="The host file (YAML)."),
          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> int:
     """Stop and destroy the container we created (never one we did not)."""
     from ..engine import run
+    from ..engine.lock import ContainerLock
     from ..operations.lifecycle import destroy
 
     out: Output = current()
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        destroy(loaded.config, conn, purge=purge, confirm=None if yes or not sys.stdin.isatty()
-                else (lambda q: typer.confirm(q, default=False)), out=out)
+        with ContainerLock(loaded.config, conn):  # never while an `up` of it runs
+            destroy(loaded.config, conn, purge=purge, out=out,
+                    confirm=None if yes else (lambda q, vmid: confirm(out, q, what="destroying the container",
+                                                                      vmid=vmid)))
     finally:
         conn.close()
     return 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ProvisionError
 from ..redact import redact, redact_obj
@@ -33,13 +34,13 @@ class Progress:
 
     def status(self, message: str) -> None:
         if self._status is not None:
-            self._status.update(f"[bold]{redact(message)}")
+            self._status.update(f"[bold]{escape(redact(message))}")
         elif self._out.verbose:
-            self._out.err.print(f"… {redact(message)}")
+            self._out.err.print(f"… {escape(redact(message))}")
 
     def done(self, change: "Change", seconds: float) -> None:
         if not self._out.json_mode:
-            self._out.err.print(f"[green]✓[/] {redact(change.step)}: {redact(change.summary)} "
+            self._out.err.print(f"[green]✓[/] {escape(redact(change.step))}: {escape(redact(change.done_text))} "
                                 f"[dim]({seconds:.1f}s)[/]")
 
 
@@ -57,15 +58,17 @@ class Output:
         if not self.json_mode:
             self.err.print(redact(text), markup=False)
 
+    # Every text below is the user's or a remote's: escaped, so rich never reads `[a-z0-9]` in a
+    # pattern or `[/dev/x]` in a message as markup (it ate the hostname pattern of an error).
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {redact(text)}")
+        self.err.print(f"[yellow]warning:[/] {escape(redact(text))}")
 
     def fail_line(self, text: str) -> None:
-        self.err.print(f"[red]error:[/] {redact(text)}")
+        self.err.print(f"[red]error:[/] {escape(redact(text))}")
 
     def log_line(self, text: str) -> None:
         if self.verbose and not self.json_mode:
-            self.err.print(f"[dim]  | {redact(text)}[/]", markup=True)
+            self.err.print(f"[dim]  | {escape(redact(text))}[/]", markup=True)
 
     def error(self, exc: ProvisionError, kind: str) -> None:
         if self.json_mode:
@@ -74,7 +77,28 @@ class Output:
             if fix:
                 data["fix"] = redact(fix)
             print(json.dumps(data))
-        self.err.print(f"[red]error:[/] {redact(str(exc))}", markup=True, highlight=False)
+        self.err.print(f"[red]error:[/] {escape(redact(str(exc)))}", markup=True, highlight=False)
+
+    def lock_waiter(self) -> Callable[[str, float], None]:
+        """What to show while another run holds the lock: on a terminal one line, rewritten with the
+        seconds left; elsewhere one line, once (it used to repeat every 2 s)."""
+        shown: list[str] = []
+
+        def on_wait(holder: str, left: float) -> None:
+            if self.json_mode:
+                return
+            if left < 0:  # over
+                if shown and self.err.is_terminal:
+                    self.err.file.write("\n")
+                return
+            if self.err.is_terminal:
+                self.err.file.write(f"\r\033[Kwaiting for the lock held by {redact(holder)}: {left:.0f} s left")
+                self.err.file.flush()
+            elif not shown:
+                self.line(f"waiting up to {left:.0f} s for the lock held by {holder}")
+            shown.append(holder)
+
+        return on_wait
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Progress]:
@@ -90,16 +114,16 @@ class Output:
 
     def _notes(self, notes: list[str]) -> None:
         for n in notes:
-            self.err.print(f"[cyan]note:[/] {redact(n)}")
+            self.err.print(f"[cyan]note:[/] {escape(redact(n))}")
 
     def plan(self, report: "Report", loaded: "Loaded") -> None:
         if self.json_mode:
             print(json.dumps(redact_obj({"ok": True, "changes": len(report.planned), **report.as_dict()})))
             return
         if not report.planned:
-            self.err.print(f"[green]{loaded.path}: no changes[/] — the host is converged")
+            self.err.print(f"[green]{escape(str(loaded.path))}: no changes[/] — the host is converged")
         else:
-            self.err.print(f"[bold]{loaded.path}: {len(report.planned)} change(s) planned[/]")
+            self.err.print(f"[bold]{escape(str(loaded.path))}: {len(report.planned)} change(s) planned[/]")
             for change in report.planned:
                 self.err.print(change.render(), markup=False)
         self._notes(report.notes)
@@ -108,12 +132,13 @@ class Output:
         if self.json_mode:
             print(json.dumps(redact_obj({"ok": True, "changes": len(report.applied), **report.as_dict()})))
             return
+        took = _took(report)
         if not report.applied:
-            self.err.print(f"[green]{loaded.path}: nothing changed[/] ({report.seconds:.1f}s, "
+            self.err.print(f"[green]{escape(str(loaded.path))}: nothing changed[/] ({took}; "
                            f"{report.api_calls} API calls, {report.ssh_round_trips} SSH round trips)")
         else:
-            self.err.print(f"[bold green]{loaded.path}: {len(report.applied)} change(s) applied[/] "
-                           f"in {report.seconds:.1f}s")
+            self.err.print(f"[bold green]{escape(str(loaded.path))}: {len(report.applied)} change(s) applied[/] "
+                           f"in {took}")
         self._notes(report.notes)
 
     def status(self, ctx: "PlanContext") -> None:
@@ -139,7 +164,7 @@ class Output:
             self.err.print("container: not created yet")
         else:
             c = data["container"]
-            self.err.print(f"container {c['vmid']} ({c['hostname']}): {c['status']}"
+            self.err.print(f"container {c['vmid']} ({escape(str(c['hostname']))}): {c['status']}"
                            + ("" if c["ours"] else " [yellow](not created by provision)[/]"))
             if c["pending"]:
                 self.err.print(f"  pending until restart: {', '.join(c['pending'])}")
@@ -148,6 +173,15 @@ class Output:
             self.err.print(line, markup=False)
         for name, value in data.get("facts", {}).items():
             self.err.print(f"  {name}: {redact(json.dumps(value, default=str))[:200]}", markup=False)
+
+
+def _took(report: "Report") -> str:
+    """The wall time a user waited, and where it went: ``2.1s: start-up 0.9s, lock 0.1s, run 1.1s``."""
+    if report.wall is None:
+        return f"{report.seconds:.1f}s"
+    parts = [f"start-up {report.timings['startup']:.1f}s" if "startup" in report.timings else "",
+             f"lock {report.timings['lock']:.1f}s" if "lock" in report.timings else "", f"run {report.seconds:.1f}s"]
+    return f"{report.wall:.1f}s: " + ", ".join(p for p in parts if p)
 
 
 def _plain(value: Any) -> Any:

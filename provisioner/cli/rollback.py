@@ -9,15 +9,14 @@ lock as `up`.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from ..errors import ProvisionError, RefusedError
+from ..errors import ProvisionError
 from ..redact import redact_obj
-from .main import _load, app, guarded
+from .main import _load, app, confirm, guarded
 from .output import Output, current
 
 
@@ -34,11 +33,11 @@ def rollback_plan(cfg: Any, conn: Any, to: str | None) -> dict[str, Any]:
                              fix="nothing to roll back; `provision up FILE` creates it")
     snaps = snapshot.list_snapshots(conn.pve, ct.vmid)
     if to is None:
-        ours = snapshot.ours_oldest_first(snaps)
-        if not ours:
+        target = snapshot.rollback_target(snaps)
+        if target is None:
             raise ProvisionError(f"CT {ct.vmid} has no provision-* snapshot", vmid=ct.vmid,
                                  fix="name one with --to NAME (see the snapshots in the Proxmox UI)")
-        chosen = ours[-1]
+        chosen = target
     else:
         found = [s for s in snaps if s.name == to]
         if not found:
@@ -52,7 +51,9 @@ def rollback_plan(cfg: Any, conn: Any, to: str | None) -> dict[str, Any]:
     newer = [s.name for s in snaps if (s.snaptime or 0) > (chosen.snaptime or 0)]
     return {"vmid": ct.vmid, "hostname": ct.config.get("hostname"), "running": ct.running,
             "ours": ct.ours, "snapshot": chosen.name, "time": chosen.when(), "snaptime": chosen.snaptime,
-            "description": chosen.description,
+            "description": chosen.description, "before_kinds": sorted(chosen.kinds),
+            "others": [snapshot.describe_snapshot(o) for o in reversed(snapshot.ours_oldest_first(snaps))
+                       if o.name != chosen.name],
             "config_changed_since": {k: {"snapshot": b, "now": a} for k, (b, a) in changed.items()},
             "newer_snapshots": newer}
 
@@ -74,6 +75,8 @@ def _show(out: Output, plan: dict[str, Any]) -> None:
         out.line("  config: unchanged since the snapshot")
     if plan["newer_snapshots"]:
         out.line(f"  newer snapshots are kept: {', '.join(plan['newer_snapshots'])}")
+    if plan["others"]:
+        out.line(f"  other provision snapshots (--to NAME): {'; '.join(plan['others'])}")
 
 
 @app.command()
@@ -83,7 +86,7 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
              yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> int:
     """Return the container to a snapshot taken by `up` (or one named with --to)."""
     from ..engine import run, snapshot
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     out: Output = current()
     loaded = _load(out, file)
@@ -92,15 +95,11 @@ def rollback(file: Path = typer.Argument(..., help="The host file (YAML)."),
     try:
         plan = rollback_plan(cfg, conn, to)
         _show(out, plan)
-        if not yes:
-            if not sys.stdin.isatty() or out.json_mode:
-                raise RefusedError("rolling back needs confirmation", vmid=plan["vmid"],
-                                   fix="run it in a terminal, or pass --yes")
-            if not typer.confirm("Roll back?", default=False):
-                out.line("nothing changed")
-                return 1
-        lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}",
-                        on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
+        if not yes and not confirm(out, "Roll back?", what="rolling back", vmid=plan["vmid"]):
+            out.line("nothing changed")
+            return 1
+        lock = ContainerLock(cfg, conn, vmid=plan["vmid"],
+                             on_wait=out.lock_waiter())
         with lock, out.progress() as progress:
             snapshot.rollback(conn.pve, plan["vmid"], plan["snapshot"], running=plan["running"],
                               timeout=cfg.proxmox.task_timeout, say=progress.status)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from ..redact import register
-from .schema import HostFile, Secret
+from .schema import HOSTNAME_RE, SAFE_NAME_RE, HostFile, Secret
 
 KeyPath = tuple[str | int, ...]
 MAX_DEPTH = 32  # host files are ~5 levels deep
@@ -104,6 +104,14 @@ def _unwrap(annotation: Any) -> Any:
     return None
 
 
+#: what a pattern means, in words, where the regular expression would not help a reader
+PATTERN_WORDS = {
+    HOSTNAME_RE.pattern: "a hostname: letters, digits and '-' (not at either end of a label), labels separated by "
+                         "dots, e.g. llm or llm.lan",
+    SAFE_NAME_RE.pattern: "a plain name: letters, digits, '.', '_' and '-', starting with a letter or digit, "
+                          "at most 64 characters",
+}
+
 _FIXES = {
     "missing": "add the key",
     "string_pattern_mismatch": "use a value of the expected form",
@@ -146,10 +154,12 @@ def _error_for(err: dict, file: str, lines: dict[KeyPath, int]) -> ConfigError:
                            key=_dotted(loc), fix=f"add '{loc[-1]}:' under '{_dotted(loc[:-1]) or 'the top level'}'")
     if kind == "string_pattern_mismatch":
         shown = err.get("input")
-        msg = f"{shown!r} is not of the expected form ({err['ctx']['pattern']})"
+        pattern = err["ctx"]["pattern"]
+        msg = f"{shown!r} is not " + (PATTERN_WORDS.get(pattern) or f"of the expected form ({pattern})")
     elif kind == "literal_error":
         msg = f"{err.get('input')!r} is not allowed: expected {err['ctx']['expected']}"
-    fix = _FIXES.get(kind, "correct the value")
+    # a validator's own fix (config/paths.py PathError) says exactly what to write instead
+    fix = getattr((err.get("ctx") or {}).get("error"), "fix", None) or _FIXES.get(kind, "correct the value")
     return ConfigError(msg, file=file, line=line, key=_dotted(loc) or None, fix=fix)
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .paths import ct_path, host_path, local_path
+
 # A hostname as PVE accepts it (dns-name): labels of letters, digits and '-'.
 HOSTNAME_RE = re.compile(r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*$")
 # Names that end up in paths, unit names and shell words: keep them boring.
@@ -24,7 +26,6 @@ FINGERPRINT_RE = re.compile(r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$")
 TOKEN_ID_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+![A-Za-z][A-Za-z0-9._-]*$")
 USER_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+$")
 PCI_RE = re.compile(r"^([0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
-ABS_PATH_RE = re.compile(r"^/[^\0\n]*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+.-]*$")
 
 
@@ -34,14 +35,6 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _abs_path(value: str | None, what: str = "path") -> str | None:
-    if value is None:
-        return value
-    if not ABS_PATH_RE.match(value) or "/../" in value + "/" or "\n" in value:
-        raise ValueError(f"must be an absolute {what} without '..' or newlines")
-    return value
-
-
 class Secret(Section):
     """Where a secret comes from. Inline values need ``allow_inline: true`` and warn."""
 
@@ -49,6 +42,8 @@ class Secret(Section):
     file: str | None = None
     value: str | None = Field(default=None, repr=False)
     allow_inline: bool = False
+
+    _file = field_validator("file")(lambda v: local_path(v))
 
     @model_validator(mode="after")
     def _one_source(self) -> "Secret":
@@ -110,6 +105,8 @@ class Proxmox(Section):
     timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     task_timeout: Annotated[float, Field(gt=0, le=7200)] = 900.0
 
+    _ca_file = field_validator("ca_file")(lambda v: local_path(v))
+
     @model_validator(mode="after")
     def _tls(self) -> "Proxmox":
         if self.insecure and (self.ca_file or self.fingerprint):
@@ -143,6 +140,8 @@ class SSH(Section):
     known_hosts: str = "~/.ssh/known_hosts"
     trust_on_first_use: bool = False
     timeout: Annotated[float, Field(gt=0, le=600)] = 20.0
+
+    _files = field_validator("key_file", "known_hosts")(lambda v: local_path(v))
 
 
 class Network(Section):
@@ -185,10 +184,10 @@ class Mount(Section):
 
     @field_validator("host", "path")
     @classmethod
-    def _paths(cls, v: str) -> str:
+    def _paths(cls, v: str, info) -> str:
         if "," in v:  # it would end the path inside PVE's `mpN: <host>,mp=<path>` property string
             raise ValueError("must not contain ',' (PVE's mount point syntax cannot carry it)")
-        return _abs_path(v) or v
+        return host_path(v, "host directory") if info.field_name == "host" else ct_path(v, "mount point")
 
 
 class Features(Section):
@@ -218,9 +217,10 @@ class Container(Section):
     description: str = ""
     adopt: bool = False
     restart: Literal["never", "when-needed"] = "never"
-    #: take a Proxmox snapshot `provision-YYYYmmdd-HHMMSS` before `up` changes an existing CT
+    #: take a Proxmox snapshot `provision-YYYYmmdd-HHMMSS` before `up` makes a change that can break an existing CT
     snapshot: bool = True
-    #: how many `provision-*` snapshots to keep (older ones are deleted; others never are)
+    #: how many `provision-*` snapshots to keep, besides the newest one before each kind of change
+    #: (engine/snapshot.py; older ones are deleted, the user's never are)
     snapshots_keep: Annotated[int, Field(ge=1, le=100)] = 3
     #: seconds apt/dpkg in the CT wait for a lock held by another process (unattended-upgrades)
     apt_lock_timeout: Annotated[int, Field(ge=0, le=86400)] = 300
@@ -265,6 +265,8 @@ class LlamaSource(Section):
     #: the llama.cpp tree inside the tarball, e.g. "llama_cpp_python-0.3.36/vendor/llama.cpp"
     subdir: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")] | None = None
 
+    _tarball = field_validator("tarball")(lambda v: local_path(v))
+
     @model_validator(mode="after")
     def _one(self) -> "LlamaSource":
         if self.subdir is not None and (self.tarball is None or ".." in self.subdir.split("/")):
@@ -295,6 +297,8 @@ class ModelFile(Section):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     token: Secret | None = None
 
+    _path = field_validator("path")(lambda v: local_path(v))
+
     @model_validator(mode="after")
     def _source(self) -> "ModelFile":
         hub = self.repo is not None or self.file is not None
@@ -320,6 +324,16 @@ class Model(ModelFile):
     dir: str = "/srv/models"
     draft: ModelFile | None = None
 
+    @field_validator("host_dir")
+    @classmethod
+    def _host_dir(cls, v: str) -> str:
+        return host_path(v, "models directory on the host")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        return ct_path(v, "models directory in the container")
+
     @property
     def model_id(self) -> str:
         return self.name or self.filename.removesuffix(".gguf")
@@ -330,6 +344,10 @@ class Server(Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     ctx_size: Annotated[int, Field(ge=0)] = 32768
     parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    #: tokens of KV cache for a second slot, so Claude Code's background requests (titles, its small
+    #: fast model) run beside the main request instead of queueing behind it (operations/units.py
+    #: ``slot_layout``); 0 = one slot only. Used when parallel is 1 and ctx_size is set.
+    background_slot: Annotated[int, Field(ge=0, le=262144)] = 4096
     flash_attn: Literal["on", "off", "auto"] = "auto"
     cache_type_k: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
     cache_type_v: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
@@ -360,6 +378,8 @@ class Clients(Section):
     claude_code_router: bool = False
     base_url: str | None = None  # how clients reach the gateway; default http://<ct-ip>:<port>
     output_dir: str = "~/.config/provision/clients"
+
+    _output_dir = field_validator("output_dir")(lambda v: local_path(v))
 
 
 class HostDriver(Section):

@@ -16,6 +16,7 @@ it does not do the way we need:
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -113,6 +114,17 @@ class _Transient(Exception):
 Validator = Callable[[str, str, str, dict[str, Any]], dict[str, str]]
 
 
+def _fix_for(status: int, creds: Credentials) -> str | None:
+    """What to do about an authentication failure (PVE answers a bare 401, no reason in the body)."""
+    if status != 401:
+        return None
+    if creds.token_id:
+        return (f"the API token {creds.token_id} was refused: check proxmox.auth.token_id and that the secret "
+                "source (token_secret) holds that token's secret; `pveum user token list USER` on the node lists "
+                "the tokens, `pveum user token add USER NAME` makes a new one (its secret is shown once)")
+    return "the login was refused: check proxmox.auth.user and the password source"
+
+
 class PVE:
     """A connection to one Proxmox VE node's API."""
 
@@ -121,6 +133,8 @@ class PVE:
         self.creds = creds
         self.node = endpoint.node
         self.calls = 0
+        self._calls_lock = threading.Lock()
+        self._version: dict[str, Any] | None = None
         self._validator = validator
         #: the PVE API schema ("8.4", "9.1") requests are validated against; None until the
         #: server's version is known (facts set it from /version), and nothing is checked before
@@ -149,7 +163,8 @@ class PVE:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
+        with self._calls_lock:  # facts read a container's config, pending and status at once
+            self.calls += 1
 
     def _login(self) -> None:
         try:
@@ -200,6 +215,8 @@ class PVE:
 
     def _translate(self, exc: ResourceException, method: str, path: str) -> ProxmoxError:
         errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # proxmoxer's stand-in for a body that is not JSON ({"errors": b''} for a bare 401): not PVE's words
+        errors = {k: v for k, v in errors.items() if not isinstance(v, (bytes, bytearray))}
         msg = redact(str(exc.content or exc.status_message)).strip()
         fix = None
         if exc.status_code == 403 and "only allowed for root@pam" not in msg:
@@ -207,7 +224,7 @@ class PVE:
                    "has only the ACLs given to the token itself: see README \"API token and privileges\"")
         return ProxmoxError(f"{method} {path}: {exc.status_code} {msg}", status=exc.status_code,
                             errors={k: redact(str(v)).strip() for k, v in errors.items()},
-                            host=self.endpoint.host, fix=fix)
+                            host=self.endpoint.host, fix=fix or _fix_for(exc.status_code, self.creds))
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
         self._renew_ticket()
@@ -259,7 +276,10 @@ class PVE:
         return f"/nodes/{self.node}/lxc/{vmid}" + (f"/{sub}" if sub else "")
 
     def version(self) -> dict[str, Any]:
-        return self.get("/version")
+        """``GET /version``, asked once per connection (the CLI asks early, while the run lock is taken)."""
+        if self._version is None:
+            self._version = self.get("/version")
+        return self._version
 
     # -- tasks ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from ..errors import ProvisionError
 from ..facts.nvidia import DEVICES, DRIVER, DeviceNodes
 from ..facts.services import LLAMA_USER
 from ..gpu_access import GPU_GID, GPU_GROUP, can_open, dev_options
+from ..operations.gpu_exclusive import shared_with
 from ..operations.passthrough import desired_device_paths, owns_dev
 from .context import DoctorContext, sharing
 from .facts import CT_NODES, CtNodes
@@ -110,6 +111,15 @@ def check_devices(d: DoctorContext) -> list[Finding]:
     if conflict is not None:
         findings.append(fail("container.gpu_exclusive", getattr(conflict, "message", str(conflict)), ev,
                              fix=getattr(conflict, "fix", None)))
+    else:
+        for minor, holders in sorted(shared_with(d.plan).items()):  # type: ignore[arg-type]
+            who = ", ".join(f"CT {c.vmid}" + (f" ({c.hostname})" if c.hostname else "") for c in holders)
+            findings.append(warn("container.gpu_exclusive", f"/dev/nvidia{minor} is shared with {who}, which asked "
+                                 "for it (gpu.share: true)", ev,
+                                 fix="nothing to do if both models fit in its memory; otherwise give that "
+                                     "container another GPU (its gpu.select) or take the GPU away there",
+                                 detail="both llama-servers load their models into the same GPU memory; "
+                                        "one fails with out-of-memory when they do not fit together"))
     return findings
 
 

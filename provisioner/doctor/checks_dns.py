@@ -12,18 +12,32 @@ MARKER = "/etc/.pve-ignore.resolv.conf"
 
 
 def check_resolv(d: DoctorContext) -> list[Finding]:
-    if not d.ct_facts:
+    """Also on a stopped CT (read through `pct mount`): the flag is what keeps it from starting."""
+    if not d.access.ssh_ok:
         return []
     r: ResolvFacts | None = d.fact(RESOLV_FACT.name)
     if r is None:
         return []
-    ev = Evidence(d.in_ct(f"sh -c 'lsattr -d /etc/resolv.conf; ls -l {MARKER}'"), d.raw_output(RESOLV_FACT.name))
     vmid = d.vmid
+    if d.ct_running:
+        ev = Evidence(d.in_ct(f"sh -c 'lsattr -d /etc/resolv.conf; ls -l {MARKER}'"), d.raw_output(RESOLV_FACT.name))
+    else:
+        root = f"/var/lib/lxc/{vmid}/rootfs"
+        ev = Evidence(d.on_host(f"sh -c 'pct mount {vmid}; lsattr -d {root}/etc/resolv.conf; "
+                                f"ls -l {root}{MARKER}; pct unmount {vmid}'"), d.raw_output(RESOLV_FACT.name))
     if r.immutable and r.ignored:
         # PVE does not write an ignored file at all (pve-container src/PVE/LXC/Setup/Base.pm:739-743,
         # 883-885@94f5585): the flag cannot stop a start
         return [ok("dns.immutable", f"/etc/resolv.conf is immutable, but {MARKER} makes PVE leave it alone "
                    "(harmless)", ev)]
+    if r.immutable and not d.ct_running:
+        return [fail("dns.immutable", f"/etc/resolv.conf is immutable (chattr +i): CT {vmid} cannot start", ev,
+                     fix="doctor --fix clears it through `pct mount` (or `provision up`, which also starts it); to "
+                         f"keep your own resolv.conf create {MARKER} in the container instead",
+                     fixable=True,
+                     detail="PVE rewrites resolv.conf at every start by rename(); on an immutable file that fails "
+                            "('close (rename) atomic file ... Operation not permitted', or only 'startup for "
+                            f"container '{vmid}' failed') and the container stays stopped")]
     if r.immutable:
         return [fail("dns.immutable", "/etc/resolv.conf is immutable (chattr +i)", ev,
                      fix=f"doctor --fix clears it from the host (`chattr -i` on the container's file); to keep your "

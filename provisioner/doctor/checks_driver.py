@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import ProvisionError
 from ..facts.nvidia_ct import DRIVER_CT, PIN_PATH, DriverUserspace
-from ..operations.driver import FORBIDDEN, DriverStep, host_version
+from ..operations.driver import FORBIDDEN, DriverStep, host_version, not_in_repository, repository_fix
 from .context import DoctorContext, sharing
 from .facts import CT_PKGS, CT_SMI, SmiRun
 from .findings import Evidence, Finding, fail, ok, warn
@@ -64,12 +64,17 @@ def check_userspace(d: DoctorContext) -> list[Finding]:
     smi_bad = smi is not None and smi.present and smi.exit_code not in (0, None)
     fix = (f"doctor --fix (or `provision up`): re-pin to {version} and reinstall "
            f"{', '.join(d.cfg.driver.packages)} at {version}")
+    absent = not_in_repository(d.plan, version)  # type: ignore[arg-type]
     if wrong or (smi_bad and MISMATCH in (smi.output if smi else "")):
         have = "; ".join(f"{k}.{','.join(v) or '(missing)'}" for k, v in wrong.items()) or "libraries"
+        detail = explain_smi(smi, version) if smi_bad and smi else \
+            "the libraries must carry exactly the host module's version"
+        if absent:  # re-pinning cannot work: say what can
+            return [fail("driver.userspace", f"container userspace does not match the host module {version} ({have})",
+                         ev, fix=repository_fix(d.plan, version), fixable=False,  # type: ignore[arg-type]
+                         detail=f"{absent}. {detail}")]
         return [fail("driver.userspace", f"container userspace does not match the host module {version} ({have})",
-                     ev, fix=fix, fixable=True,
-                     detail=explain_smi(smi, version) if smi_bad and smi else
-                     "the libraries must carry exactly the host module's version")]
+                     ev, fix=fix, fixable=True, detail=detail)]
     if smi is not None and not smi.present and "nvidia-driver-cuda" in d.cfg.driver.packages:
         return [fail("driver.userspace", "nvidia-smi is not installed in the container", ev, fix=fix, fixable=True)]
     if smi_bad and smi is not None:

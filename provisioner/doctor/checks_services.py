@@ -10,13 +10,15 @@ from ..facts.services import (
     GATEWAY_UNIT,
     LLAMA_UNIT,
     LLAMA_USER,
+    SIDECAR_SUFFIX,
     ModelFacts,
     ServiceFacts,
     UnitState,
     model_paths,
 )
+from ..operations.units import kv_tokens, slot_layout
 from .context import DoctorContext
-from .facts import ServerProbe, Vram
+from .facts import Hashed, ServerProbe, Vram
 from .findings import Evidence, Finding, fail, ok, warn
 from .gguf import CACHE_BYTES, kv_cache_bytes, read_metadata, shape_from_metadata
 
@@ -84,10 +86,25 @@ def check_model_file(d: DoctorContext) -> list[Finding]:
     path = f"{where}/{d.cfg.model.filename}"
     state = mf.files.get("model") if mf else None
     readable = probe.readable.get("model") if probe else None
-    ev = Evidence((d.on_host if d.cfg.model.location == "host" else d.in_ct)(f"ls -l {path}"),
+    def there(cmd: str, file: str) -> str:
+        """``cmd file`` where the file lives, as the user would type it."""
+        if d.cfg.model.location == "host":  # type: ignore[union-attr]
+            return d.on_host(f"{cmd} {file}")
+        if d.ct_running:
+            return d.in_ct(f"{cmd} {file}")
+        # read through `pct mount` (doctor/runner.py)
+        return d.on_host(f"sh -c 'pct mount {d.vmid}; {cmd} /var/lib/lxc/{d.vmid}/rootfs{file}; pct unmount {d.vmid}'")
+
+    ev = Evidence(there("ls -l", path),
                   (f"{path}: {state.size} bytes" if state else f"{path}: missing") +
                   ("" if readable is None else f"\nreadable by {LLAMA_USER} in the container: "
                    f"{'yes' if readable else 'NO'}"))
+    if mf is None:  # a stopped CT whose root could not be read (pct mount failed): unknown, not missing
+        return []
+    if mf.outside:
+        return [warn("services.model_file", f"{where} leads out of CT {d.vmid}'s root filesystem (a symlink); "
+                     "not followed while the container is stopped", ev,
+                     fix=f"start the container (`pct start {d.vmid}`) and run doctor again")]
     if state is None:
         return [fail("services.model_file", f"the model file {path} is missing", ev,
                      fix="`provision up FILE` downloads (or pushes) it")]
@@ -96,8 +113,39 @@ def check_model_file(d: DoctorContext) -> list[Finding]:
         return [fail("services.model_file", f"{LLAMA_USER} cannot read {ct_path} in the container", ev,
                      fix=f"pct exec {d.vmid} -- chmod a+r {ct_path} (and a+x on its directories); for a host "
                          "bind mount in an unprivileged container, the file must be readable by others on the host")]
-    return [ok("services.model_file", f"model file present ({state.size / MIB / 1024:.1f} GiB)"
-               + ("" if readable is None else " and readable"), ev)]
+    findings = [ok("services.model_file", f"model file present ({state.size / MIB / 1024:.1f} GiB)"
+                   + ("" if readable is None else " and readable"), ev)]
+    return findings + _model_verified(d, path, state, there)
+
+
+def _model_verified(d: DoctorContext, path: str, state, there) -> list[Finding]:
+    """The file against its sidecar: size and mtime always; the sha256 itself with --deep."""
+    side = state.sidecar
+    hashed: Hashed | None = (d.fact("doctor.model_sha") or {}).get("model")
+    up = "`provision up FILE` verifies it and fetches it again if it is wrong (the file stays until then)"
+    if side is None:
+        return [warn("services.model_verified", f"{path} was never verified (no sidecar {path}{SIDECAR_SUFFIX})",
+                     Evidence(there("ls -l", path + SIDECAR_SUFFIX), "missing"), fix=up)]
+    ev = Evidence(there("cat", path + SIDECAR_SUFFIX), f"verified: size {side.get('size')}, mtime {side.get('mtime')}, "
+                  f"sha256 {side.get('sha256')}\nnow: size {state.size}, mtime {state.mtime}")
+    if side.get("size") != state.size or side.get("mtime") != state.mtime:
+        return [fail("services.model_verified", f"{path} changed since it was verified (size or mtime differ)", ev,
+                     fix=up)]
+    if hashed is None:
+        return [ok("services.model_verified", "model file unchanged since it was verified (size and mtime; "
+                   "`doctor --deep` hashes it)", ev)]
+    ev = Evidence(there("sha256sum", path), ev.output + f"\nsha256 now: {hashed.sha256} ({hashed.size / MIB / 1024:.1f} GiB "
+                  f"read in {hashed.seconds:.1f} s)")
+    want = d.cfg.model.sha256 if d.cfg.model else None
+    if hashed.sha256 != side.get("sha256") or (want and hashed.sha256 != want):
+        # size and mtime still match, so `up` alone would not look again: its record goes first
+        forget = there("rm", path + SIDECAR_SUFFIX)
+        return [fail("services.model_verified", f"{path} is not the file that was verified: its sha256 is "
+                     f"{hashed.sha256[:12]}…, not {(want or side.get('sha256') or '?')[:12]}…", ev,
+                     fix=f"{forget}; then {up}",
+                     detail="changed in place with the same size and mtime; llama-server serves whatever it reads")]
+    return [ok("services.model_verified", f"model file sha256 verified ({hashed.size / MIB / 1024:.1f} GiB "
+               f"read in {hashed.seconds:.1f} s)", ev)]
 
 
 def _shape(d: DoctorContext):
@@ -124,7 +172,7 @@ def slot_context(d: DoctorContext) -> tuple[int | None, str]:
     total = s.ctx_size or (shape.n_ctx_train if shape else None)
     if total is None:
         return None, "unknown"
-    per_slot = total // s.parallel
+    per_slot = slot_layout(d.cfg)[1] or total // s.parallel
     trained = shape.n_ctx_train if shape else None
     capped = trained is not None and per_slot > trained and not any(
         kv.endswith(f"context_length=int:{per_slot}") or ".context_length=" in kv for kv in s.override_kv)
@@ -164,7 +212,7 @@ def estimate(d: DoctorContext) -> tuple[int, int, int] | None:
     if state is None or shape is None:
         return None
     s = d.cfg.server
-    n_ctx = s.ctx_size or (shape.n_ctx_train or 0)
+    n_ctx = kv_tokens(d.cfg) or (shape.n_ctx_train or 0)  # the background slot's share too
     return state.size, kv_cache_bytes(shape, n_ctx, s.cache_type_k, s.cache_type_v), n_ctx
 
 
@@ -308,4 +356,26 @@ def _is_message(body: str) -> bool:
         return False
 
 
-CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_vram, check_ports, check_gateway]
+def check_tools(d: DoctorContext) -> list[Finding]:
+    """Can the model's chat template carry tools? Coding agents need them (llama-server /props)."""
+    if d.cfg.model is None or not d.ct_facts:
+        return []
+    probe: ServerProbe | None = d.fact("doctor.server")
+    caps = (probe.props or {}).get("chat_template_caps") if probe else None
+    if not isinstance(caps, dict) or "supports_tools" not in caps:
+        return []
+    ev = Evidence(d.in_ct(f"curl -s http://127.0.0.1:{d.cfg.server.port}/props"),
+                  "chat_template_caps: " + ", ".join(f"{k}={v}" for k, v in sorted(caps.items())
+                                                     if "tool" in k))
+    if caps["supports_tools"]:
+        return [ok("services.tools", "the model's chat template supports tools", ev)]
+    from ..operations.verify import NO_TOOLS
+
+    return [warn("services.tools", "the model's chat template has no tool support", ev,
+                 fix="choose a model whose template supports tools, or give llama-server one "
+                     "(server.extra_args: --chat-template-file PATH)",
+                 detail=NO_TOOLS.removeprefix("warning: "))]
+
+
+CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_tools, check_vram, check_ports,
+          check_gateway]

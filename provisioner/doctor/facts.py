@@ -293,10 +293,52 @@ def server_fact(cfg: HostFile) -> Fact[ServerProbe]:
     return Fact("doctor.server", server_command(cfg), parse_server, where="ct")
 
 
-def doctor_facts(cfg: HostFile) -> list[Fact[Any]]:
-    """Every fact of doctor's own, for this host file."""
+@dataclass(frozen=True)
+class Hashed:
+    """``--deep``: a model file's sha256 computed now, and how long reading it took."""
+
+    sha256: str
+    size: int
+    seconds: float
+
+
+def parse_hashes(output: str, code: int) -> dict[str, Hashed]:
+    out: dict[str, Hashed] = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) == 5 and words[0] == "sha" and len(words[2]) == 64 and words[3].isdigit():
+            try:
+                out[words[1]] = Hashed(words[2], int(words[3]), float(words[4]))
+            except ValueError:
+                continue
+    return out
+
+
+def hash_fact(cfg: HostFile) -> Fact[dict[str, Hashed]] | None:
+    """``doctor --deep``: sha256 of every model file, where it lives (reads every byte of it)."""
+    if cfg.model is None:
+        return None
+    host = cfg.model.location == "host"
+    base = cfg.model.host_dir if host else cfg.model.dir
+    r = "" if host else '"$R"'
+    lines = []
+    for role, path in model_paths(cfg, base).items():
+        q = f"{r}{shlex.quote(path)}"
+        guard = "" if host else f"inroot {q} && "
+        lines.append(f"if {guard}[ -f {q} ]; then t0=$(date +%s.%N); s=$(sha256sum {q} | cut -c1-64); "
+                     f"echo \"sha {role} $s $(stat -c %s {q}) $(awk -v a=\"$t0\" -v b=\"$(date +%s.%N)\" "
+                     "'BEGIN{printf \"%.1f\", b-a}')\"; fi")
+    lines.append("true")
+    return Fact("doctor.model_sha", "\n".join(lines), parse_hashes, where="host" if host else "ct", offline=not host)
+
+
+def doctor_facts(cfg: HostFile, *, deep: bool = False) -> list[Fact[Any]]:
+    """Every fact of doctor's own, for this host file (``deep``: also hash the model files)."""
     facts: list[Fact[Any]] = [VRAM, HOST_TOOLS, host_dns_fact(cfg), CT_NODES, CT_SMI, CT_PKGS, CT_LLAMA,
                               ct_dns_fact(cfg)]
     if cfg.model is not None:
         facts.append(server_fact(cfg))
+    hashed = hash_fact(cfg) if deep else None
+    if hashed is not None:
+        facts.append(hashed)
     return facts

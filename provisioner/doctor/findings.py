@@ -99,6 +99,8 @@ class DoctorReport:
     api_calls: int = 0
     #: fixes applied by --fix: finding id -> summary
     fixed: dict[str, str] = field(default_factory=dict)
+    #: --fix: why some fixes were not applied (a container without our marker)
+    not_fixed: str | None = None
 
     def by_id(self, id: str) -> Finding | None:
         return next((f for f in self.findings if f.id == id), None)
@@ -109,5 +111,5 @@ class DoctorReport:
             "ok": exit_code(self.findings, strict=strict) == 0, "worst": worst(self.findings),
             "counts": counts, "findings": [f.as_dict() for f in self.findings],
             "skipped": [asdict(s) for s in self.skipped], "fixed": self.fixed,
-            "seconds": round(self.seconds, 3), "ssh_round_trips": self.ssh_round_trips,
+            **({"not_fixed": self.not_fixed} if self.not_fixed else {}), "seconds": round(self.seconds, 3), "ssh_round_trips": self.ssh_round_trips,
             "api_calls": self.api_calls})

@@ -11,6 +11,10 @@
 
 Anything else (purging packages, restarting the container, rebuilding) is left to the user:
 those findings carry the command instead.
+
+A container without our marker is not ours: exactly as `up` refuses to touch it, ``--fix``
+applies none of the fixes that change it (``withheld`` says so), unless ``container.adopt``
+is set; the host-side fixes still apply.
 """
 
 from __future__ import annotations
@@ -75,12 +79,34 @@ def _devices_fix(d: DoctorContext) -> Fix | None:
     return Fix(["container.devices"], "pct set " + " ".join(f"--{k} {v}" for k, v in entries.items()), apply)
 
 
+#: findings whose fix changes the container (not the host)
+CT_FIXES = frozenset({"container.devices", "dns.immutable", "driver.userspace", "driver.pins",
+                      "services.llama_unit", "services.gateway_unit"})
+
+
+def may_change_ct(d: DoctorContext) -> bool:
+    """The rule `up` applies (operations/container.py): ours by the marker, or adopt: true."""
+    return d.ct is not None and (d.ct.ours or d.cfg.container.adopt)
+
+
+def withheld(d: DoctorContext, findings: list[Finding]) -> str | None:
+    """Why the container's fixes are not applied (an unmarked container), or None."""
+    bad = sorted({f.id for f in findings if f.status != "ok" and f.fixable} & CT_FIXES)
+    if not bad or d.ct is None or may_change_ct(d):
+        return None
+    return (f"CT {d.ct.vmid} was not created by provision (no 'provision' tag and marker line), so doctor --fix "
+            f"leaves it alone ({', '.join(bad)}): apply the fixes shown yourself, or set container.adopt: true "
+            "to let provision take it over")
+
+
 def plan_fixes(d: DoctorContext, findings: list[Finding]) -> list[Fix]:
     """The fixes for the fixable, failing or warning findings, in a safe order (host first)."""
     bad = {f.id for f in findings if f.status != "ok" and f.fixable}
     fixes: list[Fix] = []
     if d.plan is None:
         return fixes
+    if not may_change_ct(d):
+        bad -= CT_FIXES
     if bad & {"host.device_nodes", "host.boot_unit"}:
         changes = GpuHostStep().plan(d.plan)
         if "host.boot_unit" in bad:

@@ -7,6 +7,7 @@ host and container facts, and two HTTP requests to the gateway made concurrently
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..engine.context import PlanContext
 from ..engine.run import Connections, root_path, step_facts
 from ..engine.steps import all_steps
 from ..errors import ProvisionError
-from ..facts.base import Fact, gather
+from ..facts.base import OFFLINE_FAILED, Fact, gather
 from ..facts.pve import PveFacts, gather_pve
 from ..facts.services import RESOLV_FACT, model_facts, services_facts
 from . import (
@@ -40,6 +41,9 @@ CHECKS: list[Callable[[DoctorContext], list[Finding]]] = [
     *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS,
     *checks_cuda.CHECKS, *checks_dns.CHECKS, *checks_services.CHECKS]
 
+#: seconds the facts round trip may take with --deep: sha256 of a 20 GB model at ~200 MB/s is ~100 s
+DEEP_TIMEOUT = 3600
+
 __all__ = ["CHECKS", "all_facts", "diagnose", "run_checks", "target_config"]
 
 
@@ -51,9 +55,11 @@ def target_config(cfg: HostFile, vmid: int | None) -> HostFile:
     return cfg.model_copy(update={"container": container})
 
 
-def all_facts(cfg: HostFile) -> list[Fact[Any]]:
-    """The engine's step facts plus the services/model/resolv facts and doctor's own (deduplicated)."""
-    facts = step_facts(all_steps(cfg)) + services_facts(cfg) + model_facts(cfg) + [RESOLV_FACT] + doctor_facts(cfg)
+def all_facts(cfg: HostFile, *, deep: bool = False) -> list[Fact[Any]]:
+    """The engine's step facts plus the services/model/resolv facts and doctor's own (deduplicated);
+    ``deep``: also the model files' sha256 (doctor --deep)."""
+    facts = step_facts(all_steps(cfg)) + services_facts(cfg) + model_facts(cfg) + [RESOLV_FACT] + \
+        doctor_facts(cfg, deep=deep)
     seen: dict[str, Fact[Any]] = {}
     for f in facts:
         seen.setdefault(f.name, f)
@@ -66,7 +72,7 @@ def _capturing(fact: Fact[Any], raw: dict[str, tuple[str, int]]) -> Fact[Any]:
         raw[_n] = (output, code)
         return _p(output, code)
 
-    return Fact(fact.name, fact.command, process, fact.where)
+    return dataclasses.replace(fact, process=process)
 
 
 def run_checks(d: DoctorContext) -> list[Finding]:
@@ -76,8 +82,9 @@ def run_checks(d: DoctorContext) -> list[Finding]:
     return findings
 
 
-def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tuple[DoctorContext, DoctorReport]:
-    """Gather everything and run every check (reads only)."""
+def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None,
+             deep: bool = False) -> tuple[DoctorContext, DoctorReport]:
+    """Gather everything and run every check (reads only); ``deep`` hashes the model files too."""
     t0 = time.monotonic()
     cfg = target_config(cfg, vmid)
     auth = cfg.proxmox.auth
@@ -124,8 +131,10 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
         probes_future = pool.submit(run_probes, cfg, base, gateway_key(cfg, None))
     if access.ssh_error is None:
         try:
-            facts = gather(conn.ssh, [_capturing(f, raw) for f in all_facts(cfg)],
-                           vmid=pve.ct.vmid if pve.ct else None, ct_running=bool(pve.ct and pve.ct.running))
+            # a stopped CT: the checks that need only its files read them through `pct mount`
+            facts = gather(conn.ssh, [_capturing(f, raw) for f in all_facts(cfg, deep=deep)],
+                           vmid=pve.ct.vmid if pve.ct else None, ct_running=bool(pve.ct and pve.ct.running),
+                           mount_stopped=True, timeout=DEEP_TIMEOUT if deep else 120)
         except ProvisionError as exc:
             access.ssh_error = exc
     plan = PlanContext(cfg=cfg, pve=pve, facts=facts, root_path=access.root_path)
@@ -141,7 +150,12 @@ def diagnose(cfg: HostFile, conn: Connections, *, vmid: int | None = None) -> tu
                       vmid=pve.ct.vmid if pve.ct else want_vmid, host=cfg.ssh.host or cfg.proxmox.host)
     report.findings = run_checks(d)
     if not d.ct_running and access.api_ok and pve.ct is not None:
-        report.skipped.append(Skipped("driver, cuda, dns, services", f"CT {pve.ct.vmid} is not running"))
+        mount_failed = facts.get(OFFLINE_FAILED)
+        report.skipped.append(Skipped("driver, cuda, name resolution, services",
+                                      f"CT {pve.ct.vmid} is not running"
+                                      + (f"; its files could not be read either (pct mount: {mount_failed})"
+                                         if mount_failed else "; resolv.conf and the model were read through "
+                                         f"`pct mount {pve.ct.vmid}`")))
     if access.ssh_error is not None:
         report.skipped.append(Skipped("host, container facts", "SSH failed"))
     report.seconds = time.monotonic() - t0

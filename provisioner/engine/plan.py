@@ -27,11 +27,20 @@ class Change:
     diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     #: re-gather facts after applying (the container appeared, started, ...)
     refresh: bool = False
+    #: what applying it found, set by ``apply`` when the summary (why it was planned) would read
+    #: wrong afterwards (verify: planned because /health said 503, done: healthy)
+    result: str | None = None
+
+    @property
+    def done_text(self) -> str:
+        """The line shown once it is applied."""
+        return self.result or self.summary
 
     def as_dict(self) -> dict[str, Any]:
         return redact_obj({
             "step": self.step, "action": self.action, "target": self.target, "summary": self.summary,
             "diff": {k: {"before": b, "after": a} for k, (b, a) in self.diff.items()},
+            **({"result": self.result} if self.result else {}),
         })
 
     def render(self) -> str:

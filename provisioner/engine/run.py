@@ -142,6 +142,8 @@ class Report:
     api_calls: int = 0
     ssh_round_trips: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: the process's whole wall time when the CLI ran it (start-up and the lock included), else None
+    wall: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -151,7 +153,23 @@ class Report:
         return {"applied": [c.as_dict() for c in self.applied], "planned": [c.as_dict() for c in self.planned],
                 "notes": self.notes, "seconds": round(self.seconds, 3), "api_calls": self.api_calls,
                 "ssh_round_trips": self.ssh_round_trips,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                **({"wall_seconds": round(self.wall, 3)} if self.wall is not None else {})}
+
+
+def _after_start(ctx: PlanContext, step: Step) -> bool:
+    """A step that needs the container's own facts, while an existing container is stopped: what it
+    would plan from no facts (a reinstall of everything) is not what `up` does after starting it."""
+    if ctx.pve.ct is None or ctx.ct_running or step.name == "container":
+        return False
+    return any(f.where == "ct" for f in getattr(step, "facts", ()))
+
+
+def prepare(loaded: Loaded, conn: Connections, only: list[str] | None = None) -> None:
+    """Work a run needs that may happen before the run lock is held (the CLI does it while the lock is
+    being taken): import the steps' code, open the API's TLS connection and ask the version."""
+    select_steps(loaded.config, only)
+    conn.pve.version()
 
 
 def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
@@ -166,8 +184,15 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
         preflight.check(conn.pve, ctx, authid(cfg))
     except preflight.MissingPrivileges as exc:
         ctx.notes.append(f"`up` would stop here: {exc.message}\n  fix: {exc.fix}")
+    later: list[str] = []
     for step in steps:
+        if _after_start(ctx, step):
+            later.append(step.name)
+            continue
         report.planned += step.plan(ctx)
+    if later:
+        ctx.notes.append(f"CT {ctx.vmid} is stopped: {', '.join(later)} read their facts inside it, so `up` "
+                         "plans them once it has started it (nothing is listed for them here)")
     report.notes = list(dict.fromkeys(ctx.notes))
     report.seconds = time.monotonic() - t0
     report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips
@@ -177,25 +202,30 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
 def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
        status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None,
        on_change: Callable[[Change, float], None] = lambda c, s: None,
-       only: list[str] | None = None) -> Report:
-    """Converge: plan each step with fresh-enough facts and apply its changes."""
+       only: list[str] | None = None, lock: Any = None) -> Report:
+    """Converge: plan each step with fresh-enough facts and apply its changes.
+
+    ``lock`` is the container's run lock (engine/lock.py ``ContainerLock``), held by the caller;
+    the create step claims the new container's vmid with it.
+    """
     t0 = time.monotonic()
     cfg = loaded.config
     steps = select_steps(cfg, only)
     report = Report()
     ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
     preflight.check(conn.pve, ctx, authid(cfg))  # before any change: every privilege this run needs
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"lock": lock} if lock is not None else {}
     for step in steps:
         status(f"{step.name}: planning")
         step_t0 = time.monotonic()
         changes = step.plan(ctx)
-        if changes and not state.get("snapshot_checked"):
-            # A safety net before the first change to an existing CT. Taking a snapshot
-            # rewrites the CT config (new digest), so this step is planned again.
+        risky = next((c for c in changes if snapshot.kind_of(c)), None)
+        if risky is not None and not state.get("snapshot_checked"):
+            # A safety net before the first change that can break an existing CT (engine/snapshot.py).
+            # Taking a snapshot rewrites the CT config (new digest), so this step is planned again.
             state["snapshot_checked"] = True
             actx = ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, status=status, log=log, state=state)
-            if snapshot.before_first_change(actx, changes[0]):
+            if snapshot.before_first_change(actx, risky):
                 ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
                 changes = step.plan(ctx)
         for change in changes:
@@ -208,11 +238,15 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
                 exc.step = exc.step or change.step
                 raise
             report.applied.append(change)
+            if change.step == "container" and change.action == "create":
+                state["created"] = True  # a new CT has nothing to protect: no snapshot in this run
             on_change(change, time.monotonic() - c0)
             if change.refresh:
                 ctx = _refresh(cfg, conn, steps, ctx, allow_restart, state)
         if changes:
             report.timings[step.name] = time.monotonic() - step_t0
+    if report.applied:
+        snapshot.note_without_snapshot(ApplyContext(cfg=cfg, pve=conn.pve, ssh=conn.ssh, plan=ctx, state=state))
     report.notes = list(dict.fromkeys(ctx.notes))
     report.seconds = time.monotonic() - t0
     report.api_calls, report.ssh_round_trips = conn.pve.calls, conn.ssh.round_trips

@@ -1,5 +1,15 @@
-"""Proxmox snapshots as a safety net: taken before `up` changes an existing container,
-pruned to the last N, and the way back (`provision rollback`).
+"""Proxmox snapshots as a safety net: taken before `up` changes an existing container in a
+way that can break it, pruned, and the way back (`provision rollback`).
+
+Which changes: those that can leave a container that no longer works — its Proxmox config
+(``config``: update, restart, resize), the NVIDIA userspace and toolkit (``driver``), a
+llama.cpp build (``build``), the services (``services``). Starting a stopped CT, loading a
+host module, creating the models directory, a model download, the resolv.conf fix and verify
+take none: a snapshot costs ~15 s, and each one used to push an older, useful one out.
+The kinds a snapshot was taken before are recorded in its description (``kinds: ...``);
+pruning keeps the newest ``container.snapshots_keep`` and, beyond them, the newest one
+taken before each kind, so the snapshot from before a driver change survives any number of
+config edits.
 
 Only snapshots named ``provision-YYYYmmdd-HHMMSS`` are ours; the user's snapshots are
 listed, shown and never deleted. Whether a container can be snapshotted is PVE's call
@@ -31,6 +41,17 @@ PREFIX = "provision-"
 NAME_RE = re.compile(r"^provision-(\d{8})-(\d{6})(?:-(\d+))?$")
 STEP = "snapshot"
 _DONE = "snapshot.checked"  # key in ApplyContext.state: the check runs once per `up`
+#: the kinds of change a snapshot is taken before, by step (the container step: see ``kind_of``)
+KINDS_BY_STEP = {"driver": "driver", "cuda": "driver", "llama": "build", "services": "services"}
+KINDS = ("config", "driver", "build", "services")
+KINDS_RE = re.compile(r"\bkinds: ([a-z,]+)")
+
+
+def kind_of(change: Any) -> str | None:
+    """The kind of a planned change if it can break the container, else None (no snapshot for it)."""
+    if change.step == "container":
+        return "config" if change.action in ("update", "restart", "resize") else None
+    return KINDS_BY_STEP.get(change.step)
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,12 @@ class Snapshot:
     @property
     def ours(self) -> bool:
         return bool(NAME_RE.match(self.name))
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of change it was taken before (empty for snapshots older than that record)."""
+        m = KINDS_RE.search(self.description)
+        return frozenset(k for k in m.group(1).split(",") if k) if m else frozenset()
 
     def when(self) -> str:
         if self.snaptime is None:
@@ -70,10 +97,27 @@ def ours_oldest_first(snaps: list[Snapshot]) -> list[Snapshot]:
 
 
 def to_prune(snaps: list[Snapshot], keep: int) -> list[Snapshot]:
-    """Which of our snapshots to delete so that ``keep`` remain (never the user's)."""
+    """Which of our snapshots to delete: all but the newest ``keep`` and the newest one before each
+    kind of change (never the user's)."""
     ours = ours_oldest_first(snaps)
     keep = max(1, keep)  # the newest one is the safety net of this very run
-    return ours[:-keep] if len(ours) > keep else []
+    kept = {s.name for s in ours[-keep:]}
+    for kind in KINDS:
+        last = next((s for s in reversed(ours) if kind in s.kinds), None)
+        if last is not None:
+            kept.add(last.name)
+    return [s for s in ours if s.name not in kept]
+
+
+def rollback_target(snaps: list[Snapshot]) -> Snapshot | None:
+    """The snapshot `provision rollback` uses without --to: our newest."""
+    ours = ours_oldest_first(snaps)
+    return ours[-1] if ours else None
+
+
+def describe_snapshot(s: Snapshot) -> str:
+    before = f"before {', '.join(sorted(s.kinds))} changes, " if s.kinds else ""
+    return f"{s.name} ({before}taken {s.when()})"
 
 
 def list_snapshots(pve: PVE, vmid: int) -> list[Snapshot]:
@@ -118,22 +162,26 @@ def supported(pve: PVE, vmid: int) -> bool | None:
     return bool(int(answer.get("hasFeature") or 0))
 
 
-def describe_run(ctx: "PlanContext", first: str) -> str:
-    """One line saying which run took the snapshot and what it was about to change."""
+def describe_run(ctx: "PlanContext", first: str, kinds: set[str] | frozenset[str] = frozenset()) -> str:
+    """One line saying which run took the snapshot, what it was about to change, and the kinds
+    of change it protects (read back by ``Snapshot.kinds`` for pruning)."""
     from .steps import all_steps
 
     counts: list[str] = []
+    kinds = set(kinds)
     probe = dataclasses.replace(ctx, notes=[])  # planning again must not add notes twice
     try:
         for step in all_steps(ctx.cfg):
-            n = len(step.plan(probe))
-            if n:
-                counts.append(f"{step.name} {n}")
+            changes = step.plan(probe)
+            if changes:
+                counts.append(f"{step.name} {len(changes)}")
+            kinds |= {k for c in changes if (k := kind_of(c))}
     except ProvisionError:
         counts = []
     who = f"{getpass.getuser()}@{socket.gethostname()}"
-    text = (f"taken by provision {__version__} `up` ({who}, pid {os.getpid()}) "
-            f"before: {first}")
+    text = f"kinds: {','.join(k for k in KINDS if k in kinds)}; " if kinds else ""
+    text += (f"taken by provision {__version__} `up` ({who}, pid {os.getpid()}) "
+             f"before: {first}")
     if counts:
         text += f"; planned changes: {', '.join(counts)}"
     return redact(text)[:500]
@@ -163,17 +211,17 @@ def prune(pve: PVE, vmid: int, keep: int, *, timeout: float,
 
 
 def before_first_change(actx: "ApplyContext", first: Any) -> str | None:
-    """The hook `up` calls before applying each change; acts once, before the first one.
+    """The hook `up` calls before the first change that can break the container (``kind_of``).
 
-    Takes a snapshot when the CT exists and ``container.snapshot`` is on, prunes ours
-    to ``container.snapshots_keep``, and notes what it did (or why it did not).
+    Takes a snapshot when the CT existed before this run and ``container.snapshot`` is on,
+    prunes ours (``to_prune``), and notes what it did (or why it did not).
     """
     if actx.state.get(_DONE):
         return None
     actx.state[_DONE] = True
     c = actx.cfg.container
     ct = actx.plan.pve.ct
-    if ct is None or not c.snapshot:
+    if ct is None or not c.snapshot or actx.state.get("created"):
         return None
     pve, notes, timeout = actx.pve, actx.plan.notes, actx.cfg.proxmox.task_timeout
     if ct.config.get("lock"):  # PVE refuses snapshots of a locked CT (e.g. a create that never finished)
@@ -190,7 +238,9 @@ def before_first_change(actx: "ApplyContext", first: Any) -> str | None:
             actx.status(f"{reason}; continuing without a snapshot")
             notes.append(f"CT {ct.vmid}: {reason}; continuing without one")
             return None
-        name = take(pve, ct.vmid, describe_run(actx.plan, getattr(first, "summary", "changes")),
+        kind = kind_of(first)
+        name = take(pve, ct.vmid, describe_run(actx.plan, getattr(first, "summary", "changes"),
+                                               {kind} if kind else set()),
                     timeout=timeout, say=actx.status)
         gone = prune(pve, ct.vmid, c.snapshots_keep, timeout=timeout, say=actx.status)
     except ProvisionError as exc:
@@ -204,6 +254,21 @@ def before_first_change(actx: "ApplyContext", first: Any) -> str | None:
                  + (f" (deleted older {', '.join(gone)})" if gone else "")
                  + "; `provision rollback FILE` returns to it")
     return name
+
+
+def note_without_snapshot(actx: "ApplyContext") -> None:
+    """After a run that changed an existing CT without a snapshot (nothing risky): say which snapshot
+    `provision rollback` would use, so nobody expects one of this run."""
+    ct = actx.plan.pve.ct
+    if ct is None or not actx.cfg.container.snapshot or actx.state.get(_DONE) or actx.state.get("created"):
+        return
+    try:
+        target = rollback_target(list_snapshots(actx.pve, ct.vmid))
+    except ProvisionError:
+        return
+    actx.plan.notes.append(f"CT {ct.vmid}: no snapshot taken (nothing this run changed can break the container); "
+                           + (f"`provision rollback FILE` would return to {describe_snapshot(target)}" if target
+                              else "it has no provision snapshot to roll back to"))
 
 
 def rollback(pve: PVE, vmid: int, name: str, *, running: bool, timeout: float,
@@ -230,5 +295,6 @@ def config_changes(before: dict[str, Any], now: dict[str, Any]) -> dict[str, tup
             if str(before.get(k)) != str(now.get(k))}
 
 
-__all__ = ["NAME_RE", "Snapshot", "before_first_change", "config_changes", "list_snapshots",
-           "ours_oldest_first", "prune", "rollback", "snapshot_name", "supported", "take", "to_prune"]
+__all__ = ["KINDS", "NAME_RE", "Snapshot", "before_first_change", "config_changes", "describe_snapshot", "kind_of",
+           "list_snapshots", "note_without_snapshot", "ours_oldest_first", "prune", "rollback", "rollback_target",
+           "snapshot_name", "supported", "take", "to_prune"]

@@ -15,17 +15,18 @@ def all_steps(cfg: HostFile) -> list[Step]:
 
     # gpu.host comes first: PVE refuses a devN whose host node is missing, and
     # /dev/nvidia-uvm often is until nvidia_uvm is loaded.
-    steps: list[Step] = [GpuHostStep(), ContainerStep(), DriverStep(), CudaStep(), LlamaStep()]
+    steps: list[Step] = [GpuHostStep(), ContainerStep(), DriverStep(cfg), CudaStep(), LlamaStep()]
 
     # model, services, verify (issue 5). The models directory on the host must exist before the
-    # container starts with its bind mount; an immutable resolv.conf is looked for right after
-    # the container step, before anything else needs the container.
+    # container starts with its bind mount. An immutable resolv.conf of a running container is
+    # removed *before* the container step: its restart (pending keys, `up --restart`) would
+    # otherwise stop the container and fail to start it again (issue 20, point 1).
     from ..operations.model import ModelHostDirStep, ModelStep
     from ..operations.resolv import ResolvStep
     from ..operations.services import ServicesStep
     from ..operations.verify import VerifyStep
 
     steps.insert(steps.index(next(s for s in steps if s.name == "container")), ModelHostDirStep(cfg))
-    steps.insert(steps.index(next(s for s in steps if s.name == "container")) + 1, ResolvStep())
+    steps.insert(steps.index(next(s for s in steps if s.name == "container")), ResolvStep())
     steps += [ModelStep(cfg), ServicesStep(cfg), VerifyStep(cfg)]
     return steps

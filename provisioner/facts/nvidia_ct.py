@@ -14,6 +14,7 @@ Package state comes from ``dpkg-query`` (``${db:Status-Abbrev}``: ``ii`` install
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from .base import Fact, kv
@@ -148,3 +149,59 @@ CUDA_CT = Fact("ct.cuda",
                "apt-cache pkgnames cuda-nvcc- 2>/dev/null | sed 's/^/avail /'\n"
                "true",
                parse_cuda, where="ct")
+
+
+@dataclass(frozen=True)
+class DriverIndex:
+    """Which versions of the driver packages NVIDIA's repository offers the container.
+
+    From the container's apt lists for ``driver.repo_url`` (``apt-cache madison``, no network),
+    or, before the repository was ever added there, from its ``Packages`` index fetched once
+    with apt's own downloader (as `provision host` reads it for the host). ``known`` is False
+    when neither could be read: then nothing can be said before applying.
+    """
+
+    versions: dict[str, list[str]] = field(default_factory=dict)
+    known: bool = False
+    error: str | None = None
+
+    def has(self, package: str, version: str) -> bool:
+        return any(v.split(":", 1)[-1].startswith(version + "-") for v in self.versions.get(package, []))
+
+    def driver_versions(self, package: str) -> list[str]:
+        """The upstream driver versions offered for ``package`` ("580.95.05"), oldest first."""
+        vs = {v.split(":", 1)[-1].rsplit("-", 1)[0] for v in self.versions.get(package, [])}
+        return sorted(vs, key=lambda v: tuple(int(x) if x.isdigit() else 0 for x in v.split(".")))
+
+
+def parse_driver_index(output: str, code: int) -> DriverIndex:
+    versions: dict[str, list[str]] = {}
+    error = None
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "repo":
+            versions.setdefault(words[1], []).append(words[2])
+        elif words[:1] == ["index_error"]:
+            error = " ".join(words[1:]) or "unreachable"
+    return DriverIndex(versions, known=bool(versions) or "known" in output.split(), error=error)
+
+
+def driver_index_fact(repo_url: str, packages: list[str]) -> Fact[DriverIndex]:
+    """The container's view of NVIDIA's repository for ``packages`` (see :class:`DriverIndex`)."""
+    repo = repo_url.rstrip("/")
+    names = " ".join(shlex.quote(p) for p in packages)
+    pattern = "|".join(re.escape(p) for p in packages)
+    return Fact("ct.driver_index", f"""repo={shlex.quote(repo)}
+. /etc/os-release 2>/dev/null
+src="$repo/debian$VERSION_ID/x86_64"
+out=$(apt-cache madison {names} 2>/dev/null | awk -F' [|] ' -v s="$src" 'index($3, s) == 1 {{gsub(/ /, "", $1); print "repo", $1, $2}}')
+if [ -n "$out" ]; then echo known; printf '%s\n' "$out"
+else
+  t=$(mktemp -d)
+  if /usr/lib/apt/apt-helper download-file "$src/Packages" "$t/Packages" >"$t/log" 2>&1; then
+    echo known
+    awk '/^Package: /{{p=$2}} /^Version: /{{if (p ~ /^({pattern})$/) print "repo", p, $2}}' "$t/Packages"
+  else echo "index_error $(tail -n1 "$t/log")"; fi
+  rm -rf "$t"
+fi
+true""", parse_driver_index, where="ct")

@@ -6,6 +6,7 @@ status.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ class ContainerState:
     pending_delete: frozenset[str] = frozenset()
     status: str = "stopped"
     node: str = ""
+    #: the value in force now of each key with a pending change or delete (``/pending``'s "value")
+    pending_was: dict[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -81,18 +84,22 @@ def gather_pve(pve: PVE, *, vmid: int | None, hostname: str) -> PveFacts:
         if node != pve.node:
             raise ProxmoxError(f"vmid {target} exists on node {node}, not on {pve.node}",
                                host=pve.endpoint.host, fix="use another container.vmid or proxmox.node")
-        # One call for both: GET .../pending lists every key with its current ``value`` (the digest
+        # One read for both: GET .../pending lists every key with its current ``value`` (the digest
         # too) and its ``pending`` value or ``delete`` flag (pve-guest-common src/PVE/GuestHelpers.pm:
         # 223-263 config_with_pending_array@4a8f6cb). GET config would not do: it already merges the
-        # pending values in, so a diff against it shows nothing pending.
-        pending_list = pve.get(pve.ct(target, "pending")) or []
-        status = pve.get(pve.ct(target, "status/current"))
+        # pending values in, so a diff against it shows nothing pending. The two reads run at once.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pve-facts") as pool:
+            futures = [pool.submit(pve.get, pve.ct(target, sub)) for sub in ("pending", "status/current")]
+            pending_list, status = (f.result() for f in futures)
+        pending_list = pending_list or []
         config = {str(p["key"]): str(p["value"]) for p in pending_list if "value" in p}
         digest = config.pop("digest", "")
         pending = {p["key"]: str(p["pending"]) for p in pending_list if "pending" in p}
         deletes = frozenset(p["key"] for p in pending_list if p.get("delete"))
+        was = {p["key"]: str(p["value"]) for p in pending_list
+               if "value" in p and ("pending" in p or p.get("delete"))}
         ct = ContainerState(vmid=target, config=config, digest=digest, pending=pending,
                             pending_delete=deletes, status=str(status.get("status", "stopped")),
-                            node=pve.node)
+                            node=pve.node, pending_was=was)
     return PveFacts(version=_short_version(release), release=release, ct=ct,
                     vmid=target, used_vmids=used)

@@ -92,6 +92,8 @@ class ModelFacts:
     #: free bytes in the models directory (or its nearest existing parent)
     avail: int | None = None
     dir_exists: bool = False
+    #: read through `pct mount`: the directory leads out of the container's root (a symlink)
+    outside: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,15 +143,23 @@ class ResolvFacts:
 
 # -- model files ----------------------------------------------------------------------------------
 
-def model_command(cfg: HostFile, base: str) -> str:
-    lines = [f"d={shlex.quote(base)}", 'if [ -d "$d" ]; then echo dir 1; fi',
-             'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done',
-             'echo "avail $(df -P -B1 "$p" 2>/dev/null | awk \'NR==2{print $4}\')"']
+def model_command(cfg: HostFile, base: str, *, rooted: bool = False) -> str:
+    """Shell listing the model files under ``base``; ``rooted``: under ``$R`` (facts/base.py), so
+    doctor can read a stopped CT's files through `pct mount`, never following a link out of it."""
+    r = '"$R"' if rooted else ""
+    guard = (lambda q: f"inroot {r}{q} && ") if rooted else (lambda q: "")
+    lines = [f"d={r}{shlex.quote(base)}"]
+    if rooted:
+        lines.append('inroot "$d" || { echo outside; exit 0; }')
+    lines += ['if [ -d "$d" ]; then echo dir 1; fi',
+              'p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done',
+              'echo "avail $(df -P -B1 "$p" 2>/dev/null | awk \'NR==2{print $4}\')"']
     for role, path in model_paths(cfg, base).items():
         q = shlex.quote(path)
         side = shlex.quote(path + SIDECAR_SUFFIX)
-        lines.append(f"if [ -f {q} ]; then echo \"file {role} $(stat -c '%s %Y' {q})\"; "
-                     f"[ -f {side} ] && echo \"sidecar {role} $(head -c 4096 {side} | tr -d '\\n')\"; fi")
+        lines.append(f"if {guard(q)}[ -f {r}{q} ]; then echo \"file {role} $(stat -c '%s %Y' {r}{q})\"; "
+                     f"{guard(side)}[ -f {r}{side} ] && echo \"sidecar {role} $(head -c 4096 {r}{side} | "
+                     f"tr -d '\\n')\"; fi")
     return "\n".join(lines)
 
 
@@ -177,7 +187,7 @@ def parse_model(output: str, code: int) -> ModelFacts:
             if isinstance(data, dict):
                 sidecars[role] = data
     files = {r: FileState(s, m, sidecars.get(r)) for r, (s, m) in sizes.items()}
-    return ModelFacts(files=files, avail=avail, dir_exists=exists)
+    return ModelFacts(files=files, avail=avail, dir_exists=exists, outside="outside" in output.split())
 
 
 def model_facts(cfg: HostFile) -> list[Fact[Any]]:
@@ -186,7 +196,8 @@ def model_facts(cfg: HostFile) -> list[Fact[Any]]:
         return []
     if cfg.model.location == "host":
         return [Fact("model.host", model_command(cfg, cfg.model.host_dir), parse_model, where="host")]
-    return [Fact("model.ct", model_command(cfg, cfg.model.dir), parse_model, where="ct")]
+    return [Fact("model.ct", model_command(cfg, cfg.model.dir, rooted=True), parse_model, where="ct",
+                 offline=True)]
 
 
 # -- services -------------------------------------------------------------------------------------
@@ -273,14 +284,17 @@ def services_facts(cfg: HostFile) -> list[Fact[Any]]:
 
 # -- resolv.conf ----------------------------------------------------------------------------------
 
-RESOLV_COMMAND = r"""f=/etc/resolv.conf
+# under $R (facts/base.py): also read on a stopped CT's root through `pct mount`; a symlinked
+# resolv.conf is never followed (lsattr is PVE's concern only for a real file, and on a mounted
+# root the link's target would be the host's)
+RESOLV_COMMAND = r"""f="$R/etc/resolv.conf"
 if [ -e "$f" ] || [ -L "$f" ]; then echo exists; fi
 if [ -f "$f" ] && [ ! -L "$f" ]; then
   a=$(lsattr -d "$f" 2>/dev/null) && { echo "attrs ${a%% *}"; } || echo lsattr-failed
+  grep -q '^# --- BEGIN PVE ---' "$f" 2>/dev/null && echo pve-managed
 fi
-[ -f /etc/.pve-ignore.resolv.conf ] && echo ignored
-grep -qs 'created by provision' /etc/.pve-ignore.resolv.conf && echo ignored-ours
-grep -q '^# --- BEGIN PVE ---' "$f" 2>/dev/null && echo pve-managed
+[ -e "$R/etc/.pve-ignore.resolv.conf" ] && echo ignored
+grep -qs 'created by provision' "$R/etc/.pve-ignore.resolv.conf" && echo ignored-ours
 true"""
 
 
@@ -292,4 +306,4 @@ def parse_resolv(output: str, code: int) -> ResolvFacts:
                        ignored_ours="ignored-ours" in words)
 
 
-RESOLV_FACT: Fact[ResolvFacts] = Fact("resolv.ct", RESOLV_COMMAND, parse_resolv, where="ct")
+RESOLV_FACT: Fact[ResolvFacts] = Fact("resolv.ct", RESOLV_COMMAND, parse_resolv, where="ct", offline=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,19 +81,19 @@ def _plan_job(only: list[str] | None, restart: bool) -> Callable[[Host, Events],
 
 def _up_job(only: list[str] | None, restart: bool, wait: float) -> Callable[[Host, Events], Any]:
     from ..engine import run
-    from ..engine.lock import HostLock
+    from ..engine.lock import ContainerLock
 
     def job(host: Host, events: Events) -> Any:
-        cfg = host.loaded.config
         conn = _connected(host, events)
         try:
             events.status("taking the run lock")
-            lock = HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}", wait=wait,
-                            on_wait=lambda holder: events.status(f"waiting for the lock held by {holder}"))
+            lock = ContainerLock(host.loaded.config, conn, wait=wait,
+                                 on_wait=lambda holder, left: left >= 0 and events.status(
+                                     f"waiting for the lock held by {holder} ({left:.0f} s left)"))
             with lock:
                 events.status("gathering facts")
                 return run.up(host.loaded, conn, allow_restart=restart, status=events.status, log=events.log,
-                              on_change=events.change, only=only)
+                              on_change=events.change, only=only, lock=lock)
         finally:
             conn.close()
 
@@ -174,17 +173,18 @@ def fleet_plan(out: Output, path: Path, *, only: list[str] | None, restart: bool
 
 def fleet_up(out: Output, path: Path, *, plan_only: bool, yes: bool, restart: bool, wait: float,
              only: list[str] | None, workers: int) -> int:
-    import typer
-
     if plan_only:
         return fleet_plan(out, path, only=only, restart=restart, workers=workers, exit_code=False)
     inv = _load(out, path, only)
-    if not yes and sys.stdin.isatty() and not out.json_mode:
+    if not yes:
+        from ..cli.main import confirm
+
         planned = _execute(out, inv, _plan_job(only, restart), workers, planning=True)
         _report(out, inv, planned, planning=True)
         if not any(r.failed or r.value.planned for r in planned):
             return 0
-        if not typer.confirm("Apply these changes on every host that has them?", default=False):
+        if not confirm(out, "Apply these changes on every host that has them?",
+                       what="applying the inventory's changes"):
             out.line("nothing changed")
             return 1
     results = _execute(out, inv, _up_job(only, restart, wait), workers)

@@ -90,7 +90,7 @@ class Events:
 
     def change(self, change: Any, seconds: float) -> None:
         self.result.changes += 1
-        self._notify(self.result, "change", redact(f"{change.step}: {change.summary} ({seconds:.1f}s)"))
+        self._notify(self.result, "change", redact(f"{change.step}: {change.done_text} ({seconds:.1f}s)"))
 
 
 #: the work done on one host; its return value becomes ``HostResult.value``

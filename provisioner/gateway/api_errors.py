@@ -54,3 +54,14 @@ def rate_limited(message: str, headers: Mapping[str, str]) -> ApiError:
 def overloaded(message: str = "the model server is busy; retry shortly") -> ApiError:
     """529 overloaded_error: Claude Code and the SDK retry it."""
     return ApiError(529, "overloaded_error", message)
+
+
+def forced_tool_ignored() -> ApiError:
+    """400: tool_choice asked for a tool call and the model answered in text instead.
+
+    llama-server enforces ``tool_choice: required`` only through the chat template's tool support;
+    a template without it lets the model answer in text, which a client that forced a tool cannot use.
+    """
+    return invalid_request("tool_choice requires a tool call, but the model answered with text: its chat template "
+                           "cannot honour a forced tool choice (llama-server /props: chat_template_caps."
+                           "supports_tools); use tool_choice auto, or a model whose template supports tools")

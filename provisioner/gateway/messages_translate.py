@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from provisioner.gateway.api_errors import ApiError
+from provisioner.gateway.api_errors import ApiError, forced_tool_ignored
 from provisioner.gateway.jsonfast import dumps
 from provisioner.gateway.sse_channel import SseChannel
 from provisioner.gateway.state import record_of, state_of
@@ -64,7 +64,8 @@ async def handle(request: web.Request, translated: Translated) -> web.StreamResp
     record = record_of(request)
     model = translated.requested_model
     if translated.stream:
-        translator = StreamTranslator(model=model, stop_sequences=translated.stop_sequences)
+        translator = StreamTranslator(model=model, stop_sequences=translated.stop_sequences,
+                                      forced_tool=translated.forced_tool)
 
         async def pump(stream: UpstreamStream, channel: SseChannel) -> None:
             await _pump(translator, stream, channel, request)
@@ -75,7 +76,8 @@ async def handle(request: web.Request, translated: Translated) -> web.StreamResp
     if translated.stop_sequences:
         # Served from an upstream stream so the gateway can match (and report) stop sequences.
         payload = {**translated.payload, "stream": True, "stream_options": {"include_usage": True}}
-        translator = StreamTranslator(model=model, stop_sequences=translated.stop_sequences)
+        translator = StreamTranslator(model=model, stop_sequences=translated.stop_sequences,
+                                      forced_tool=translated.forced_tool)
         record.upstream_sent_at = time.monotonic()
         async with await state.upstream.open_stream(CHAT_PATH, payload) as stream:
             events = translator.start() + await _pump(translator, stream, None, request)
@@ -85,6 +87,8 @@ async def handle(request: web.Request, translated: Translated) -> web.StreamResp
         response = await state.upstream.request_json("POST", CHAT_PATH, translated.payload)
         answered = time.monotonic()
         message = from_openai(response, model=model)
+        if translated.forced_tool and not any(b["type"] == "tool_use" for b in message["content"]):
+            raise forced_tool_ignored()
         record.mark_first_token(answered)
         record.stop_reason = message["stop_reason"]
         record.set_usage(message["usage"])

@@ -34,6 +34,8 @@ class Translated:
     requested_model: str
     stream: bool
     stop_sequences: tuple[str, ...]
+    #: tool_choice any/tool: a call is required; an answer in text means the template ignored it
+    forced_tool: bool = False
 
 
 def _image_part(block: dict, path: str) -> dict:
@@ -261,4 +263,5 @@ def translate_request(body: Any, *, upstream_model: str, count_only: bool = Fals
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
     return Translated(payload=payload, requested_model=requested, stream=stream,
-                      stop_sequences=tuple(dict.fromkeys(stops)))
+                      stop_sequences=tuple(dict.fromkeys(stops)),
+                      forced_tool=payload.get("tool_choice") == "required" and bool(payload.get("tools")))

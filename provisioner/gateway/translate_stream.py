@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from provisioner.gateway.api_errors import forced_tool_ignored
 from provisioner.gateway.jsonfast import dumps, dumps_str, loads
 from provisioner.gateway.stop_matcher import StopMatcher
 from provisioner.gateway.upstream_errors import error_from_upstream, protocol_error
@@ -103,8 +104,11 @@ class _Tool:
 class StreamTranslator:
     """Feed OpenAI ``data:`` payloads; get Anthropic SSE bytes back."""
 
-    def __init__(self, *, model: str, stop_sequences: tuple[str, ...] = (), message_id: str | None = None) -> None:
+    def __init__(self, *, model: str, stop_sequences: tuple[str, ...] = (), message_id: str | None = None,
+                 forced_tool: bool = False) -> None:
         self.model = model
+        #: tool_choice any/tool: text before a tool call means the template ignored the choice
+        self.forced_tool = forced_tool
         self.message_id = message_id or new_id("msg_")
         self.stop = StopMatcher(stop_sequences) if stop_sequences else None
         self.next_index = 0
@@ -216,6 +220,10 @@ class StreamTranslator:
 
     def _emit_text(self, text: str, out: list[bytes]) -> None:
         self.first_token = True
+        if self.forced_tool and not self.tool_started:
+            if not text.strip():
+                return  # a template's newline before its call: no text block for it
+            raise forced_tool_ignored()
         if self.tool_started:
             self.deferred_text.append(text)
             return

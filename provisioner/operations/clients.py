@@ -41,6 +41,8 @@ class ClientInputs:
     server_key: str
     model_id: str
     n_ctx: int
+    #: generation speed (tokens/s) llama-server measured over its lifetime (/metrics), None if unknown
+    gen_tps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,28 @@ class ClientFile:
     secret: bool
 
 
-def max_output(n_ctx: int) -> int:
-    """Output budget per request: a quarter of the context, at most 32K (Claude Code's own cap)."""
-    return max(256, min(32000, n_ctx // 4))
+#: the longest one answer may take to generate at the measured speed, for the default output cap
+ANSWER_SECONDS = 300
+#: tokens /metrics must have counted before its speed is trusted (verify generates one)
+SPEED_SAMPLE = 64
+
+
+def max_output(n_ctx: int, gen_tps: float | None = None) -> int:
+    """Default output cap per request: a quarter of the context, at most 32K (Claude Code's own), and
+    no more than ANSWER_SECONDS of generation at the measured speed (a slow model once ran 10 min
+    for one word with 8192 and held the main slot)."""
+    cap = max(256, min(32000, n_ctx // 4))
+    if gen_tps:
+        cap = min(cap, max(256, int(gen_tps * ANSWER_SECONDS)))
+    return cap
+
+
+def max_output_basis(inputs: "ClientInputs") -> str:
+    """Where the default output cap comes from, in words (shown in claude-local and by `clients`)."""
+    basis = f"a quarter of the {inputs.n_ctx}-token context (at most 32000)"
+    if inputs.gen_tps:
+        basis += f", and {ANSWER_SECONDS} s at the {inputs.gen_tps:.1f} tokens/s llama-server measured"
+    return basis
 
 
 INPUTS_SCRIPT = """set -u
@@ -63,6 +84,7 @@ echo "ip $(ip -4 -o addr show scope global 2>/dev/null | awk '{{split($4,a,"/");
 h=$(mktemp); chmod 600 "$h"
 [ -r {srv_key} ] && printf 'Authorization: Bearer %s\\n' "$(head -n1 {srv_key})" > "$h"
 echo "props $(curl -s -m 5 -H @"$h" {props_url} | tr -d '\\n')"
+echo "metrics $(curl -s -m 5 -H @"$h" {metrics_url} | grep -E '^llamacpp:tokens_predicted(_seconds)?_total ' | tr '\\n' ' ')"
 rm -f "$h"
 true
 """
@@ -91,6 +113,15 @@ def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
     if not vals.get("server_key"):
         raise ProvisionError(f"no llama-server key in the container ({SERVER_KEY})", fix="run `provision up` first")
     ip = vals.get("ip") or ""
+    counters = dict(zip(vals.get("metrics", "").split()[::2], vals.get("metrics", "").split()[1::2]))
+    gen_tps = None
+    try:
+        tokens = float(counters.get("llamacpp:tokens_predicted_total", "0"))
+        seconds = float(counters.get("llamacpp:tokens_predicted_seconds_total", "0"))
+        if tokens >= SPEED_SAMPLE and seconds > 0:
+            gen_tps = tokens / seconds
+    except ValueError:
+        pass
     if not cfg.clients.base_url and not ip:
         raise ProvisionError("the container has no IPv4 address to point clients at",
                              fix="set clients.base_url to how clients reach the gateway")
@@ -99,7 +130,7 @@ def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
         else ip
     return ClientInputs(base_url=base, openai_url=f"http://{server_host}:{cfg.server.port}",
                         gateway_key=register(vals.get("gateway_key", "")), server_key=register(vals["server_key"]),
-                        model_id=cfg.model.model_id, n_ctx=n_ctx)
+                        model_id=cfg.model.model_id, n_ctx=n_ctx, gen_tps=gen_tps)
 
 
 def reachability_warnings(cfg: HostFile) -> list[str]:
@@ -112,8 +143,9 @@ def reachability_warnings(cfg: HostFile) -> list[str]:
 
 def client_inputs(cfg: HostFile, ct: CT) -> ClientInputs:
     """Read what the clients need from the running container (one SSH round trip)."""
-    url = f"http://{local_host(cfg.server.host)}:{cfg.server.port}/props"
-    result = ct.run(INPUTS_SCRIPT.format(gw_key=GATEWAY_KEY, srv_key=SERVER_KEY, props_url=url))
+    base = f"http://{local_host(cfg.server.host)}:{cfg.server.port}"
+    result = ct.run(INPUTS_SCRIPT.format(gw_key=GATEWAY_KEY, srv_key=SERVER_KEY, props_url=f"{base}/props",
+                                         metrics_url=f"{base}/metrics"))
     result.check("reading the deployment's keys and settings", vmid=ct.vmid)
     return parse_inputs(cfg, result.stdout)
 
@@ -122,7 +154,8 @@ def render_clients(cfg: HostFile, inputs: ClientInputs, output_dir: Path) -> lis
     """Every client file the config asks for, rendered."""
     values = {"base_url": inputs.base_url, "openai_url": inputs.openai_url, "gateway_key": inputs.gateway_key,
               "server_key": inputs.server_key, "model_id": inputs.model_id, "n_ctx": inputs.n_ctx,
-              "max_output": max_output(inputs.n_ctx), "provider": PROVIDER,
+              "max_output": max_output(inputs.n_ctx, inputs.gen_tps), "max_output_basis": max_output_basis(inputs),
+              "provider": PROVIDER,
               "reasoning": cfg.server.reasoning != "off"}
     files: list[ClientFile] = []
     if cfg.clients.claude_code:

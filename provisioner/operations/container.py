@@ -100,6 +100,17 @@ def desired_config(ctx: PlanContext) -> dict[str, str]:
     return want
 
 
+def split_tags(value: str) -> set[str]:
+    """PVE's tag list (``;``, ``,`` or spaces between tags) as a set of lower-cased tags."""
+    return {t.strip().lower() for t in value.replace(",", ";").replace(" ", ";").split(";") if t.strip()}
+
+
+def merged_tags(current: str, desired: str) -> str:
+    """The container's own tags plus ours: a tag someone set (in the UI, or before we adopted the CT)
+    is never removed; the host file's tags and the marker are added."""
+    return ";".join(sorted(split_tags(current) | split_tags(desired)))
+
+
 def _flags(value: str | None) -> dict[str, str]:
     """A ``features`` value as flag -> value (``nesting=1,keyctl=0`` -> {nesting: 1, keyctl: 0})."""
     return dict(p.split("=", 1) for p in (value or "").split(",") if "=" in p)
@@ -164,9 +175,7 @@ def same(key: str, current: str | None, desired: str, version: str) -> bool:
     if current is None:
         return False
     if key == "tags":
-        norm = lambda s: sorted({t.strip().lower() for t in s.replace(",", ";").replace(" ", ";").split(";")
-                                 if t.strip()})
-        return norm(current) == norm(desired)
+        return split_tags(current) == split_tags(desired)
     if key == "description":
         return current.strip() == desired.strip()
     if key in ("nameserver", "searchdomain"):
@@ -234,6 +243,7 @@ class ContainerStep:
         version = ctx.pve.version
         want = desired_config(ctx)
         want["description"] = description(ctx, ct.config.get("description"))
+        want["tags"] = merged_tags(ct.config.get("tags", ""), want["tags"])
         # what the config will be once pending values apply
         effective = dict(ct.config)
         effective.update(ct.pending)
@@ -294,8 +304,11 @@ class ContainerStep:
         def apply(actx: ApplyContext) -> None:
             restart_container(actx)
 
+        # GET config already shows pending values, and no deleted key: the value in force comes from /pending
+        diff = {k: (ct.pending_was.get(k, ct.config.get(k) if k not in ct.pending else None),
+                    "(deleted)" if k in ct.pending_delete else ct.pending.get(k)) for k in keys}
         return Change(STEP, "restart", f"ct {ct.vmid}", f"restart to apply pending {', '.join(keys)}", apply,
-                      diff={k: (ct.config.get(k), ct.pending.get(k)) for k in keys}, refresh=True)
+                      diff=diff, refresh=True)
 
     def _start_change(self, ctx: PlanContext, *, created: bool) -> Change:
         def apply(actx: ApplyContext) -> None:
@@ -374,8 +387,33 @@ def pct_set(actx: ApplyContext, vmid: int, keys: dict[str, str], deletes: list[s
     cmd = f"pct set {int(vmid)} " + " ".join(args)
     result = actx.ssh.run(cmd)
     if not result.ok:
-        raise RemoteError("pct set failed", command=cmd, exit_code=result.exit_code,
-                          output=result.stderr or result.stdout, vmid=vmid, step=STEP)
+        text = "\n".join(t for t in (result.stderr.strip(), result.stdout.strip()) if t)
+        head, errors = pve_errors(text)
+        if errors:  # PVE's per-key reasons, in the message itself (not an output tail)
+            raise ProxmoxError(f"pct set {int(vmid)}: {head}", errors=errors, vmid=vmid, step=STEP,
+                               fix=HOTPLUG_FIX.replace("VMID", str(int(vmid)))
+                               if any("hotplug" in v for v in errors.values()) else None)
+        raise RemoteError("pct set failed", command=cmd, exit_code=result.exit_code, output=text, vmid=vmid,
+                          step=STEP)
+
+
+#: PVE writes nothing when a hot-plug fails (pve-container src/PVE/API2/LXC/Config.pm:259 at 94f5585:
+#: "don't write to config if we get any errors"), so the way out is a fix or a stopped container
+HOTPLUG_FIX = ("nothing was written; fix the cause PVE names above, or stop the container "
+               "(`pct stop VMID`) and run `provision up` again: a stopped container takes the key at its next start")
+_KEY_LINE = re.compile(r"^([a-z][a-z0-9_-]*): (.+)$")
+
+
+def pve_errors(text: str) -> tuple[str, dict[str, str]]:
+    """``pct``'s parameter errors (``400 Parameter verification failed.`` then ``key: reason`` lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    head = next((ln for ln in lines if re.match(r"^\d{3} ", ln)), lines[0] if lines else "failed")
+    errors = {}
+    for ln in lines:
+        m = _KEY_LINE.match(ln)
+        if m and not ln.startswith(("pct ", "usage")):
+            errors[m.group(1)] = m.group(2)
+    return head, errors
 
 
 def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) -> None:
@@ -393,6 +431,9 @@ def update_config(actx: ApplyContext, keys: dict[str, str], deletes: list[str]) 
             if "detected modified configuration" in str(exc):
                 raise ProxmoxError("the container config changed while we were planning", vmid=ct.vmid,
                                    step=STEP, fix="run `provision up` again (it re-reads the config)") from None
+            if any("hotplug" in str(v) for v in exc.errors.values()):
+                exc.fix = exc.fix or HOTPLUG_FIX.replace("VMID", str(ct.vmid))
+                exc.vmid, exc.step = ct.vmid, STEP
             raise
     pct_set(actx, ct.vmid, root_set, root_del)
 
@@ -468,11 +509,34 @@ def resolve_template(actx: ApplyContext) -> str:
     return volid
 
 
+def _claim_next_vmid(actx: ApplyContext, tries: int = 5) -> int:
+    """``vmid: auto``: the next free vmid, with its run lock held before the container exists.
+
+    Another run that finds the new container by hostname locks it by vmid (engine/lock.py),
+    so it waits for this one. Two runs handed the same id: the second gets the lock only
+    after the first created it, sees the id taken and asks again.
+    """
+    pve = actx.pve
+    lock = actx.state.get("lock")
+    vmid = int(pve.get("/cluster/nextid"))
+    for _ in range(tries):
+        if lock is None:
+            return vmid
+        lock.claim(vmid)
+        again = int(pve.get("/cluster/nextid"))
+        if again == vmid:
+            return vmid
+        lock.release(vmid)
+        vmid = again
+    raise ProxmoxError(f"no free vmid stayed free for {tries} tries (other runs are creating containers)",
+                       step=STEP, fix="set container.vmid, or run again")
+
+
 def create_container(actx: ApplyContext, want: dict[str, str]) -> None:
     c = actx.cfg.container
     pve = actx.pve
     ostemplate = resolve_template(actx)
-    vmid = actx.plan.vmid or int(pve.get("/cluster/nextid"))
+    vmid = actx.plan.vmid or _claim_next_vmid(actx)
     actx.state["vmid"] = vmid
     unpriv = c.unprivileged
     params = dict(want)
@@ -506,10 +570,26 @@ def start_container(actx: ApplyContext) -> None:
 
 
 def restart_container(actx: ApplyContext) -> None:
+    """Reboot the CT; a reboot that stopped it and could not start it again is not left so.
+
+    The resolv step removed an immutable resolv.conf before this (engine/steps.py). Should the
+    start half still fail (the facts could not see the flag, e.g. `--only container`), the CT
+    is stopped: look through `pct mount`, and start it again once the flag is gone.
+    """
     vmid = actx.vmid
     actx.status(f"restarting CT {vmid} to apply pending changes")
-    upid = actx.pve.post(actx.pve.ct(vmid, "status/reboot"))
-    actx.pve.wait_task(upid, what=f"restarting CT {vmid}", timeout=actx.cfg.proxmox.task_timeout)
+    timeout = actx.cfg.proxmox.task_timeout
+    try:
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/reboot"))
+        actx.pve.wait_task(upid, what=f"restarting CT {vmid}", timeout=timeout)
+    except TaskFailed:
+        from .resolv import fix_on_host
+
+        status = (actx.pve.get(actx.pve.ct(vmid, "status/current")) or {}).get("status")
+        if status == "running" or not fix_on_host(actx, vmid):
+            raise
+        upid = actx.pve.post(actx.pve.ct(vmid, "status/start"))
+        actx.pve.wait_task(upid, what=f"starting CT {vmid}", timeout=timeout)
 
 
 __all__ = ["CONTRIBUTORS", "ContainerStep", "OwnedKeys", "desired_config", "has_marker", "is_root_only",

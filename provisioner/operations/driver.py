@@ -46,7 +46,7 @@ from ..engine.plan import Change
 from ..errors import ConfigError, RefusedError, RemoteError
 from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import (DRIVER_CT, DRIVER_GLOBS, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
-                               DriverUserspace)
+                               DriverIndex, DriverUserspace, driver_index_fact)
 from ..templating import render
 from . import apt
 from .passthrough import selected_gpus
@@ -109,9 +109,46 @@ def host_version(ctx: PlanContext) -> str | None:
     return ctx.fact(DRIVER.name).version
 
 
+INDEX = "ct.driver_index"
+
+
+def not_in_repository(ctx: PlanContext, version: str) -> str | None:
+    """Why the container cannot get ``version`` from NVIDIA's repository, or None (it can, or unknown).
+
+    Checked at plan time, as `provision host` checks the host's index: a version the repository lacks
+    would otherwise get a pin that matches nothing, holds released, the newest driver installed and a
+    verify failure that names the wrong cause.
+    """
+    index: DriverIndex | None = ctx.fact(INDEX)
+    if index is None or not index.known:
+        return None
+    missing = [p for p in ctx.cfg.driver.packages if not index.has(p, version)]
+    if not missing:
+        return None
+    offered = index.driver_versions(missing[0])
+    branch = [v for v in offered if v.split(".")[0] == version.split(".")[0]]
+    return (f"NVIDIA's repository ({ctx.cfg.driver.repo_url.rstrip('/')}) has no {', '.join(missing)} {version}, "
+            f"the host's loaded driver; it has {', '.join(offered[-6:]) or 'no version'}"
+            + (f" (branch {version.split('.')[0]}: {', '.join(branch)})" if branch and branch != offered[-6:] else ""))
+
+
+def repository_fix(ctx: PlanContext, version: str) -> str:
+    index: DriverIndex | None = ctx.fact(INDEX)
+    offered = index.driver_versions(ctx.cfg.driver.packages[0]) if index else []
+    branch = [v for v in offered if v.split(".")[0] == version.split(".")[0]]
+    pick = (branch or offered or ["<a version it has>"])[-1]
+    return (f"put a driver the repository has on the host (with `provision host`: host.driver.version: \"{pick}\", "
+            f"then reboot), or point driver.repo_url at a mirror that has {version}, or set "
+            "driver.manage_userspace: false and install the userspace yourself")
+
+
 class DriverStep:
     name = STEP
     facts = [DRIVER, GPUS, DRIVER_CT]  # host facts too: `--only driver` must see the GPUs
+
+    def __init__(self, cfg: HostFile | None = None) -> None:
+        if cfg is not None:  # what NVIDIA's repository offers, checked before a pin or install is planned
+            self.facts = [*DriverStep.facts, driver_index_fact(cfg.driver.repo_url, list(cfg.driver.packages))]
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         version = host_version(ctx)
@@ -150,6 +187,11 @@ class DriverStep:
                                   # the apt lists now know NVIDIA's repo: the CUDA step's choice depends on it
                                   refresh=True))
         wrong = self._wrong_packages(ct, version, packages)
+        if wrong or any(c.summary.startswith("pin ") for c in changes):
+            why = not_in_repository(ctx, version)
+            if why:
+                raise RefusedError(why, vmid=ctx.vmid, step=STEP, fix=repository_fix(ctx, version)
+                                   + " (the container was not touched)")
         if wrong:
             changes.append(Change(STEP, "install", target,
                                   f"NVIDIA driver userspace {version} ({', '.join(sorted(wrong))})",
@@ -220,6 +262,20 @@ def add_repository(actx: ApplyContext, distro: str, source: str, source_path: st
 def install_pin(actx: ApplyContext, pin: str, pinning: str, stale: list[str]) -> None:
     """The pin alone, in its own apt transaction, before any driver package moves."""
     actx.status("pinning the NVIDIA driver version")
+    version = pinning.removeprefix("nvidia-driver-pinning-")
+    # the plan could not see the repository (first run, index unreachable): look now, before the
+    # pin or any hold changes, and refuse a version it lacks
+    check = " ".join(shlex.quote(p) for p in actx.cfg.driver.packages)
+    _run(actx, f"""
+apt_get update -q >/dev/null
+for p in {check}; do
+  apt-cache madison "$p" 2>/dev/null | awk -F' [|] ' -v v="{version}-" 'index($2, v) == 1 {{ok=1}} END {{exit !ok}}' || {{
+    echo "no $p {version} in the apt sources; they offer: $(apt-cache madison "$p" 2>/dev/null | awk -F' [|] ' '{{print $2}}' | tr '\\n' ' ')" >&2
+    exit 10; }}
+done
+""", f"looking for driver {version} in NVIDIA's repository",
+         fix=f"the repository has no {version}: put a driver it has on the host (`provision host`), or point "
+             "driver.repo_url at a mirror that has it (the container was not touched)")
     actx.ct().put(pin.encode(), PIN_PATH, mode="0644")
     remove = " ".join(shlex.quote(p + "-") for p in stale)
     _run(actx, f"""

@@ -11,6 +11,11 @@ trip) are taken out:
 * ``gpu.select: all`` → the free GPUs (a note names the taken ones); none free → error;
 * ``gpu.share: true`` → no check: the GPUs are passed even when held elsewhere.
 
+Sharing is agreed by the one who asks for it: a GPU this container already has stays
+its own when a later container was given it with ``gpu.share: true`` (only such a run
+can pass a held GPU). The first holder keeps working, unchanged, and gets a note
+(``shared_with``; doctor shows it as a warning) instead of an error that locks it out.
+
 Only containers with our ownership marker count (we know they run llama-server);
 a GPU passed to a foreign container is mentioned in a note, not refused.
 """
@@ -31,7 +36,13 @@ def minor_of(gpu: GpuInfo) -> int:
 
 
 def _own_minors(ctx: PlanContext) -> set[int]:
-    """GPUs our container already has (its current devN entries)."""
+    """GPUs our container already has, when provision gave them: a container with our marker passed the
+    exclusivity check when it got them; one without (a hand-made devN) did not."""
+    return _current_minors(ctx) if ctx.pve.ct is not None and ctx.pve.ct.ours else set()
+
+
+def _current_minors(ctx: PlanContext) -> set[int]:
+    """GPUs the container has now (its current devN entries), whoever put them there."""
     if ctx.pve.ct is None:
         return set()
     out = set()
@@ -48,6 +59,25 @@ def _holder(claims: list[GpuClaim]) -> str:
 
 def _describe(gpu: GpuInfo) -> str:
     return f"GPU {gpu.index} ({gpu.name}, {gpu.short_bus_id}, {gpu.device})"
+
+
+def _taken(others: list[GpuClaim]) -> dict[int, list[GpuClaim]]:
+    """minor -> the other managed containers that hold it."""
+    out: dict[int, list[GpuClaim]] = {}
+    for c in others:
+        if c.managed:
+            out.setdefault(c.minor, []).append(c)
+    return out
+
+
+def shared_with(ctx: PlanContext) -> dict[int, list[GpuClaim]]:
+    """This container's own GPUs (by minor) that other managed containers hold too."""
+    claims: list[GpuClaim] | None = ctx.fact(CLAIMS.name)
+    if not claims:
+        return {}
+    own_vmid = ctx.pve.ct.vmid if ctx.pve.ct is not None else ctx.pve.vmid
+    taken = _taken([c for c in claims if c.vmid != own_vmid])
+    return {m: cs for m, cs in taken.items() if m in _own_minors(ctx)}
 
 
 def exclusive(ctx: PlanContext, chosen: list[GpuInfo]) -> list[GpuInfo]:
@@ -67,22 +97,26 @@ def exclusive(ctx: PlanContext, chosen: list[GpuInfo]) -> list[GpuInfo]:
                              "by provision: make sure it does not use the GPU's memory")
     if ctx.cfg.gpu.share:
         return chosen
-    taken = {m: [c for c in cs if c.managed] for m, cs in by_minor.items()}
-    taken = {m: cs for m, cs in taken.items() if cs}
-    clashing = [g for g in chosen if minor_of(g) in taken]
+    taken = _taken(others)
+    own = _own_minors(ctx)
+    for g in chosen:  # ours already: whoever holds it too asked to share it
+        if minor_of(g) in own and minor_of(g) in taken:
+            ctx.notes.append(f"{_describe(g)} is also passed to {_holder(taken[minor_of(g)])}, which asked to share "
+                             "it (gpu.share: true there): both llama-servers share its memory")
+    clashing = [g for g in chosen if minor_of(g) in taken and minor_of(g) not in own]
     if not clashing:
         return chosen
-    own = _own_minors(ctx)
-    if ctx.cfg.gpu.select != "all" or any(minor_of(g) in own for g in clashing):
-        gpu = next((g for g in clashing if minor_of(g) in own), clashing[0])
+    held = _current_minors(ctx)  # never silently dropped by `select: all`: said, with its holder
+    if ctx.cfg.gpu.select != "all" or any(minor_of(g) in held for g in clashing):
+        gpu = next((g for g in clashing if minor_of(g) in held), clashing[0])
         raise ConfigError(f"{_describe(gpu)} is already passed to {_holder(taken[minor_of(gpu)])}, "
                           "another container managed by provision; a GPU is given to one container "
                           "unless sharing is asked for", key="gpu.select", fix=_FIX)
-    free = [g for g in chosen if minor_of(g) not in taken]
+    free = [g for g in chosen if g not in clashing]
     if not free:
-        held = "; ".join(f"{_describe(g)}: {_holder(taken[minor_of(g)])}" for g in clashing)
+        holders = "; ".join(f"{_describe(g)}: {_holder(taken[minor_of(g)])}" for g in clashing)
         raise ConfigError(f"every GPU on the node is already passed to another container managed by "
-                          f"provision ({held})", key="gpu.select", fix=_FIX)
+                          f"provision ({holders})", key="gpu.select", fix=_FIX)
     for g in clashing:
         ctx.notes.append(f"gpu.select: all skips {_describe(g)}: it is passed to {_holder(taken[minor_of(g)])} "
                          "(gpu.share: true would share it)")

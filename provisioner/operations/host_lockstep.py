@@ -15,10 +15,10 @@ from .host_driver import STEP, ManagedCt
 
 
 def converge_ct(a: ApplyContext, ct: ManagedCt, target: str) -> None:
-    from ..engine.lock import HostLock
+    from ..engine.lock import HostLock, ct_lock_name
 
     # the same lock `provision up` of that container takes: never two writers in one container
-    with HostLock(a.ssh, f"{a.cfg.proxmox.node}-{ct.hostname or ct.vmid}", wait=120):
+    with HostLock(a.ssh, ct_lock_name(a.pve.node, ct.vmid), wait=120):
         _converge(a, ct, target)
 
 
@@ -36,7 +36,7 @@ def _converge(a: ApplyContext, ct: ManagedCt, target: str) -> None:
         a.pve.wait_task(a.pve.post(a.pve.ct(ct.vmid, "status/start")), what=f"starting CT {ct.vmid}")
         started = True
     try:
-        step = DriverStep()
+        step = DriverStep(cfg)
         ctx = gather_facts(cfg, conn, [step])
         loaded = ctx.fact(DRIVER.name).version
         if loaded != target:

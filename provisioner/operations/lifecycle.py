@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def destroy(cfg: HostFile, conn: "Connections", *, purge: bool,
-            confirm: Callable[[str], bool] | None, out: "Output") -> bool:
+            confirm: Callable[[str, int], bool] | None, out: "Output") -> bool:
     """Stop and delete our container; refuse one without our marker. Returns True if removed."""
     vmid = cfg.container.vmid if isinstance(cfg.container.vmid, int) else None
     facts = gather_pve(conn.pve, vmid=vmid, hostname=cfg.container.hostname)
@@ -25,7 +25,8 @@ def destroy(cfg: HostFile, conn: "Connections", *, purge: bool,
     if not ct.ours:
         raise RefusedError(f"CT {ct.vmid} was not created by provision; refusing to destroy it",
                            vmid=ct.vmid, fix="remove it yourself in the Proxmox UI if you really mean it")
-    if confirm is not None and not confirm(f"Destroy CT {ct.vmid} ({ct.config.get('hostname')}) and its disks?"):
+    if confirm is not None and not confirm(f"Destroy CT {ct.vmid} ({ct.config.get('hostname')}) and its disks?",
+                                           ct.vmid):
         out.line("nothing removed")
         return False
     pve = conn.pve

@@ -116,13 +116,15 @@ def stream_file(ssh: SSH, local: Path, remote_part: str, *, vmid: int | None,
     """Append ``local`` to ``remote_part`` from where it stops; returns the local file's sha256."""
     q = shlex.quote(remote_part)
     dest = shlex.quote(remote_part.removesuffix(".part"))
-    # a file in place without a sidecar becomes the partial file: verified, not sent again
+    total = local.stat().st_size
+    # a shorter file in place without a sidecar is an unfinished copy: it becomes the partial file
+    # and resumes; a whole one stays where it is (push_local verified it first, and it may be serving)
     probe = ssh.run(_remote_cmd(vmid, f"d=\"$(dirname {q})\"; mkdir -p \"$d\" && chmod 0755 \"$d\" && "
-                                      f"{{ [ ! -f {dest} ] || [ -f {q} ] || mv -f {dest} {q}; }} && "
+                                      f"{{ [ ! -f {dest} ] || [ -f {q} ] || [ \"$(stat -c %s {dest})\" -ge {total} ] "
+                                      f"|| mv -f {dest} {q}; }} && "
                                       f"echo \"$(stat -c %s {q} 2>/dev/null || echo 0) "
                                       f"$(df -P -B1 \"$d\" | awk 'NR==2{{print $4}}')\""))
     probe.check(f"preparing {remote_part}", vmid=vmid)
-    total = local.stat().st_size
     words = (probe.stdout.strip().splitlines() or ["0 0"])[-1].split()
     offset = int(words[0]) if words and words[0].isdigit() else 0
     avail = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
@@ -178,11 +180,39 @@ def push_local(ssh: SSH, run: Runner, spec: ModelFile, dest: str, *, vmid: int |
     assert spec.path
     local = Path(spec.path).expanduser().resolve()
     source = local_source(spec)
+
+    def finalize(sha: str, in_place: bool) -> str:
+        return render("model/push-finalize.sh.j2", dest=dest, size=source["size"], sha256=sha, in_place=in_place,
+                      source_json=json.dumps(source, sort_keys=True), sidecar_suffix=SIDECAR_SUFFIX)
+
+    def check(sha: str) -> None:
+        if spec.sha256 and sha != spec.sha256:
+            raise RemoteError(f"{local} has sha256 {sha}, but model.sha256 says {spec.sha256}", vmid=vmid,
+                              fix="fix model.sha256 or the file")
+
+    # a whole file in place without a valid sidecar (copied by hand, changed in place): verified where
+    # it is against the local file, never moved away or deleted before its replacement is verified
+    there = ssh.run(_remote_cmd(vmid, f"[ -f {shlex.quote(dest)} ] && [ ! -f {shlex.quote(dest + '.part')} ] && "
+                                      f"stat -c %s {shlex.quote(dest)}"))
+    if there.ok and there.stdout.strip() == str(source["size"]):
+        status(f"hashing {local.name} here to compare with the file in place")
+        sha = _sha256(local)
+        check(sha)
+        try:
+            return run_fetch(run, finalize(sha, True), f"verifying the {local.name} in place", status, vmid=vmid)
+        except RemoteError as exc:
+            if exc.exit_code != 9:
+                raise
+            status(f"the {local.name} in place differs from {local}: pushing it again (it stays until replaced)")
     progress = Progress(f"pushing {local.name}", status)
     sha = stream_file(ssh, local, dest + ".part", vmid=vmid, on_bytes=progress.bytes)
-    if spec.sha256 and sha != spec.sha256:
-        raise RemoteError(f"{local} has sha256 {sha}, but model.sha256 says {spec.sha256}", vmid=vmid,
-                          fix="fix model.sha256 or the file")
-    script = render("model/push-finalize.sh.j2", dest=dest, size=source["size"], sha256=sha,
-                    source_json=json.dumps(source, sort_keys=True), sidecar_suffix=SIDECAR_SUFFIX)
-    return run_fetch(run, script, f"verifying {local.name}", status, vmid=vmid)
+    check(sha)
+    return run_fetch(run, finalize(sha, False), f"verifying {local.name}", status, vmid=vmid)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()

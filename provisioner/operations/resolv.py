@@ -13,8 +13,11 @@ failed`` (src/PVE/LXC.pm:3110-3122, src/pve-container@.service; lxc src/lxc/util
   over it (inside the CT; a privileged CT may, an unprivileged one may not, then from the host
   through the container's /proc/<pid>/root).
 - Stopped CT whose start failed: ``fix_on_host`` looks through ``pct mount`` + ``lsattr`` (one
-  SSH round trip), removes the flag, and ``start_container`` retries once. A planned restart can
-  call it the same way before it reboots the CT.
+  SSH round trip), removes the flag, and ``start_container`` retries once.
+- A restart (``up --restart``, pending keys) is a stop and a start: the resolv step runs
+  before the container step so the flag is gone first; should a restart still fail and
+  leave the CT stopped (the fact could not see the flag), ``restart_container`` looks
+  through ``pct mount`` the same way and starts the CT again once it removed the flag.
 
 With ``/etc/.pve-ignore.resolv.conf`` present (beside its target, Base.pm:739-743) PVE leaves
 the file alone: ``+i`` is harmless and ``container.nameserver`` has no effect, so we leave
@@ -167,10 +170,14 @@ class ResolvStep:
             return changes
 
         def apply(actx: ApplyContext) -> None:
-            fix_running(actx)
+            if actx.plan.ct_running:
+                fix_running(actx)
+            else:  # doctor read a stopped CT's file through `pct mount`: fix it the same way
+                fix_on_host(actx, actx.vmid)
 
         return [Change(STEP, "fix", f"ct {ctx.vmid}",
-                       "remove the immutable flag from /etc/resolv.conf (it would stop the next start)",
+                       "remove the immutable flag from /etc/resolv.conf "
+                       + ("(it would stop the next start)" if ctx.ct_running else "(it stops the container from starting)"),
                        apply, diff={"/etc/resolv.conf": ("chattr +i", "-i")})]
 
     @staticmethod

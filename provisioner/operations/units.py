@@ -33,6 +33,31 @@ def local_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def slot_layout(cfg: HostFile) -> tuple[list[str], int | None]:
+    """llama-server's slot flags, and the context each slot gets (None: the model's own).
+
+    With one slot (``--parallel 1``) a background request of Claude Code (a title, its small fast
+    model) waits for the main request, which on a slow model takes minutes. With
+    ``server.background_slot`` there are two slots over one unified KV pool of ctx_size +
+    background_slot tokens, each capped at ctx_size (llama.cpp b11312 common/arg.cpp:1650
+    ``--kv-unified-per-slot``, :1724 ``--kv-unified``; with a unified pool every slot may use up to
+    the whole pool, src/llama-context.cpp:292): the main request keeps its whole context and a
+    small one runs beside it. Two *large* requests at once can fill the pool, and llama-server
+    then fails both ("Context size has been exceeded."); set background_slot: 0 for one slot.
+    """
+    s = cfg.server
+    if s.parallel == 1 and s.background_slot and s.ctx_size:
+        return (["-c", str(s.ctx_size + s.background_slot), "--parallel", "2", "--kv-unified",
+                 "--kv-unified-per-slot", str(s.ctx_size)], s.ctx_size)
+    return ["-c", str(s.ctx_size), "--parallel", str(s.parallel)], (s.ctx_size // s.parallel or None)
+
+
+def kv_tokens(cfg: HostFile) -> int:
+    """Tokens of KV cache llama-server allocates (0: the model's own context), the background slot included."""
+    flags, _ = slot_layout(cfg)
+    return int(flags[1])
+
+
 def llama_args(cfg: HostFile) -> list[str]:
     """llama-server's argv, every flag explicit so a llama.cpp default change cannot surprise us."""
     assert cfg.model is not None
@@ -40,7 +65,7 @@ def llama_args(cfg: HostFile) -> list[str]:
     paths = model_paths(cfg, cfg.model.dir)
     args = [LLAMA_BIN, "-m", paths["model"], "--alias", cfg.model.model_id,
             "--host", s.host, "--port", str(s.port),
-            "-c", str(s.ctx_size), "--parallel", str(s.parallel),
+            *slot_layout(cfg)[0],
             "-fa", s.flash_attn, "-ctk", s.cache_type_k, "-ctv", s.cache_type_v,
             "--fit", "on" if s.fit else "off", "-ngl", str(s.ngl),
             "--api-key-file", SERVER_KEY, "--reasoning", s.reasoning]

@@ -35,7 +35,8 @@ def verify_script(cfg: HostFile) -> str:
     gateway = cfg.gateway.enabled
     return render("scripts/verify.sh.j2", llama_unit=LLAMA_UNIT, gateway_unit=GATEWAY_UNIT, llama_url=llama,
                   gateway_url=gw, gateway=gateway, timeout=int(cfg.server.health_timeout),
-                  key_file=GATEWAY_KEY if gateway else SERVER_KEY, model_id=cfg.model.model_id,
+                  key_file=GATEWAY_KEY if gateway else SERVER_KEY, server_key_file=SERVER_KEY,
+                  model_id=cfg.model.model_id,
                   messages_url=gw if gateway else llama, verify_flag=VERIFY_FLAG)
 
 
@@ -61,19 +62,24 @@ class VerifyStep(ModelServiceStep):
             return []
 
         def apply(actx: ApplyContext) -> None:
-            verify(actx)
+            seconds = verify(actx)
+            change.result = f"services healthy, one token generated in {seconds:.1f} s (checked because: {reason})"
 
-        return [Change(STEP, "verify", f"ct {ctx.vmid}", f"check the services ({reason})", apply)]
+        change = Change(STEP, "verify", f"ct {ctx.vmid}", f"check the services ({reason})", apply)
+        return [change]
 
 
 def verify(actx: ApplyContext) -> float:
     """Run the checks in the container; returns the seconds it took. Raises with the journal on failure."""
     t0 = time.monotonic()
     done: list[str] = []
+    tools: list[str] = []
 
     def on_line(line: str) -> None:
         kind, _, rest = line.partition(" ")
-        if kind == "progress":
+        if kind == "tools":
+            tools.append(rest.strip())
+        elif kind == "progress":
             unit, secs, code = (rest.split() + ["", "", ""])[:3]
             actx.status(f"waiting for {unit}: {secs} s (/health {code})")
         elif kind == "status":
@@ -90,4 +96,13 @@ def verify(actx: ApplyContext) -> float:
                           fix="see the journal above; `provision up` again retries the check")
     seconds = time.monotonic() - t0
     actx.plan.notes.append(f"verified: llama-server healthy and one token generated in {seconds:.1f} s")
+    if tools and tools[-1] == "false":
+        actx.plan.notes.append(NO_TOOLS)
     return seconds
+
+
+#: said when llama-server's /props reports a chat template without tool support
+NO_TOOLS = ("warning: the model's chat template has no tool support (llama-server /props: "
+            "chat_template_caps.supports_tools is false): tool calls come back as plain text, and the gateway "
+            "refuses a forced tool_choice; coding agents (Claude Code, pi) need tools: choose a model whose "
+            "template supports them, or give llama-server one (server.extra_args: --chat-template-file PATH)")

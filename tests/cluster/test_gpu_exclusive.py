@@ -81,7 +81,17 @@ def test_own_claim_and_foreign_containers_do_not_block() -> None:
     assert any("CT 300 (foreign)" in n and "not managed" in n for n in c.notes)
 
 
-def test_select_all_never_silently_drops_a_gpu_we_already_have() -> None:
-    c = ctx(facts(GpuClaim(201, "a", 0, True)), config={"dev0": "/dev/nvidia0,uid=0,gid=0"})
-    with pytest.raises(ConfigError, match="CT 201"):
+def test_the_first_holder_keeps_its_gpu_when_a_later_one_shares_it() -> None:
+    """Issue 20 point 10: CT 201 was given our GPU 0 with gpu.share: true; our unchanged host file
+    failed plan, up and doctor (exit 2). Sharing is agreed by the one who asks: we keep it, noted."""
+    for select in ("all", "[0]", "['4090']"):
+        c = ctx(facts(GpuClaim(201, "a", 0, True)), config={"dev0": "/dev/nvidia0,uid=0,gid=0"},
+                extra=f"gpu: {{select: {select}}}\n")
+        paths = gpu_paths(c)
+        assert "/dev/nvidia0" in paths, select
+        assert any("GPU 0" in n and "CT 201 (a), which asked to share it" in n for n in c.notes), c.notes
+    # a GPU we do not have yet is still refused
+    c = ctx(facts(GpuClaim(201, "a", 1, True)), config={"dev0": "/dev/nvidia0,uid=0,gid=0"},
+            extra="gpu: {select: [0, 1]}\n")
+    with pytest.raises(ConfigError, match="GPU 1 .* is already passed to CT 201"):
         device_keys(c)

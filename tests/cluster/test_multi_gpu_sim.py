@@ -15,6 +15,8 @@ from provisioner.sim import manage
 from provisioner.sim.fixture import SimNode, leftovers, start_sim_node
 from provisioner.sim.host.nvidia import Gpu
 
+from provision_cli import last_json
+
 from .simutil import gpu_devs, host_file, provision, up
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(900)]
@@ -61,5 +63,12 @@ def test_each_container_gets_its_own_gpu_and_a_taken_one_is_refused(node, tmp_pa
     up(shared)
     assert gpu_devs(node, C) == ["/dev/nvidia0"]
     assert up(shared)["applied"] == []
+    # A, the first holder, keeps working with its unchanged host file (issue 20 point 10: exit 2 before)
+    assert provision("plan", str(a), "--exit-code").returncode == 0
+    rep = up(a)
+    assert rep["applied"] == [] and any(f"CT {C}" in n and "asked to share it" in n for n in rep["notes"])
+    proc = provision("--json", "doctor", str(a), check=False)
+    found = [f for f in last_json(proc)["findings"] if f["id"] == "container.gpu_exclusive"]
+    assert [f["status"] for f in found] == ["warn"] and f"CT {C}" in found[0]["title"], found
     for vmid, path in ((A, a), (B, b), (C, shared)):
         provision("down", str(path), "--yes")

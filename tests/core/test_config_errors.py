@@ -50,8 +50,9 @@ CASES = [
     ("ip without prefix", BASE + "container:\n  network:\n    ip: 10.0.0.5\n",
      "host.yaml:9: container.network.ip: needs a prefix length, e.g. 192.168.1.50/24\n  fix: correct the value"),
     ("path traversal in a mount", BASE + "container:\n  mounts:\n    - host: /a/../b\n      path: /x\n",
-     "host.yaml:9: container.mounts[0].host: must be an absolute path without '..' or newlines\n"
-     "  fix: correct the value"),
+     "host.yaml:9: container.mounts[0].host: '/a/../b' (read as /b) climbs with '..': through a symlinked "
+     "parent it can lead anywhere, and PVE refuses '..' in mount points\n"
+     "  fix: write the path without '..', e.g. /b"),
     ("half a model", BASE + "model:\n  repo: a/b\n",
      "host.yaml:7: model: a Hugging Face model needs both repo and file\n  fix: correct the value"),
     ("union: vmid", BASE + "container:\n  vmid: 5\n",

@@ -157,3 +157,37 @@ def test_dns_lists_compare_after_pves_normalisation() -> None:
     assert same("nameserver", "10.0.3.1 1.1.1.1", "10.0.3.1,1.1.1.1", "9.1")
     assert not same("nameserver", "10.0.3.1", "10.0.3.1 1.1.1.1", "9.1")
     assert same("searchdomain", "lan example.com", "lan;example.com", "9.1")
+
+
+def test_pct_set_errors_are_read_per_key() -> None:
+    """Issue 20 point 12: PVE's per-key reasons of a failed `pct set` become the error's own lines."""
+    from provisioner.operations.container import pve_errors
+
+    text = ("400 Parameter verification failed.\ndev0: unable to hotplug dev0: Device /dev/nvidia0 does not exist\n"
+            "pct set <vmid> [OPTIONS]\n")
+    assert pve_errors(text) == ("400 Parameter verification failed.",
+                                {"dev0": "unable to hotplug dev0: Device /dev/nvidia0 does not exist"})
+    assert pve_errors("unable to parse value\n")[1] == {}
+
+
+def test_adopting_keeps_the_containers_own_tags() -> None:
+    """Issue 20 point 16: adopting replaced the user's tags with ours; they are merged now."""
+    mine = dict(CONVERGED, tags="backup;Team-A", description="my notes\n")
+    ctx = ctx_for(mine, host=HOST.replace("  hostname: llm\n", "  hostname: llm\n  adopt: true\n"))
+    (change,) = ContainerStep().plan(ctx)
+    assert change.diff["tags"] == ("backup;Team-A", "backup;llm;provision;team-a")
+    # a managed container whose tags someone extended in the UI: nothing to change
+    assert plan(ctx_for(dict(CONVERGED, tags="llm;provision;gpu-box"))) == []
+
+
+def test_a_pending_deletion_shows_what_goes() -> None:
+    """Issue 20 point 16: a pending delete read "(none) → (none)" in the restart's diff."""
+    ct = ContainerState(vmid=120, config=dict(CONVERGED), digest="d", pending={"cores": "4"},
+                        pending_delete=frozenset({"mp1"}), status="running",
+                        pending_was={"mp1": "/tank/x,mp=/x", "cores": "2"})
+    cfg = load_text(HOST, "h.yaml").config
+    ctx = PlanContext(cfg=cfg, pve=PveFacts(version="9.1", release="9.1.3", ct=ct, vmid=120), facts={},
+                      root_path="ssh", allow_restart=True)
+    (restart,) = [c for c in ContainerStep().plan(ctx) if c.action == "restart"]
+    assert restart.diff == {"cores": ("2", "4"), "mp1": ("/tank/x,mp=/x", "(deleted)")}
+    assert "(none) → (none)" not in restart.render()

@@ -57,7 +57,7 @@ def context(*, cfg: HostFile | None = None, raw: dict[str, str] | None = None, c
         outputs[k] = (v, 0)
     facts: dict[str, Any] = {}
     kept: dict[str, tuple[str, int]] = {}
-    for fact in all_facts(cfg):
+    for fact in all_facts(cfg, deep=True):  # a fact without recorded output is absent
         if fact.name in outputs and (status == "running" or fact.where == "host"):
             out, code = outputs[fact.name]
             facts[fact.name] = fact.process(out, code)

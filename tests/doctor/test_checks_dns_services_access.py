@@ -32,8 +32,14 @@ def probes(health=200, e2e=200, body=MESSAGE):
             "gateway.e2e": Probe("gateway.e2e", f"{base}/v1/messages", status=e2e, body=body, seconds=0.4)}
 
 
+SHA = "ab" * 32
+#: the recorded model file with the sidecar `provision up` writes after verifying it
+MODEL_CT = (raw("model.ct") + '\nsidecar model {"size": 98362432, "mtime": 1795316378, "sha256": "' + SHA
+            + '", "verified": "sha256", "source": {}}')
+
+
 def up_ctx(**kw):
-    raw_map = {"services.ct": UP, "doctor.server": server_raw(), **kw.pop("raw", {})}
+    raw_map = {"services.ct": UP, "doctor.server": server_raw(), "model.ct": MODEL_CT, **kw.pop("raw", {})}
     return context(raw=raw_map, probes=kw.pop("probes", probes()), **kw)
 
 
@@ -103,7 +109,7 @@ def test_services_healthy():
     got = {f.id: f.status for c in cs.CHECKS for f in c(d)}
     assert got == {k: "ok" for k in ("services.llama_unit", "services.gateway_unit", "services.llama_health",
                                      "services.model_file", "services.context", "services.vram", "services.ports",
-                                     "services.gateway_health", "services.e2e")}, got
+                                     "services.gateway_health", "services.e2e", "services.model_verified")}, got
     ctx = one(cs.check_context(d), "services.context")
     assert "llama-server /props" in ctx.evidence.output
 
@@ -169,9 +175,10 @@ def test_context_not_checked_without_claude_code():
 def test_vram_estimate_from_the_gguf_header():
     d = context()
     model_b, kv_b, n_ctx = cs.estimate(d)
-    # SmolLM2-135M: 30 layers, 3 KV heads × 64 = 192 per token for k and for v; q8_0 = 34/32 bytes
-    assert (model_b, n_ctx) == (98362432, 32768)
-    assert kv_b == 30 * 32768 * (192 * 34 / 32) * 2
+    # SmolLM2-135M: 30 layers, 3 KV heads × 64 = 192 per token for k and for v; q8_0 = 34/32 bytes;
+    # the pool is ctx_size + server.background_slot (32768 + 4096) tokens
+    assert (model_b, n_ctx) == (98362432, 36864)
+    assert kv_b == 30 * 36864 * (192 * 34 / 32) * 2
     f = one(cs.check_vram(d), "services.vram")
     assert f.status == "ok" and "fits in 24563 MiB" in f.title
 
@@ -183,7 +190,7 @@ def test_vram_too_small():
 
 
 def test_vram_counts_our_own_use_when_running():
-    d = up_ctx(raw={"doctor.vram": "0, 512, 480, 32\n"})
+    d = up_ctx(cfg=config(server={"background_slot": 0}), raw={"doctor.vram": "0, 512, 480, 32\n"})
     assert one(cs.check_vram(d), "services.vram").title.endswith("fits in 512 MiB of VRAM")
 
 
@@ -266,3 +273,30 @@ def test_privileges_agree_with_up_s_preflight():
     assert "pveum role modify Provision --append 1 --privs VM.Snapshot" in f.fix
     # not read (root@pam): no finding
     assert ca.check_privileges(context()) == []
+
+
+def test_model_changed_in_place_is_seen_by_size_mtime_and_by_deep_hash():
+    """Issue 20 point 5: a model changed in place was not seen by doctor."""
+    f = one(cs.check_model_file(up_ctx(raw={"model.ct": MODEL_CT.replace("file model 98362432 1795316378",
+                                                                         "file model 98362432 1795316999")})),
+            "services.model_verified")
+    assert f.status == "fail" and "changed since it was verified" in f.title and "provision up" in f.fix
+    # same size and mtime: only --deep can tell (the hash fact), and says what it cost
+    same = one(cs.check_model_file(up_ctx()), "services.model_verified")
+    assert same.status == "ok" and "doctor --deep" in same.title
+    deep = up_ctx(raw={"doctor.model_sha": f"sha model {'cd' * 32} 98362432 0.4\n"})
+    f = one(cs.check_model_file(deep), "services.model_verified")
+    assert f.status == "fail" and "is not the file that was verified" in f.title and "read in 0.4 s" in f.evidence.output
+    good = up_ctx(raw={"doctor.model_sha": f"sha model {SHA} 98362432 0.4\n"})
+    assert one(cs.check_model_file(good), "services.model_verified").title == \
+        "model file sha256 verified (0.1 GiB read in 0.4 s)"
+
+
+def test_a_template_without_tools_is_a_warning():
+    """Issue 20 point 11: tool calls come back as text with such a template."""
+    caps = {"supports_tools": False, "supports_tool_calls": False}
+    f = one(cs.check_tools(up_ctx(raw={"doctor.server": server_raw(props={
+        "default_generation_settings": {"n_ctx": 32768}, "chat_template_caps": caps})})), "services.tools")
+    assert f.status == "warn" and "no tool support" in f.title and "--chat-template-file" in f.fix
+    good = {"default_generation_settings": {"n_ctx": 32768}, "chat_template_caps": {"supports_tools": True}}
+    assert one(cs.check_tools(up_ctx(raw={"doctor.server": server_raw(props=good)})), "services.tools").status == "ok"

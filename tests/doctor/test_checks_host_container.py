@@ -160,3 +160,36 @@ def test_pct_exec_gave_nothing_back():
     f = one(cc.check_exec(d), "container.exec")
     assert f.status == "fail" and f"pct exec {VMID} -- true" in f.fix
     assert cc.check_exec(context()) == []
+
+
+def test_fix_leaves_an_unmarked_container_alone():
+    """Issue 20 point 3: --fix added dev0-dev3 to a container we did not create."""
+    from provisioner.doctor.fixes import withheld
+
+    foreign = {"tags": "team-a", "description": "my own container"}
+    d = context(drop_keys=("dev2",), config_keys=foreign)
+    f = one(cc.check_devices(d), "container.devices")
+    assert f.status == "fail"
+    assert plan_fixes(d, [f]) == []
+    reason = withheld(d, [f])
+    assert reason and f"CT {VMID} was not created by provision" in reason and "container.adopt: true" in reason
+    # host-side fixes are not the container's: still offered
+    text = "\n".join(ln for ln in raw("nvidia.devices").splitlines() if "uvm" not in ln)
+    d = context(raw={"nvidia.devices": text}, config_keys=foreign)
+    host = one(ch.check_device_nodes(d), "host.device_nodes")
+    assert [x.findings for x in plan_fixes(d, [host])] == [["host.device_nodes"]]
+    # adopt: true is the user's word that it may be changed, as for `up`
+    d = context(cfg=config(container={"adopt": True}), drop_keys=("dev2",), config_keys=foreign)
+    assert [x.summary for x in plan_fixes(d, [f])] == ["pct set --dev2 /dev/nvidia-uvm,uid=0,gid=59999,mode=0660"]
+    assert withheld(d, [f]) is None
+
+
+def test_a_gpu_shared_by_a_later_container_is_a_warning_not_a_lockout():
+    """Issue 20 point 10: doctor failed (container.gpu_exclusive) for the GPU's first holder."""
+    claims = "\n".join(["201 #managed-by%3A provision (do not remove this line)", "201 tags: provision",
+                        "201 hostname: llm-b", "201 dev0: /dev/nvidia0,uid=0,gid=0"])
+    d = context(raw={"pve.gpu_claims": claims})
+    found = [f for f in cc.check_devices(d) if f.id == "container.gpu_exclusive"]
+    assert [(f.status, f.title) for f in found] == [
+        ("warn", "/dev/nvidia0 is shared with CT 201 (llm-b), which asked for it (gpu.share: true)")]
+    assert one(cc.check_devices(d), "container.devices").status == "ok"

@@ -174,7 +174,7 @@ def test_a_host_locked_by_another_run_waits_while_the_others_go_on(first_up, fle
 
     from provisioner.config import load
     from provisioner.engine import run
-    from provisioner.engine.lock import HostLock
+    from provisioner.engine.lock import ContainerLock
 
     inv = tmp_path / "inv"
     inv.mkdir()
@@ -185,7 +185,7 @@ def test_a_host_locked_by_another_run_waits_while_the_others_go_on(first_up, fle
     cfg = load(inv / "a.yaml").config
     conn = run.connect(cfg)
     try:
-        with HostLock(conn.ssh, f"{cfg.proxmox.node}-{cfg.container.hostname}"):
+        with ContainerLock(cfg, conn):
             proc = subprocess.Popen([sys.executable, "-m", "provisioner.cli.main", "-v", "up", str(inv), "--yes",
                                      "--only", STEPS], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             time.sleep(5)

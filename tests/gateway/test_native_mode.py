@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gw_scripted_upstream import text_script
+from gw_scripted_upstream import chunk, text_script, tool_delta
 
 
 def sse(event: dict) -> tuple:
@@ -49,7 +49,9 @@ def test_native_stream_rewrites_model_and_sanitises_body(make_gw):
 
 def test_native_named_tool_choice_falls_back_to_translate(make_gw):
     gw = make_gw(mode="native")
-    gw.script(text_script(["ok"]))
+    # the forced call, as llama-server answers it when the template supports tools (text would be an error)
+    gw.script([chunk(role="assistant", tool_calls=[tool_delta(0, id="call_1", name="clock", args="{}")]),
+               chunk(finish="tool_calls")])
     tools = [{"name": "clock", "input_schema": {"type": "object"}}]
     with gw.client().messages.stream(model="claude-x", max_tokens=8, tools=tools,
                                      tool_choice={"type": "tool", "name": "clock"},

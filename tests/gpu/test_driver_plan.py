@@ -200,3 +200,39 @@ def test_llama_missing_tarball(tmp_path: Path) -> None:
     c = ctx(host_facts(), extra=f"llama_cpp: {{source: {{tarball: {tmp_path}/nope.tar.gz}}}}\n")
     with pytest.raises(ConfigError, match="nope.tar.gz does not exist"):
         LlamaStep().plan(c)
+
+
+def test_a_host_version_the_repository_lacks_is_refused_at_plan_time() -> None:
+    """Issue 20 point 8: the plan promised 580.65.06, the pin matched nothing, the holds were released and
+    verify failed misleadingly. Now the plan reads the repository's versions and says what to do."""
+    from provisioner.errors import RefusedError
+    from provisioner.facts.nvidia_ct import parse_driver_index
+
+    offered = "known\n" + "".join(f"repo {p} {v}-1\n" for p in PKGS for v in ("580.95.05", "580.105.08", "595.71.05"))
+    index = parse_driver_index(offered, 0)
+    facts = {**host_facts("580.65.06"), "ct.driver": userspace("580.95.05"), "ct.driver_index": index}
+    with pytest.raises(RefusedError) as err:
+        DriverStep().plan(ctx(facts))
+    text = str(err.value)
+    assert "has no nvidia-driver-cuda, libcuda1, libnvidia-ml1 580.65.06, the host's loaded driver" in text
+    assert "it has 580.95.05, 580.105.08, 595.71.05" in text
+    assert 'host.driver.version: "580.105.08"' in text and "the container was not touched" in text
+    # a version it has, or an index that could not be read: planned as before
+    ok = {**facts, **host_facts("580.105.08")}
+    assert [c.action for c in DriverStep().plan(ctx(ok))] == ["write", "install"]
+    unknown = {**facts, "ct.driver_index": parse_driver_index("index_error 404 Not Found\n", 0)}
+    assert [c.action for c in DriverStep().plan(ctx(unknown))] == ["write", "install"]
+
+
+def test_doctor_does_not_offer_a_fix_that_cannot_work() -> None:
+    from provisioner.doctor.checks_driver import check_userspace
+    from provisioner.doctor.context import Access, DoctorContext
+    from provisioner.facts.nvidia_ct import parse_driver_index
+
+    index = parse_driver_index("known\n" + "".join(f"repo {p} 580.95.05-1\n" for p in PKGS), 0)
+    plan_ctx = ctx({**host_facts("580.65.06"), "ct.driver": userspace("580.95.05"), "ct.driver_index": index})
+    d = DoctorContext(cfg=plan_ctx.cfg, access=Access("token", "root@pam!x", "ssh", api_checked=True,
+                                                      ssh_checked=True), plan=plan_ctx, vmid=120)
+    (f,) = check_userspace(d)
+    assert f.status == "fail" and not f.fixable and "re-pin" not in f.fix
+    assert "provision host" in f.fix and "has no nvidia-driver-cuda" in f.detail

@@ -133,7 +133,7 @@ model: {{path: {json('/models/' + path_value + '.gguf')}, dir: {json('/srv/' + p
     CT(ssh, 120).put(b"data", f"{cfg.model.dir}/{cfg.model.filename}")
     CT(ssh, 120).run("echo script on stdin")
     ssh.put(b"data", f"/var/lib/provision/{path_value}")
-    ssh.commands.append(lock_script(f"pve-{value}"))
+    ssh.commands.append(lock_script(f"pve-{value}", f"{value}@host pid 1"))
     return ssh.commands
 
 

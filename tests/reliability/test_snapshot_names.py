@@ -79,3 +79,31 @@ def test_snapshot_settings_default_and_validation():
     with pytest.raises(ConfigError) as err:
         load_text(BASE + "container:\n  snapshots_keep: 0\n", "host.yaml")
     assert "container.snapshots_keep" in str(err.value) and "host.yaml:6" in str(err.value)
+
+
+def test_only_changes_that_can_break_the_container_take_a_snapshot():
+    """Issue 20 point 7: starting a stopped CT or loading a host module took a ~15 s snapshot."""
+    from types import SimpleNamespace as C
+
+    from provisioner.engine.snapshot import kind_of
+
+    risky = {(s, a): kind_of(C(step=s, action=a)) for s, a in [
+        ("container", "update"), ("container", "restart"), ("container", "resize"), ("driver", "install"),
+        ("cuda", "install"), ("llama", "build"), ("services", "write")]}
+    assert risky == {("container", "update"): "config", ("container", "restart"): "config",
+                     ("container", "resize"): "config", ("driver", "install"): "driver",
+                     ("cuda", "install"): "driver", ("llama", "build"): "build", ("services", "write"): "services"}
+    for step, action in [("container", "start"), ("container", "create"), ("gpu.host", "create"),
+                         ("gpu.host", "write"), ("model.host_dir", "create"), ("model", "download"),
+                         ("resolv", "fix"), ("verify", "verify")]:
+        assert kind_of(C(step=step, action=action)) is None, (step, action)
+
+
+def test_prune_keeps_the_last_snapshot_before_each_kind():
+    """Three config edits no longer push out the snapshot from before a driver change."""
+    names = [snapshot_name(T0 + i * 3600) for i in range(6)]
+    kinds = ["driver,services", "config", "build", "config", "config", "config"]
+    snaps = [Snapshot(n, None, f"kinds: {k}; taken by provision") for n, k in zip(names, kinds)]
+    gone = [s.name for s in to_prune(snaps, keep=2)]
+    assert gone == [names[1], names[3]]  # kept: driver+services (0), build (2), the newest two (4, 5)
+    assert snaps[0].kinds == {"driver", "services"}

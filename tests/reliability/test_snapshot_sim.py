@@ -156,3 +156,34 @@ def test_rollback_that_zfs_refuses_leaves_the_ct_running(sim_node, tmp_path):
         assert "stay stopped" in stopped.stderr and "stopped" in sim_node.run(f"pct status {vmid}")[1]
     finally:
         provision("down", str(path), "--yes", check=False)
+
+
+def test_trivial_changes_take_none_and_the_one_before_a_driver_change_is_kept(sim_node, host, tmp_path):
+    """Issue 20 point 7: starting a stopped CT took a snapshot, and three trivial runs pushed out the one
+    from before a driver change (snapshots_keep: 2 here)."""
+    import time
+
+    from provisioner.engine.snapshot import snapshot_name
+
+    driver = snapshot_name(time.time() - 86400)  # as `up` takes before a driver change, a day ago
+    conn = run.connect(load(host).config)
+    try:
+        conn.pve.wait_task(conn.pve.post(conn.pve.ct(VMID, "snapshot"), snapname=driver,
+                                         description="kinds: driver; taken by provision `up` before: driver: pin"))
+    finally:
+        conn.close()
+    provision("up", str(host), "--yes", "--only", "container")  # converged to the host file again
+    before = {s["name"] for s in snapshots(host, VMID)}
+    code, _, err = sim_node.run(f"pct stop {VMID}")
+    assert code == 0, err
+    report = as_json(provision("--json", "up", str(host), "--yes", "--only", "container"))
+    assert [c["action"] for c in report["applied"]] == ["start"]
+    assert {s["name"] for s in snapshots(host, VMID)} == before  # none for a start
+    note = next(n for n in report["notes"] if "no snapshot taken" in n)
+    assert "`provision rollback FILE` would return to provision-" in note
+    for i, cores in enumerate((1, 2, 1)):  # the host file says 2
+        edit = as_json(provision("--json", "up", str(with_changes(host, tmp_path, f"c{i}", cores=cores)), "--yes",
+                                 "--only", "container"))
+        assert any("snapshot provision-" in n and "taken" in n for n in edit["notes"]), edit["notes"]
+    ours = sorted(s["name"] for s in snapshots(host, VMID) if s["name"].startswith("provision-"))
+    assert driver in ours and len(ours) == 3, ours  # the newest two, and the last one before a driver change

@@ -38,7 +38,7 @@ def test_every_client_file_parses_and_carries_the_live_values(tmp_path: Path) ->
         "ANTHROPIC_BASE_URL": "http://10.0.3.50:4000", "ANTHROPIC_API_KEY": "gw-key-123456",
         "ANTHROPIC_MODEL": "qwen-coder", "ANTHROPIC_DEFAULT_OPUS_MODEL": "qwen-coder",
         "ANTHROPIC_DEFAULT_SONNET_MODEL": "qwen-coder", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "qwen-coder",
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "8192", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1"}}
     assert json.loads(files["pi/models.json"][0]) == {"providers": {"llama-local": {
         "baseUrl": "http://10.0.3.50:8080/v1", "api": "openai-completions", "apiKey": "srv-key-abcdef",
@@ -78,9 +78,10 @@ def test_write_never_clobbers_a_foreign_file(tmp_path: Path) -> None:
     settings = tmp_path / "claude-code" / "settings.json"
     assert settings.stat().st_mode & 0o777 == 0o600
     assert [r for _, r in write_clients(files, tmp_path)] == ["unchanged", "unchanged"]
-    # new values, file untouched by the user: updated in place, no backup
+    # new values, file untouched by the user: updated in place, no backup (the context sets the output
+    # cap claude-local exports; the settings file does not carry it)
     newer = render_clients(cfg, ClientInputs(**{**INPUTS.__dict__, "n_ctx": 65536}), tmp_path)
-    assert [r for _, r in write_clients(newer, tmp_path)] == ["updated", "unchanged"]
+    assert [r for _, r in write_clients(newer, tmp_path)] == ["unchanged", "updated"]
     # the user edited it: kept as a backup before writing ours
     settings.write_text('{"env": {"MINE": "1"}}\n')
     result = dict(write_clients(files, tmp_path))
@@ -108,3 +109,38 @@ def test_parse_inputs_from_the_container() -> None:
 def test_warns_when_openai_clients_cannot_reach_llama_server() -> None:
     assert reachability_warnings(config({"clients": {"pi": True}}))[0].startswith("server.host is 127.0.0.1")
     assert reachability_warnings(config({"clients": {"pi": True}, "server": {"host": "0.0.0.0"}})) == []
+
+
+def test_the_output_cap_is_a_default_the_users_environment_overrides(tmp_path: Path) -> None:
+    """Issue 20 point 13: settings.json pinned CLAUDE_CODE_MAX_OUTPUT_TOKENS: 8192 in its env, which beats the
+    user's environment; a slow model then generated for 10 minutes. Now claude-local exports a default
+    derived from the context and the measured speed, and the user's own value wins."""
+    assert max_output(32768) == 8192 and max_output(32768, 4.0) == 1200 and max_output(32768, 500.0) == 8192
+    slow = ClientInputs(**{**INPUTS.__dict__, "gen_tps": 4.0})
+    files = {f.path: f.content for f in render_clients(config(), slow, tmp_path)}
+    assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in json.loads(files["claude-code/settings.json"])["env"]
+    write_clients(render_clients(config(), slow, tmp_path), tmp_path)
+    fake_bin = tmp_path / "fakebin"
+    fake_bin.mkdir()
+    for name, body in (("claude", 'echo "cap=$CLAUDE_CODE_MAX_OUTPUT_TOKENS"'), ("curl", "exit 0")):
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    env.pop("CLAUDE_CODE_MAX_OUTPUT_TOKENS", None)
+    run = lambda e: subprocess.run([str(tmp_path / "bin" / "claude-local")], capture_output=True, text=True, env=e,
+                                   check=True).stdout.strip()
+    assert run(env) == "cap=1200"
+    assert run({**env, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512"}) == "cap=512"
+    assert "300 s at the 4.0 tokens/s llama-server measured" in files["bin/claude-local"]
+
+
+def test_speed_comes_from_llama_servers_counters_once_there_are_enough() -> None:
+    base = ("ip 10.0.3.50\ngateway_key g\nserver_key s\n"
+            'props {"default_generation_settings": {"n_ctx": 32768}}\n')
+    cfg = config()
+    many = parse_inputs(cfg, base + "metrics llamacpp:tokens_predicted_total 600 "
+                                    "llamacpp:tokens_predicted_seconds_total 120 \n")
+    assert many.gen_tps == 5.0
+    one = parse_inputs(cfg, base + "metrics llamacpp:tokens_predicted_total 1 "
+                                   "llamacpp:tokens_predicted_seconds_total 0.2 \n")
+    assert one.gen_tps is None  # verify's single token says nothing about speed

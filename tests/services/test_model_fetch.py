@@ -161,3 +161,41 @@ def test_not_enough_space_fails_before_downloading(tmp_path: Path, blob: Path) -
     finally:
         hub.close()
     assert not list(tmp_path.glob("tiny.gguf*"))
+
+
+def test_a_wrong_file_in_place_is_replaced_in_the_same_run_and_never_deleted_first(tmp_path: Path,
+                                                                                  blob: Path) -> None:
+    """Issue 20 point 5: a model changed in place (same size) failed its checksum, was deleted, and the
+    run exited 1; only a second run downloaded it. Now: verified in place, downloaded beside it, swapped."""
+    dest = tmp_path / "tiny.gguf"
+    wrong = bytearray(blob.read_bytes())
+    wrong[1000] ^= 0xFF
+    dest.write_bytes(bytes(wrong))
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob}, cut_after=4096)
+    try:
+        # the download breaks: the wrong file is still there (llama-server keeps serving), no error hides it
+        script = fetch_script(SPEC, str(dest), token=None, install_curl=False, endpoint=hub.url)
+        statuses: list[str] = []
+        with pytest.raises(RemoteError, match="download failed"):
+            run_fetch(local_run, script.replace("--retry 5 ", "--retry 0 "), "downloading", statuses.append)
+        assert any("the file in place has sha256" in s for s in statuses), statuses
+        assert dest.read_bytes() == bytes(wrong)
+        sha, _ = fetch(SPEC, dest, hub)  # resumes the new download; the wrong file is replaced only now
+    finally:
+        hub.close()
+    assert dest.read_bytes() == blob.read_bytes() and sidecar(dest)["sha256"] == sha
+
+
+def test_a_corrupt_partial_file_is_downloaded_again_in_the_same_run(tmp_path: Path, blob: Path) -> None:
+    dest = tmp_path / "tiny.gguf"
+    (tmp_path / "tiny.gguf.part").write_bytes(b"\0" * 4096)  # resumed bytes that are not the model's
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        statuses: list[str] = []
+        fetch(SPEC, dest, hub, statuses=statuses)
+        ranges = [r for m, p, a, r in hub.requests if p.startswith("/cdn/") and m == "GET"]
+    finally:
+        hub.close()
+    assert dest.read_bytes() == blob.read_bytes()
+    assert ranges == ["bytes=4096-", None]  # resumed, then the whole file once more
+    assert any("downloading the whole file again" in s for s in statuses)

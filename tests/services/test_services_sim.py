@@ -124,6 +124,11 @@ def test_units_run_hardened_as_their_users(sim_node, host) -> None:
     assert "ro" in ct(sim_node, host, "findmnt -n -o OPTIONS /srv/models").split(",")
     assert ct(sim_node, host, "stat -c '%a %U:%G' /etc/provision/llama-server.key") == "640 root:llama"
     assert any("verified: llama-server healthy" in n for n in host["first"]["notes"])
+    # SmolLM2-135M's chat template has no tool support (its /props says so): `up` warns (issue 20 point 11)
+    assert any("chat template has no tool support" in n for n in host["first"]["notes"]), host["first"]["notes"]
+    # two slots over one unified KV pool, the main one keeping the whole context (issue 20 point 13)
+    unit = ct(sim_node, host, "systemctl cat llama-server")
+    assert "--parallel 2" in unit and "--kv-unified-per-slot" in unit
 
 
 def test_second_up_restarts_nothing_within_budget(sim_node, host) -> None:

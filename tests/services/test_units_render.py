@@ -25,9 +25,21 @@ def test_default_command_line_names_every_flag() -> None:
     assert llama_args(config()) == [
         BIN, "-m", "/srv/models/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf",
         "--alias", "Qwen2.5-Coder-7B-Instruct-Q4_K_M", "--host", "127.0.0.1", "--port", "8080",
-        "-c", "32768", "--parallel", "1", "-fa", "auto", "-ctk", "q8_0", "-ctv", "q8_0",
+        "-c", "36864", "--parallel", "2", "--kv-unified", "--kv-unified-per-slot", "32768",
+        "-fa", "auto", "-ctk", "q8_0", "-ctv", "q8_0",
         "--fit", "on", "-ngl", "auto", "--api-key-file", "/etc/provision/llama-server.key",
         "--reasoning", "auto", "--metrics"]
+
+
+def test_background_slot_off_or_not_applicable_is_one_slot_as_configured() -> None:
+    """Issue 20 point 13: one slot meant Claude Code's background requests queued behind the main one."""
+    from provisioner.operations.units import slot_layout
+
+    assert slot_layout(config({"server": {"background_slot": 0}})) == (["-c", "32768", "--parallel", "1"], 32768)
+    assert slot_layout(config({"server": {"parallel": 4, "ctx_size": 131072}})) == \
+        (["-c", "131072", "--parallel", "4"], 32768)
+    assert slot_layout(config({"server": {"ctx_size": 0}, "clients": {"claude_code": False}}))[0] == \
+        ["-c", "0", "--parallel", "1"]  # the model's own context: no size to add a slot to
 
 
 def test_full_command_line_with_draft_and_every_option() -> None:

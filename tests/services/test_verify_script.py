@@ -22,6 +22,7 @@ class Slow:
         self.t0 = time.monotonic()
         self.ready_after, self.key = ready_after, key
         self.bodies: list[dict] = []
+        self.props_auth: list[str | None] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -29,6 +30,7 @@ class Slow:
             asyncio.set_event_loop(self.loop)
             app = web.Application()
             app.router.add_get("/health", self.health)
+            app.router.add_get("/props", self.props)
             app.router.add_post("/v1/messages", self.messages)
             self.runner = web.AppRunner(app)
             self.loop.run_until_complete(self.runner.setup())
@@ -46,6 +48,15 @@ class Slow:
         ok = time.monotonic() - self.t0 >= self.ready_after
         return web.json_response({"status": "ok" if ok else "loading"}, status=200 if ok else 503)
 
+    #: what /props says about the chat template (llama-server b11312's chat_template_caps), None = no /props
+    caps: dict | None = {"supports_tool_calls": True, "supports_tools": True}
+
+    async def props(self, request: web.Request) -> web.Response:
+        self.props_auth.append(request.headers.get("Authorization"))
+        if self.caps is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response({"default_generation_settings": {"n_ctx": 2048}, "chat_template_caps": self.caps})
+
     async def messages(self, request: web.Request) -> web.Response:
         if request.headers.get("x-api-key") != self.key:
             return web.json_response({"type": "error"}, status=401)
@@ -61,10 +72,13 @@ class Slow:
 def script(tmp: Path, llama: str, gw: str, timeout: int) -> str:
     key = tmp / "gateway.key"
     key.write_text("the-gateway-key\n")
+    server_key = tmp / "llama-server.key"
+    server_key.write_text("the-server-key\n")
     (tmp / "flag").touch()
     return render("scripts/verify.sh.j2", llama_unit="llama-server", gateway_unit="provision-gateway",
                   llama_url=llama, gateway_url=gw, gateway=True, timeout=timeout, key_file=str(key),
-                  model_id="smollm2", messages_url=gw, verify_flag=str(tmp / "flag"))
+                  server_key_file=str(server_key), model_id="smollm2", messages_url=gw,
+                  verify_flag=str(tmp / "flag"))
 
 
 def test_waits_while_loading_then_generates_one_token(tmp_path: Path) -> None:
@@ -100,3 +114,22 @@ def test_wrong_key_fails_the_generation(tmp_path: Path) -> None:
         llama.close(), gw.close()
     assert result.exit_code == 12 and "POST /v1/messages answered HTTP 401" in result.stderr
     assert json.loads(json.dumps(gw.bodies)) == []
+
+
+def test_says_whether_the_chat_template_supports_tools(tmp_path: Path) -> None:
+    """Issue 20 point 11: a template without tool support turns a forced tool_choice into text; verify reads
+    /props (with the server key from a header file) and the step warns."""
+    found = {}
+    for caps, want in (({"supports_tools": True}, "true"), ({"supports_tools": False}, "false"), (None, "unknown")):
+        llama, gw = Slow(0, "the-gateway-key"), Slow(0, "the-gateway-key")
+        llama.caps = caps
+        lines: list[str] = []
+        try:
+            result = local_run(script(tmp_path, llama.url, gw.url, 30), on_line=lines.append)
+        finally:
+            llama.close(), gw.close()
+        assert result.exit_code == 0, result.stderr
+        found[want] = [ln for ln in lines if ln.startswith("tools ")]
+        assert llama.props_auth == ["Bearer the-server-key"]
+        assert "the-server-key" not in script(tmp_path, llama.url, gw.url, 30)  # read from its file there
+    assert found == {"true": ["tools true"], "false": ["tools false"], "unknown": ["tools unknown"]}
