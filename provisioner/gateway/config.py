@@ -13,8 +13,13 @@
                                              Authorization: Bearer); null = no authentication
     upstream_api_key_file      null          file with the key sent to the upstream (Bearer)
     local_model_id             "local"       the model id the upstream serves
+    models                     {}            several models: served name -> upstream model id
+                                             (empty: just local_model_id); see gateway/models.py
+    claude_slots               {}            Claude Code's slots -> served name: {"main": ...,
+                                             "small_fast": ...} (default: the first model for both)
     model_aliases              {}            requested name -> upstream model id
-    accept_claude_models       true          any claude-* name maps to local_model_id
+    accept_claude_models       true          opus/sonnet/haiku and claude-* names map to the
+                                             main slot (haiku: the small_fast slot)
     max_request_bytes          33554432      larger bodies get 413 request_too_large
     ping_interval_s            5.0           SSE ping after this many idle seconds
     upstream_timeout_s         600.0         longest silence from the upstream, prefill included
@@ -65,6 +70,8 @@ class GatewaySettings:
     api_key_file: str | None = None
     upstream_api_key_file: str | None = None
     local_model_id: str = "local"
+    models: Mapping[str, str] = field(default_factory=dict)
+    claude_slots: Mapping[str, str] = field(default_factory=dict)
     model_aliases: Mapping[str, str] = field(default_factory=dict)
     accept_claude_models: bool = True
     max_request_bytes: int = 32 * 1024 * 1024
@@ -78,13 +85,9 @@ class GatewaySettings:
 
     def resolve_model(self, requested: str) -> str | None:
         """The upstream model id for a requested name, or None if it is not served."""
-        if requested in self.model_aliases:
-            return self.model_aliases[requested]
-        if requested == self.local_model_id:
-            return requested
-        if self.accept_claude_models and requested.startswith("claude"):
-            return self.local_model_id
-        return None
+        from provisioner.gateway.models import ModelTable
+
+        return ModelTable.from_settings(self).resolve(requested)
 
 
 def _field_types() -> dict[str, Any]:

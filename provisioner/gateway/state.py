@@ -8,6 +8,7 @@ from aiohttp import web
 
 from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.config import GatewaySettings
+from provisioner.gateway.models import ModelTable
 from provisioner.gateway.upstream import Upstream
 
 
@@ -19,6 +20,8 @@ class GatewayState:
     upstream: Upstream
     api_key: bytes | None
     created_at: str
+    #: which upstream model serves a requested name (gateway/models.py)
+    models: ModelTable
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -31,6 +31,8 @@ from ..facts.services import (
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
+    MODELS_PRESET,
+    MODELS_RELOAD,
     SERVER_KEY,
     STATE_DIR,
     VERIFY_FLAG,
@@ -38,14 +40,16 @@ from ..facts.services import (
     UnitState,
     inputs_snippet,
     recorded_path,
+    reload_snippet,
     service_inputs,
 )
+from ..config.models import router_mode
 from ..redact import register
 from .apt import prelude as apt_prelude
 from .model_transfer import Progress, stream_file
 from .scripts import render
 from .service_step import ModelServiceStep
-from .units import desired_units
+from .units import desired_units, local_host
 from .wheel import build_wheelhouse, source_sha
 
 STEP = "services"
@@ -116,11 +120,22 @@ class ServicesStep(ModelServiceStep):
                                       diff={path: (before[:12] if before else None, sha(content)[:12])}))
                 touched.add(path)
 
+        if not router_mode(cfg) and MODELS_PRESET in sf.files:
+            changes.append(Change(STEP, "remove", target, f"remove {MODELS_PRESET} (one model: no router mode)",
+                                  lambda a: a.ct().run(f"rm -f {MODELS_PRESET} {STATE_DIR}/{MODELS_RELOAD}").check(
+                                      f"removing {MODELS_PRESET}", vmid=a.vmid, step=STEP),
+                                  diff={MODELS_PRESET: ("present", None)}))
+
         if llama_rebuild_planned(ctx):
             touched.add(LLAMA_BIN)
         restarts = []
         for unit, inputs in service_inputs(cfg).items():
-            change = self._restart(unit, inputs, sf, touched, target)
+            change = self._restart(unit, inputs, sf, touched, target, record_reload=router_mode(cfg)
+                                   and unit == LLAMA_UNIT, cfg=cfg)
+            if change:
+                restarts.append(change)
+        if router_mode(cfg) and not any(c.diff.get(LLAMA_UNIT) for c in restarts):
+            change = self._reload(cfg, sf, touched, target)
             if change:
                 restarts.append(change)
         if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
@@ -190,7 +205,47 @@ class ServicesStep(ModelServiceStep):
         return apply
 
     @staticmethod
-    def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+    def _reload(cfg, sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+        """Router mode: a changed preset or model file reaches the running router without a restart.
+
+        ``GET /models?reload=1`` re-reads the preset: a model whose section is unchanged keeps its
+        process, a changed or removed one is unloaded, a new one is listed (tools/server/server-models.cpp:
+        861-981, the route at :2022-2024). A model whose file changed under the same section is unloaded
+        explicitly (``POST /models/unload``); its next request loads the new file.
+        """
+        models = {m.model_id for m in cfg.models}
+        preset_changed = MODELS_PRESET in touched or sf.reload_now.get("preset") != sf.reload_was.get("preset")
+        refreshed = sorted(a for a in models if a in sf.reload_was and sf.reload_now.get(a) != sf.reload_was[a])
+        added = sorted(a for a in models if a not in sf.reload_was)
+        removed = sorted(a for a in sf.reload_was if a != "preset" and a not in models)
+        if not (preset_changed or refreshed or added or removed):
+            return None
+        reasons = ([f"add {', '.join(added)}"] if added else []) + \
+            ([f"unload {', '.join(removed)}"] if removed else []) + \
+            ([f"new files of {', '.join(refreshed)}"] if refreshed else []) + \
+            (["preset changed"] if preset_changed and not (added or removed) else [])
+        url = f"http://{local_host(cfg.server.host)}:{cfg.server.port}"
+
+        def apply(actx: ApplyContext) -> None:
+            unload = "".join(
+                f"curl -s -o /dev/null -H @\"$h\" -H 'content-type: application/json' "
+                f"-d '{{\"model\": \"{alias}\"}}' {url}/models/unload || true\n" for alias in refreshed)
+            script = (f"set -e\nh=$(mktemp); trap 'rm -f \"$h\"' EXIT; chmod 600 \"$h\"\n"
+                      f"printf 'Authorization: Bearer %s\\n' \"$(head -n1 {SERVER_KEY})\" > \"$h\"\n"
+                      f"code=$(curl -s -o /dev/null -w '%{{http_code}}' -m 120 -H @\"$h\" '{url}/models?reload=1')\n"
+                      f"[ \"$code\" = 200 ] || {{ echo \"error: llama-server's reload answered HTTP $code\" >&2; exit 3; }}\n"
+                      f"{unload}install -d -m 0755 {STATE_DIR}\n"
+                      f"{{ {reload_snippet(cfg)}; }} > {STATE_DIR}/{MODELS_RELOAD}\n"
+                      f"touch {VERIFY_FLAG}\n")
+            actx.ct().run(script).check("reloading llama-server's models", vmid=actx.vmid, step=STEP)
+
+        return Change(STEP, "reload", target, f"reload llama-server's models without a restart ({'; '.join(reasons)})",
+                      apply, diff={"models": (", ".join(sorted(a for a in sf.reload_was if a != "preset")) or None,
+                                              ", ".join(m.model_id for m in cfg.models))})
+
+    @staticmethod
+    def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str,
+                 record_reload: bool = False, cfg=None) -> Change | None:
         state = sf.units.get(unit, UnitState("inactive", "not-found"))
         # the binary is in the digest through inputs_snippet; a rebuild planned in this run shows up here
         changed = sorted((set(inputs) | ({LLAMA_BIN} if unit == LLAMA_UNIT else set())) & touched)
@@ -214,7 +269,8 @@ class ServicesStep(ModelServiceStep):
                       f"systemctl restart {unit}.service\n"
                       f"install -d -m 0755 {STATE_DIR}\n"
                       f"{inputs_snippet(unit, inputs)} > {recorded_path(unit)}\n"
-                      f"touch {VERIFY_FLAG}\n")
+                      + (f"{{ {reload_snippet(cfg)}; }} > {STATE_DIR}/{MODELS_RELOAD}\n" if record_reload else "")
+                      + f"touch {VERIFY_FLAG}\n")
             actx.ct().run(script).check(f"{action}ing {unit}", vmid=actx.vmid, step=STEP)
 
         return Change(STEP, action, target, f"{action} {unit} ({'; '.join(reasons)})", apply,

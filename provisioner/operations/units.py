@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..config.schema import HostFile
+from ..config.models import claude_slots, models_max, router_mode, serving
+from ..config.schema import HostFile, Model
 from ..facts.services import (
     GATEWAY_CONF,
     GATEWAY_KEY,
@@ -19,7 +20,10 @@ from ..facts.services import (
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
+    MODELS_PRESET,
     SERVER_KEY,
+    STATE_DIR,
+    entry_paths,
     model_paths,
 )
 from .scripts import render, systemd_quote
@@ -36,28 +40,77 @@ def local_host(host: str) -> str:
 def llama_args(cfg: HostFile) -> list[str]:
     """llama-server's argv, every flag explicit so a llama.cpp default change cannot surprise us."""
     assert cfg.model is not None
+    if router_mode(cfg):
+        return router_args(cfg)
     s = cfg.server
-    paths = model_paths(cfg, cfg.model.dir)
-    args = [LLAMA_BIN, "-m", paths["model"], "--alias", cfg.model.model_id,
+    m = cfg.model
+    v = serving(cfg, m)
+    paths = model_paths(cfg, m.dir)
+    args = [LLAMA_BIN, "-m", paths["model"], "--alias", m.model_id,
             "--host", s.host, "--port", str(s.port),
-            "-c", str(s.ctx_size), "--parallel", str(s.parallel),
-            "-fa", s.flash_attn, "-ctk", s.cache_type_k, "-ctv", s.cache_type_v,
-            "--fit", "on" if s.fit else "off", "-ngl", str(s.ngl),
-            "--api-key-file", SERVER_KEY, "--reasoning", s.reasoning]
-    if s.reasoning_budget is not None:
-        args += ["--reasoning-budget", str(s.reasoning_budget)]
+            "-c", str(v.ctx_size), "--parallel", str(v.parallel),
+            "-fa", v.flash_attn, "-ctk", v.cache_type_k, "-ctv", v.cache_type_v,
+            "--fit", "on" if v.fit else "off", "-ngl", v.ngl,
+            "--api-key-file", SERVER_KEY, "--reasoning", v.reasoning]
+    if v.reasoning_budget is not None:
+        args += ["--reasoning-budget", str(v.reasoning_budget)]
     if s.metrics:
         args.append("--metrics")
     if "draft" in paths:
         # without --spec-type the draft model is loaded but never used
-        args += ["--spec-draft-model", paths["draft"], "--spec-draft-ngl", str(s.ngl),
+        args += ["--spec-draft-model", paths["draft"], "--spec-draft-ngl", v.ngl,
                  "--spec-type", "draft-simple"]
     if s.threads is not None:
         args += ["--threads", str(s.threads)]
-    for kv in s.override_kv:
+    for kv in v.override_kv:
         args += ["--override-kv", kv]
     args += list(s.extra_args)
     return args
+
+
+#: router mode reads the HF cache too (server-models.cpp:666) and lists every model found there;
+#: this directory never exists, so the router serves exactly the preset's models (hf-cache.cpp:385)
+ROUTER_NO_CACHE = f"{STATE_DIR}/llama-router-no-cache"
+
+
+def router_args(cfg: HostFile) -> list[str]:
+    """The router's argv: what every model shares. Per-model settings live in the preset, because
+    the router's own arguments override every section (tools/server/server-models.cpp:707-711)."""
+    s = cfg.server
+    args = [LLAMA_BIN, "--models-preset", MODELS_PRESET, "--models-max", str(models_max(cfg)),
+            "--models-autoload", "--host", s.host, "--port", str(s.port), "--api-key-file", SERVER_KEY]
+    if s.metrics:
+        args.append("--metrics")
+    if s.threads is not None:
+        args += ["--threads", str(s.threads)]
+    return args + list(s.extra_args)
+
+
+def preset_options(cfg: HostFile, m: Model) -> list[tuple[str, str]]:
+    """One model's section of the preset: the same settings the single-model command line carries."""
+    v = serving(cfg, m)
+    paths = entry_paths(cfg, m, m.dir)
+    out = [("model", paths["model"]), ("ctx-size", str(v.ctx_size)), ("parallel", str(v.parallel)),
+           ("flash-attn", v.flash_attn), ("cache-type-k", v.cache_type_k), ("cache-type-v", v.cache_type_v),
+           ("fit", "on" if v.fit else "off"), ("n-gpu-layers", v.ngl), ("reasoning", v.reasoning)]
+    if v.reasoning_budget is not None:
+        out.append(("reasoning-budget", str(v.reasoning_budget)))
+    if "draft" in paths:
+        out += [("spec-draft-model", paths["draft"]), ("spec-draft-ngl", v.ngl), ("spec-type", "draft-simple")]
+    if v.override_kv:
+        # one key per option in a preset: --override-kv takes a comma-separated list (common/arg.cpp:2935-2944)
+        out.append(("override-kv", ",".join(v.override_kv)))
+    if m.preload:
+        out.append(("load-on-startup", "true"))  # a preset-only key (tools/server/README.md, "Model presets")
+    return out
+
+
+def models_preset(cfg: HostFile) -> str:
+    models = []
+    for m in cfg.models:
+        source = f"{m.repo}/{m.file}@{m.revision}" if m.repo else f"local file {m.path}"
+        models.append({"alias": m.model_id, "comment": source, "options": preset_options(cfg, m)})
+    return render("systemd/llama-models.ini.j2", models=models)
 
 
 def exec_start(args: list[str]) -> str:
@@ -90,9 +143,13 @@ def sandbox_for(cfg: HostFile, systemd_version: int) -> Sandbox:
 
 def llama_unit(cfg: HostFile, sandbox: Sandbox) -> str:
     assert cfg.model is not None
-    paths = model_paths(cfg, cfg.model.dir)
-    return render("systemd/llama-server.service.j2", model_id=cfg.model.model_id, model_path=paths["model"],
-                  draft_path=paths.get("draft"), models_dir=cfg.model.dir, user=LLAMA_USER,
+    router = router_mode(cfg)
+    # one model: the unit waits for its files; router mode: for the preset (each model loads on demand)
+    conditions = [MODELS_PRESET] if router else list(model_paths(cfg, cfg.model.dir).values())
+    return render("systemd/llama-server.service.j2",
+                  model_id=", ".join(m.model_id for m in cfg.models) if router else cfg.model.model_id,
+                  conditions=conditions, router=router, no_cache=ROUTER_NO_CACHE,
+                  models_dir=cfg.model.dir, user=LLAMA_USER,
                   exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY)
 
 
@@ -106,6 +163,9 @@ def gateway_config(cfg: HostFile) -> str:
         "api_key_file": GATEWAY_KEY,
         "upstream_api_key_file": SERVER_KEY,
         "local_model_id": cfg.model.model_id,
+        # every alias the upstream serves (router mode routes by it) and Claude Code's slots
+        "models": {m.model_id: m.model_id for m in cfg.models},
+        "claude_slots": claude_slots(cfg),
         "model_aliases": dict(cfg.gateway.model_aliases),
         "upstream_timeout_s": 600.0,
     }
@@ -124,6 +184,8 @@ def desired_units(cfg: HostFile, systemd_version: int) -> dict[str, str]:
 
     sandbox = sandbox_for(cfg, systemd_version)
     out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox)}
+    if router_mode(cfg):
+        out[MODELS_PRESET] = models_preset(cfg)
     if cfg.gateway.enabled:
         out[unit_path(GATEWAY_UNIT)] = gateway_unit(cfg, sandbox)
         out[GATEWAY_CONF] = gateway_config(cfg)
