@@ -97,7 +97,10 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
        wait: Optional[float] = typer.Option(None, "--wait", help="Seconds to wait for another run's lock "
                                             "(default: 0 for a host file, 600 for an inventory)."),
        only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu)."),
-       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
+       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once."),
+       prune: bool = typer.Option(False, "--prune", help="Delete model files we downloaded that no model lists."),
+       refresh_models: bool = typer.Option(False, "--refresh-models",
+                                           help="Ask the hub about each unpinned model; fetch the changed ones.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
     from ..engine.lock import HostLock
@@ -112,7 +115,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
     conn = run.connect(loaded.config)
     try:
         if plan_only or (not yes and sys.stdin.isatty() and not out.json_mode):
-            report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
+            report = run.plan(loaded, conn, allow_restart=restart, only=_only(only), prune=prune,
+                              refresh_models=refresh_models)
             out.plan(report, loaded)
             if plan_only or not report.planned:
                 return 0
@@ -124,7 +128,7 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
                         on_wait=lambda holder: out.line(f"waiting for the lock held by {holder}"))
         with lock, out.progress() as progress:
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
-                            on_change=progress.done, only=_only(only))
+                            on_change=progress.done, only=_only(only), prune=prune, refresh_models=refresh_models)
         out.applied(report, loaded)
     finally:
         conn.close()
@@ -137,7 +141,10 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an 
              exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
              restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart."),
              only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan."),
-             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
+             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once."),
+             prune: bool = typer.Option(False, "--prune", help="Plan deleting model files no model lists."),
+             refresh_models: bool = typer.Option(False, "--refresh-models",
+                                                 help="Ask the hub about each unpinned model.")) -> int:
     """Show what `up` would change."""
     from ..engine import run
 
@@ -149,7 +156,8 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an 
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
+        report = run.plan(loaded, conn, allow_restart=restart, only=_only(only), prune=prune,
+                          refresh_models=refresh_models)
     finally:
         conn.close()
     out.plan(report, loaded)
