@@ -74,6 +74,35 @@ def llama_rebuild_planned(ctx: PlanContext) -> bool:
     return have.hash != spec.hash or not have.binary
 
 
+def check_vram(ctx: PlanContext) -> None:
+    """Several models: refuse before any unit is written when the ones that can be loaded at once
+    do not fit the GPUs' memory (operations/vram.py says why one model is never refused)."""
+    from .passthrough import selected_gpus
+    from .vram import budget
+
+    cfg = ctx.cfg
+    if not cfg.gpu.enabled:
+        return
+    try:
+        gpus = selected_gpus(ctx)
+    except ProvisionError:
+        return  # the GPU step reports a bad gpu.select
+    vram = sum(g.memory_mib or 0 for g in gpus)
+    if not vram:
+        return
+    files = ctx.fact("model.host") or ctx.fact("model.ct")
+    b = budget(cfg, files, vram)
+    if b.resident and not b.fits:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the models that can be loaded at once need ≈ {b.need_mib:.0f} MiB of VRAM, more than "
+                          f"the {vram} MiB of {', '.join(g.name for g in gpus)}; does not fit: "
+                          f"{', '.join(b.over())}\n" + b.figures(), key="server.models_max",
+                          fix="lower server.models_max (fewer models loaded at once; the router swaps them), "
+                              "a model's ctx_size or cache_type_k/v (q8_0, q4_0), or use a smaller quantisation")
+    ctx.notes.append("VRAM: " + b.figures().replace("\n", "; "))
+
+
 def _key_owner(path: str) -> str:
     return f"root:{LLAMA_USER}" if path == SERVER_KEY else f"root:{GATEWAY_USER}"
 
@@ -83,6 +112,8 @@ class ServicesStep(ModelServiceStep):
 
     def plan_model(self, ctx: PlanContext) -> list[Change]:
         cfg = ctx.cfg
+        if router_mode(cfg):
+            check_vram(ctx)
         sf: ServiceFacts = ctx.fact("services.ct") or ServiceFacts()
         target = f"ct {ctx.vmid}"
         changes: list[Change] = []

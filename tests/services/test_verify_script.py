@@ -64,7 +64,7 @@ def script(tmp: Path, llama: str, gw: str, timeout: int) -> str:
     (tmp / "flag").touch()
     return render("scripts/verify.sh.j2", llama_unit="llama-server", gateway_unit="provision-gateway",
                   llama_url=llama, gateway_url=gw, gateway=True, timeout=timeout, key_file=str(key),
-                  model_id="smollm2", messages_url=gw, verify_flag=str(tmp / "flag"))
+                  model_ids=["smollm2"], messages_url=gw, verify_flag=str(tmp / "flag"))
 
 
 def test_waits_while_loading_then_generates_one_token(tmp_path: Path) -> None:
