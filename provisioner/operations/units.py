@@ -147,7 +147,8 @@ def llama_unit(cfg: HostFile, sandbox: Sandbox) -> str:
     # one model: the unit waits for its files; router mode: for the preset (each model loads on demand)
     conditions = [MODELS_PRESET] if router else list(model_paths(cfg, cfg.model.dir).values())
     return render("systemd/llama-server.service.j2",
-                  model_id=", ".join(m.model_id for m in cfg.models) if router else cfg.model.model_id,
+                  # router mode: not the aliases, or adding a model would change the unit (a restart)
+                  model_id="router: the models of " + MODELS_PRESET if router else cfg.model.model_id,
                   conditions=conditions, router=router, no_cache=ROUTER_NO_CACHE,
                   models_dir=cfg.model.dir, user=LLAMA_USER,
                   exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY)
