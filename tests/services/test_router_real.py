@@ -1,0 +1,201 @@
+"""Two real models behind one endpoint, without a simulated node: the cached static llama-server
+in router mode with the preset and command line the services step writes, the real gateway with
+the config the services step writes, SmolLM2-135M and Gemma 3 270M.
+
+Which model answered is proven by its tokenizer: the two count the same text differently, so
+``count_tokens`` through a name tells which upstream model that name reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from provisioner.facts.services import LLAMA_BIN, MODELS_PRESET, SERVER_KEY
+from provisioner.operations.units import gateway_config, models_preset, router_args
+from provisioner.sim import assets
+
+from .helpers import config
+from .llama_bin import llama_server
+
+ROOT = Path(__file__).resolve().parents[2]
+LLAMA_KEY = "router-llama-key-4c1d9e"
+GW_KEY = "router-gateway-key-83ab02"
+PROBE = "Tokenizers differ: naïve café, 12345 Straße; ünïcödé — 東京 — def f(x): return x ** 2"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ok(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+def host_file(smol_ctx: int = 4096):
+    smol, gemma = assets.smollm2_model(), assets.gemma3_model()
+    assert smol.parent == gemma.parent  # one models directory, as the host file requires
+    entry = {"location": "container", "dir": str(smol.parent)}
+    return config({"model": None, "clients": {"claude_code": {"enabled": False, "models": {
+                       "main": "smol", "small_fast": "gemma"}}},
+                   "server": {"ctx_size": 4096, "threads": 2, "cache_type_k": "f16", "cache_type_v": "f16"},
+                   "models": [{"path": str(smol), "alias": "smol", "ctx_size": smol_ctx, **entry},
+                              {"path": str(gemma), "alias": "gemma", **entry}]})
+
+
+class Router:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.key = tmp / "llama.key"
+        self.key.write_text(LLAMA_KEY + "\n")
+        (tmp / "gw.key").write_text(GW_KEY + "\n")
+        self.preset = tmp / "models.ini"
+        self.port, self.gw_port = free_port(), free_port()
+        self.url, self.gw_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.gw_port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def write_preset(self, cfg) -> None:
+        self.preset.write_text(models_preset(cfg))
+
+    def start(self, cfg) -> "Router":
+        self.write_preset(cfg)
+        swap = {LLAMA_BIN: str(llama_server()), MODELS_PRESET: str(self.preset), SERVER_KEY: str(self.key),
+                "8080": str(self.port)}
+        argv = [swap.get(a, a) for a in router_args(cfg)]
+        log = self.tmp / "llama.log"
+        env = {**os.environ, "LLAMA_CACHE": str(self.tmp / "no-cache")}
+        with open(log, "w") as fh:
+            self.procs.append(subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env))
+        wait_ok(self.url + "/health", self.procs[-1], log)
+        gw = json.loads(gateway_config(cfg))
+        gw.update(listen_host="127.0.0.1", listen_port=self.gw_port, upstream_url=self.url,
+                  api_key_file=str(self.tmp / "gw.key"), upstream_api_key_file=str(self.key))
+        (self.tmp / "gw.json").write_text(json.dumps(gw))
+        glog = self.tmp / "gw.log"
+        with open(glog, "w") as fh:
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "provisioner.gateway", "--config",
+                                                str(self.tmp / "gw.json")], stdout=fh, stderr=subprocess.STDOUT,
+                                               env={**os.environ, "PYTHONPATH": str(ROOT)}))
+        wait_ok(self.gw_url + "/", self.procs[-1], glog, 60)
+        return self
+
+    def models(self, reload: bool = False) -> dict[str, dict]:
+        req = urllib.request.Request(self.url + "/models" + ("?reload=1" if reload else ""),
+                                     headers={"Authorization": f"Bearer {LLAMA_KEY}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return {m["id"]: m for m in json.load(r)["data"]}
+
+    def children(self) -> dict[str, int]:
+        """alias -> pid of the router's child serving it."""
+        out = {}
+        router = self.procs[0].pid
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat[1]) == router and b"--alias" in argv:
+                out[argv[argv.index(b"--alias") + 1].decode()] = int(d.name)
+        return out
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory):
+    r = Router(tmp_path_factory.mktemp("router")).start(host_file())
+    yield r
+    r.stop()
+
+
+def client(r: Router) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=r.gw_url, api_key=GW_KEY, max_retries=0, timeout=300)
+
+
+def count(r: Router, model: str) -> int:
+    return client(r).messages.count_tokens(model=model, messages=[{"role": "user", "content": PROBE}]).input_tokens
+
+
+def test_both_models_answer_by_alias_and_by_claude_code_slot(router: Router) -> None:
+    for alias in ("smol", "gemma"):
+        msg = client(router).messages.create(model=alias, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        assert msg.model == alias and msg.usage.output_tokens >= 1
+    status = {k: v["status"]["value"] for k, v in router.models().items()}
+    assert status == {"smol": "loaded", "gemma": "loaded"}
+    smol, gemma = count(router, "smol"), count(router, "gemma")
+    assert smol != gemma, "the two tokenizers must tell the models apart"
+    # Claude Code's names reach the models the slot mapping names (main: smol, small_fast: gemma)
+    for name in ("main", "opus", "sonnet", "claude-sonnet-4-5-20250929", "claude-opus-4-1"):
+        assert count(router, name) == smol, name
+    for name in ("small_fast", "haiku", "claude-haiku-4-5-20251001", "claude-3-5-haiku-20241022"):
+        assert count(router, name) == gemma, name
+    streamed = client(router).messages.create(model="claude-haiku-4-5", max_tokens=3, stream=True,
+                                              messages=[{"role": "user", "content": "Hi"}])
+    events = [e.type for e in streamed]
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+
+
+def test_models_list_in_both_shapes(router: Router) -> None:
+    page = client(router).models.list()
+    assert [m.id for m in page.data] == ["smol", "gemma"] and page.data[0].type == "model"
+    oai = openai.OpenAI(base_url=router.gw_url + "/v1", api_key=GW_KEY, max_retries=0)
+    assert [m.id for m in oai.models.list().data] == ["smol", "gemma"]
+    assert oai.models.list().data[1].object == "model"
+
+
+def test_an_unknown_model_is_not_found_naming_the_models(router: Router) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        client(router).messages.create(model="gpt-4o", max_tokens=2, messages=[{"role": "user", "content": "x"}])
+    error = info.value.body["error"]
+    assert error["type"] == "not_found_error" and "this gateway serves: smol, gemma" in error["message"]
+
+
+def test_a_reload_keeps_the_unchanged_model_running(router: Router) -> None:
+    """What `up` relies on to add, change or remove a model without restarting the others
+    (tools/server/server-models.cpp:861-906): after a preset change and GET /models?reload=1 the
+    unchanged model keeps its process, the changed one is unloaded and loads again on demand."""
+    client(router).messages.create(model="smol", max_tokens=1, messages=[{"role": "user", "content": "a"}])
+    client(router).messages.create(model="gemma", max_tokens=1, messages=[{"role": "user", "content": "a"}])
+    before = router.children()
+    assert set(before) == {"smol", "gemma"}
+    router.write_preset(host_file(smol_ctx=2048))
+    status = {k: v["status"]["value"] for k, v in router.models(reload=True).items()}
+    assert status == {"smol": "unloaded", "gemma": "loaded"}
+    assert router.children() == {"gemma": before["gemma"]}
+    msg = client(router).messages.create(model="smol", max_tokens=1, messages=[{"role": "user", "content": "b"}])
+    assert msg.model == "smol" and router.children()["gemma"] == before["gemma"]
+    assert router.children()["smol"] != before["smol"]
