@@ -110,6 +110,16 @@ def _key_owner(path: str) -> str:
 class ServicesStep(ModelServiceStep):
     name = STEP
 
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if router_mode(cfg) and cfg.gpu.enabled:
+            # the VRAM check's inputs, in the same round trip (also when --only leaves the GPU steps out)
+            from ..facts.gpu_claims import CLAIMS
+            from ..facts.nvidia import DRIVER, GPUS
+            from ..facts.services import model_facts
+
+            self.facts = [*self.facts, DRIVER, GPUS, CLAIMS, *model_facts(cfg)]
+
     def plan_model(self, ctx: PlanContext) -> list[Change]:
         cfg = ctx.cfg
         if router_mode(cfg):
