@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +58,7 @@ def host(sim_node, tmp_path_factory) -> Iterator[dict]:
     })
     path = write(tmp / "host.yaml", data)
     first = report(provision("--json", "up", str(path), "--yes", only=("--only", "container,model")))
-    code, _, err = sim_node.run(f"pct exec {VMID} -- sh -c '{install_script('many1')}'",
+    code, _, err = sim_node.run(f"pct exec {VMID} -- sh -c {shlex.quote(install_script('many1'))}",
                                 stdin=llama_server().read_bytes())
     assert code == 0, err
     rep = report(provision("--json", "up", str(path), "--yes"))
