@@ -463,7 +463,7 @@ class HostFile(Section):
     #: one model (the older form: a list of one)
     model: Model | None = None
     #: several models behind one endpoint (llama-server's router mode); the first is the default
-    models: list[Model] = []
+    models: Annotated[list[Model], Field(max_length=64)] = []
     server: Server = Server()
     gateway: Gateway = Gateway()
     clients: Clients = Clients()

@@ -73,11 +73,18 @@ def llama_args(cfg: HostFile) -> list[str]:
 ROUTER_NO_CACHE = f"{STATE_DIR}/llama-router-no-cache"
 
 
+#: the most models a host file lists (config/schema.py), so "all of them" without naming the count
+ROUTER_MODELS_MAX = 64
+
+
 def router_args(cfg: HostFile) -> list[str]:
     """The router's argv: what every model shares. Per-model settings live in the preset, because
     the router's own arguments override every section (tools/server/server-models.cpp:707-711)."""
     s = cfg.server
-    args = [LLAMA_BIN, "--models-preset", MODELS_PRESET, "--models-max", str(models_max(cfg)),
+    # unset: ROUTER_MODELS_MAX, not the list's length, so adding a model leaves this command line
+    # (and the running router) alone; not 0 ("unlimited"), which the preload check at
+    # tools/server/server-models.cpp:849 compares against as a number and fails for any preload
+    args = [LLAMA_BIN, "--models-preset", MODELS_PRESET, "--models-max", str(s.models_max or ROUTER_MODELS_MAX),
             "--models-autoload", "--host", s.host, "--port", str(s.port), "--api-key-file", SERVER_KEY]
     if s.metrics:
         args.append("--metrics")

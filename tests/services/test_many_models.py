@@ -53,6 +53,8 @@ def test_each_model_takes_its_own_settings_or_the_servers() -> None:
     assert (serving(cfg, small).ctx_size, serving(cfg, small).cache_type_k, serving(cfg, small).reasoning) == \
         (32768, "f16", "off")
     assert claude_slots(cfg) == {"main": "coder", "small_fast": "coder"} and models_max(cfg) == 2
+    # the router's command line does not name the count (adding a model must not change it)
+    assert llama_args(cfg)[3:5] == ["--models-max", "64"]
 
 
 def test_router_unit_and_preset() -> None:
@@ -324,3 +326,13 @@ def test_listing_has_both_shapes() -> None:
     assert first == {"type": "model", "id": "coder", "display_name": "coder (main)",
                      "created_at": "2026-01-02T03:04:05Z", "object": "model", "created": 1767323045,
                      "owned_by": "provision"}
+
+
+def test_adding_a_model_leaves_the_router_unit_alone() -> None:
+    """Found on the simulated node: a default --models-max of "the list's length" changed the unit
+    (a router restart) whenever a model was added."""
+    unit = "/etc/systemd/system/llama-server.service"
+    three = config({"model": None, "models": TWO + [{"repo": "o/x", "file": "x.gguf", "alias": "x"}]})
+    assert desired_units(two(), 252)[unit] == desired_units(three, 252)[unit]
+    assert desired_units(two(), 252)["/etc/provision/llama-models.ini"] != \
+        desired_units(three, 252)["/etc/provision/llama-models.ini"]

@@ -199,3 +199,36 @@ def test_a_reload_keeps_the_unchanged_model_running(router: Router) -> None:
     msg = client(router).messages.create(model="smol", max_tokens=1, messages=[{"role": "user", "content": "b"}])
     assert msg.model == "smol" and router.children()["gemma"] == before["gemma"]
     assert router.children()["smol"] != before["smol"]
+
+
+def test_bench_measures_each_model_through_the_router(router: Router) -> None:
+    """`provision bench`'s real script, once per model (what `bench` does for every alias): the
+    direct requests reach the named model, /props is asked for that model."""
+    import subprocess as sp
+
+    from provisioner.bench.runner import BenchOptions, config_params, models_to_measure, run_in_ct
+    from provisioner.connectors.ssh import Result
+
+    class Shell:
+        vmid = 0
+
+        def run(self, text, *, timeout=None, on_line=None):
+            proc = sp.run(["bash", "-s"], input=text, capture_output=True, text=True, timeout=timeout, check=False)
+            return Result("bash -s", proc.returncode, proc.stdout, proc.stderr)
+
+    cfg = host_file()
+    opts = BenchOptions(prompt_tokens=300, gen_tokens=4, runs=1, warmup=0, timeout=300, gateway=False)
+    assert models_to_measure(cfg, None) == ["smol", "gemma"]
+    with pytest.raises(Exception, match="no model nope"):
+        models_to_measure(cfg, ["nope"])
+    seen = {}
+    for alias in models_to_measure(cfg, None):
+        p = config_params(cfg, opts, alias)
+        assert p["router"] is True and p["model_id"] == alias
+        p.update(llama_url=router.url, llama_key_file=str(router.key), build_stamp=None, unit_file=None)
+        raw = run_in_ct(Shell(), p)
+        seen[alias] = raw
+        assert raw["environment"]["model_alias"] == alias, raw["environment"]
+    # the two models' own tokenizers: the same prompt has a different length in each
+    prompt_n = {a: r["runs"][0]["direct"]["prompt_n"] for a, r in seen.items()}
+    assert prompt_n["smol"] != prompt_n["gemma"], prompt_n
