@@ -143,6 +143,7 @@ def test_adding_and_removing_a_model_reloads_and_converges(sim_node, host, tmp_p
     data["models"].append(entry(host["third"], "smol2", override_kv=["llama.context_length=int:32768"]))
     added = write(tmp_path / "added.yaml", data)
     rep = report(provision("--json", "up", str(added), "--yes"))
+    print(f"\nadding a model: up {rep['seconds']:.1f} s, timings {rep['timings']}")  # measured figures (-s)
     got = [(s, a) for s, a, _ in applied(rep)]
     assert ("model", "push") in got and ("services", "reload") in got and ("verify", "verify") in got, got
     assert not any(s == "services" and a == "restart" and "llama-server" in t for s, a, t in applied(rep))
@@ -155,6 +156,7 @@ def test_adding_and_removing_a_model_reloads_and_converges(sim_node, host, tmp_p
                                                    messages=[{"role": "user", "content": "b"}]).model == "smol2"
     # removed again: the router unloads it, the others keep running; the file stays until --prune
     rep = report(provision("--json", "up", str(host["path"]), "--yes"))
+    print(f"\nremoving a model: up {rep['seconds']:.1f} s, timings {rep['timings']}")
     assert ("services", "reload") in [(s, a) for s, a, _ in applied(rep)]
     assert ct(sim_node, {"vmid": VMID}, "systemctl show -p MainPID --value llama-server") == router
     assert set(children(sim_node)) == {"smol", "gemma"}

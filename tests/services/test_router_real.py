@@ -232,3 +232,87 @@ def test_bench_measures_each_model_through_the_router(router: Router) -> None:
     # the two models' own tokenizers: the same prompt has a different length in each
     prompt_n = {a: r["runs"][0]["direct"]["prompt_n"] for a, r in seen.items()}
     assert prompt_n["smol"] != prompt_n["gemma"], prompt_n
+
+
+def _race(llama_url: str, gw_url: str, long_model: str, short_model: str) -> dict[str, float]:
+    """A long generation on the main model (160 tokens, EOS ignored so the length is fixed; straight
+    to llama-server), then a short request through the gateway on Claude Code's background name
+    while it runs: when each finished (seconds from the long one's start)."""
+    import threading
+
+    c = anthropic.Anthropic(base_url=gw_url, api_key=GW_KEY, max_retries=0, timeout=600)
+    for model in (long_model, short_model):  # both loaded (and warm) before the measurement
+        c.messages.create(model=model, max_tokens=1, messages=[{"role": "user", "content": "hi"}])
+    done: dict[str, float] = {}
+    errors: list[BaseException] = []
+    started = threading.Event()
+    body = json.dumps({"model": long_model, "max_tokens": 160, "ignore_eos": True, "stream": True,
+                       "messages": [{"role": "user", "content": "Count from 1 to 200."}]}).encode()
+    t0 = time.monotonic()
+
+    def long() -> None:
+        try:
+            req = urllib.request.Request(llama_url + "/v1/chat/completions", data=body, headers={
+                "Authorization": f"Bearer {LLAMA_KEY}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=600) as r:
+                for line in r:
+                    if line.startswith(b"data: {"):
+                        started.set()
+            done["long"] = time.monotonic() - t0
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+            started.set()
+
+    th = threading.Thread(target=long)
+    th.start()
+    assert started.wait(300) and not errors, errors
+    done["short_sent"] = time.monotonic() - t0
+    with c.messages.stream(model=short_model, max_tokens=4,
+                           messages=[{"role": "user", "content": "Title: hello"}]) as s:
+        for _ in s.text_stream:
+            done.setdefault("short_first", time.monotonic() - t0)
+    done["short"] = time.monotonic() - t0
+    th.join(600)
+    assert not errors, errors
+    return done
+
+
+def test_background_requests_do_not_wait_for_the_main_slot(router: Router, tmp_path: Path) -> None:
+    """The measured effect of a second model (README): Claude Code's background request (its haiku
+    name) runs in the small model's own process while the main model generates, instead of queueing
+    behind it on the one slot (--parallel 1) of a single-model server."""
+    two = _race(router.url, router.gw_url, "smol", "claude-haiku-4-5")
+    one = Router(tmp_path)
+    # a list of one: the single-model server, as before
+    cfg = config({"model": None, "models": [{"path": str(assets.smollm2_model()), "alias": "smol",
+                                             "location": "container", "dir": str(assets.smollm2_model().parent)}],
+                  "clients": {"claude_code": False}, "server": {"ctx_size": 4096, "threads": 2}})
+    from provisioner.operations.units import llama_args
+
+    swap = {LLAMA_BIN: str(llama_server()), SERVER_KEY: str(one.key), "8080": str(one.port)}
+    log = tmp_path / "single.log"
+    with open(log, "w") as fh:
+        one.procs.append(subprocess.Popen([swap.get(a, a) for a in llama_args(cfg)], stdout=fh,
+                                          stderr=subprocess.STDOUT))
+    try:
+        wait_ok(one.url + "/health", one.procs[-1], log)
+        gw = json.loads(gateway_config(cfg))
+        gw.update(listen_host="127.0.0.1", listen_port=one.gw_port, upstream_url=one.url,
+                  api_key_file=str(one.tmp / "gw.key"), upstream_api_key_file=str(one.key))
+        (tmp_path / "gw.json").write_text(json.dumps(gw))
+        with open(tmp_path / "gw.log", "w") as fh:
+            one.procs.append(subprocess.Popen([sys.executable, "-m", "provisioner.gateway", "--config",
+                                               str(tmp_path / "gw.json")], stdout=fh, stderr=subprocess.STDOUT,
+                                              env={**os.environ, "PYTHONPATH": str(ROOT)}))
+        wait_ok(one.gw_url + "/", one.procs[-1], tmp_path / "gw.log", 60)
+        single = _race(one.url, one.gw_url, "smol", "claude-haiku-4-5")
+    finally:
+        one.stop()
+    def show(d: dict[str, float]) -> str:
+        return (f"sent {d['short_sent']:.1f}, first token {d['short_first']:.1f}, answered {d['short']:.1f}, "
+                f"main done {d['long']:.1f}")
+
+    print(f"\nbackground request while the main one generates (s after the main request started): "
+          f"two models: {show(two)}; one model (--parallel 1): {show(single)}")
+    assert two["short_first"] < two["long"], two  # it did not wait for the main request
+    assert single["short_first"] >= single["long"] - 0.5, single  # it queued behind it on the one slot
