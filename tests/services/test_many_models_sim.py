@@ -182,6 +182,7 @@ def test_a_vram_over_commit_is_refused_with_the_figures(sim_node, host, tmp_path
     proc = provision("plan", str(over), "--only", "services", check=False)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr
+    print(f"\nthe refusal:\n{err}")
     assert "more than the 24564 MiB of NVIDIA GeForce RTX 4090" in " ".join(err.split()), err
     assert "smol: file 94 MiB + KV cache 23040 MiB (1048576 tokens" in err, err
     assert "gemma: file" in err and "2 at once (server.models_max)" in err and "server.models_max" in err
