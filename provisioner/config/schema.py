@@ -414,7 +414,8 @@ class ClaudeCodeClient(Section):
 
 
 class Clients(Section):
-    claude_code: ClaudeCodeClient = ClaudeCodeClient()
+    #: ``true``/``false`` (the older form) or the mapping; always a ClaudeCodeClient once validated
+    claude_code: ClaudeCodeClient | bool = ClaudeCodeClient()
     pi: bool = False
     claude_code_router: bool = False
     base_url: str | None = None  # how clients reach the gateway; default http://<ct-ip>:<port>
