@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..config import read_secret
-from ..config.schema import Secret
+from ..config.schema import HostFile, Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ProvisionError
@@ -110,7 +110,7 @@ def _key_owner(path: str) -> str:
 class ServicesStep(ModelServiceStep):
     name = STEP
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: HostFile) -> None:
         super().__init__(cfg)
         if router_mode(cfg) and cfg.gpu.enabled:
             # the VRAM check's inputs, in the same round trip (also when --only leaves the GPU steps out)
@@ -246,7 +246,7 @@ class ServicesStep(ModelServiceStep):
         return apply
 
     @staticmethod
-    def _reload(cfg, sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+    def _reload(cfg: HostFile, sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
         """Router mode: a changed preset or model file reaches the running router without a restart.
 
         ``GET /models?reload=1`` re-reads the preset: a model whose section is unchanged keeps its
@@ -286,7 +286,7 @@ class ServicesStep(ModelServiceStep):
 
     @staticmethod
     def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str,
-                 record_reload: bool = False, cfg=None) -> Change | None:
+                 record_reload: bool = False, cfg: HostFile | None = None) -> Change | None:
         state = sf.units.get(unit, UnitState("inactive", "not-found"))
         # the binary is in the digest through inputs_snippet; a rebuild planned in this run shows up here
         changed = sorted((set(inputs) | ({LLAMA_BIN} if unit == LLAMA_UNIT else set())) & touched)

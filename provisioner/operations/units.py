@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..config.models import claude_slots, models_max, router_mode, serving
+from ..config.models import claude_slots, router_mode, serving
 from ..config.schema import HostFile, Model
 from ..facts.services import (
     GATEWAY_CONF,
