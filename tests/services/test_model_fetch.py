@@ -161,3 +161,28 @@ def test_not_enough_space_fails_before_downloading(tmp_path: Path, blob: Path) -
     finally:
         hub.close()
     assert not list(tmp_path.glob("tiny.gguf*"))
+
+
+def test_refresh_replaces_a_verified_file_with_the_new_upstream_one(tmp_path: Path, blob: Path) -> None:
+    """`up --refresh-models`: the hub's sha256 for the revision moved; the fact says so, the plan
+    re-fetches, and the fresh download replaces the old file (nothing resumed from it)."""
+    from provisioner.operations import model_refresh
+
+    dest = tmp_path / "tiny.gguf"
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        fetch(SPEC, dest, hub)
+        newer = tmp_path / "newer.gguf"
+        newer.write_bytes(os.urandom(4 * 1024 * 1024 + 7))  # longer: a resume from the old file would corrupt it
+        hub.files["org/tiny-GGUF/tiny.gguf"] = newer
+        upstream = model_refresh.head(f"{hub.url}/org/tiny-GGUF/resolve/main/tiny.gguf", None)
+        want = hashlib.sha256(newer.read_bytes()).hexdigest()
+        assert upstream == {"sha256": want, "commit": "0" * 40, "size": str(newer.stat().st_size)}
+        reason = why_fetch(SPEC, state_of(dest), hub_source(SPEC), upstream)
+        assert reason and reason.startswith("main moved upstream: sha256 ")
+        script = fetch_script(SPEC, str(dest), token=None, install_curl=False, endpoint=hub.url, fresh=True)
+        sha, size = run_fetch(local_run, script, "downloading", lambda s: None)
+    finally:
+        hub.close()
+    assert (sha, size) == (want, newer.stat().st_size) and dest.read_bytes() == newer.read_bytes()
+    assert why_fetch(SPEC, state_of(dest), hub_source(SPEC), upstream) is None
