@@ -10,7 +10,8 @@ Layout: ``config`` (settings and their documentation), ``translate_request`` +
 ``translate_response`` (non-streaming), ``upstream`` + ``upstream_errors`` (the
 upstream client; the one place its failures are mapped), ``stream_serve`` +
 ``sse_channel`` (streaming, pings, disconnects), ``messages_translate`` /
-``messages_native`` (the two modes), ``app`` (routes, auth, errors), ``access_log``,
+``messages_native`` (the two modes), ``models`` (which upstream model a name reaches: aliases,
+Claude Code's slots, ``/v1/models``), ``app`` (routes, auth, errors), ``access_log``,
 ``sanitize`` (billing header, fields backends reject), ``__main__`` (the
 ``provision-gateway`` command).
 """
