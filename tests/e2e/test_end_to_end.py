@@ -179,7 +179,8 @@ def _gateway_models(since: float) -> list[str]:
     """The models requested of the gateway's /v1/messages since ``since`` (its access log in the journal)."""
     out = host(f"pct exec {VMID} -- journalctl -u provision-gateway -o cat --no-pager --since @{int(since) - 1}")
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [r["model"] for r in records if r.get("path") == "/v1/messages" and r.get("ts", 0) >= since - 1]
+    # ts is when a request ended: a request of an earlier run ended before ``since``
+    return [r["model"] for r in records if r.get("path") == "/v1/messages" and r.get("ts", 0) >= since]
 
 
 def _claude(home: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], list[str], list[str]]:
