@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+import urllib.parse
 from urllib.parse import urlsplit
 
 
@@ -239,9 +240,16 @@ def _run_cmd(argv: list[str]) -> str | None:
 def environment(p: dict[str, Any], key: str | None) -> dict[str, Any]:
     """What was measured: llama-server's build and settings, the model, the GPU(s), the unit's flags."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    props = get_json(p["llama_url"], "/props", headers) or {}
+    # router mode (several models): /props answers for the model named in ?model=
+    # (tools/server/server-models.cpp get_router_props), /v1/models lists them all
+    model = p.get("model_id") or ""
+    router = bool(p.get("router"))
+    props = get_json(p["llama_url"], "/props" + (f"?model={urllib.parse.quote(model)}" if router else ""),
+                     headers) or {}
     models = get_json(p["llama_url"], "/v1/models", headers) or {}
-    meta = ((models.get("data") or [{}])[0] or {}).get("meta") or {}
+    listed = [m for m in models.get("data") or [] if isinstance(m, dict)]
+    entry = next((m for m in listed if m.get("id") == model), None) if router else None
+    meta = ((entry or (listed[0] if listed else {})) or {}).get("meta") or {}
     env: dict[str, Any] = {
         "llama_build_info": props.get("build_info"),
         "model_path": props.get("model_path"),

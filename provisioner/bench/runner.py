@@ -74,14 +74,33 @@ def public_params(params: dict[str, Any]) -> dict[str, Any]:
             "gateway_api": "/v1/messages (stream)" if params["gateway_url"] else None}
 
 
-def config_params(cfg: HostFile, opts: BenchOptions) -> dict[str, Any]:
-    """Parameters for the container ``provision up`` made from ``cfg``."""
+def config_params(cfg: HostFile, opts: BenchOptions, model_id: str | None = None) -> dict[str, Any]:
+    """Parameters for the container ``provision up`` made from ``cfg``, measuring ``model_id``
+    (default: the first model)."""
+    from ..config.models import router_mode
+
     gateway = cfg.gateway.enabled and opts.gateway
-    return params_for(opts, llama_url=f"http://{local_host(cfg.server.host)}:{cfg.server.port}",
-                      gateway_url=f"http://{local_host(cfg.gateway.host)}:{cfg.gateway.port}" if gateway else None,
-                      model_id=cfg.model.model_id if cfg.model else None,
-                      llama_key_file=SERVER_KEY, gateway_key_file=GATEWAY_KEY if gateway else None,
-                      build_stamp=f"{LLAMA_ROOT}/BUILD-STAMP.json", unit_file=unit_path(LLAMA_UNIT))
+    params = params_for(opts, llama_url=f"http://{local_host(cfg.server.host)}:{cfg.server.port}",
+                        gateway_url=f"http://{local_host(cfg.gateway.host)}:{cfg.gateway.port}" if gateway else None,
+                        model_id=model_id or (cfg.model.model_id if cfg.model else None),
+                        llama_key_file=SERVER_KEY, gateway_key_file=GATEWAY_KEY if gateway else None,
+                        build_stamp=f"{LLAMA_ROOT}/BUILD-STAMP.json", unit_file=unit_path(LLAMA_UNIT))
+    params["router"] = router_mode(cfg)
+    return params
+
+
+def models_to_measure(cfg: HostFile, names: list[str] | None) -> list[str]:
+    """The aliases ``--model`` names (default: every model), refused when one is not in the host file."""
+    aliases = [m.model_id for m in cfg.models]
+    if not names:
+        return aliases
+    unknown = [n for n in names if n not in aliases]
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no model {', '.join(unknown)} in the host file", key="--model",
+                          fix=f"choose from: {', '.join(aliases)}")
+    return list(dict.fromkeys(names))
 
 
 def script(params: dict[str, Any], python: str = f"{GATEWAY_VENV}/bin/python") -> str:

@@ -40,12 +40,14 @@ def bench(file: Path = typer.Argument(..., help="The host file (YAML)."),
           timeout: float = typer.Option(900.0, "--timeout", help="Seconds one request may take."),
           vmid: int | None = typer.Option(None, "--vmid", help="Measure this container; FILE gives the "
                                              "connection and services."),
-          out_file: Path | None = typer.Option(None, "--out", "-o", help="Save the JSON report here.")) -> int:
+          out_file: Path | None = typer.Option(None, "--out", "-o", help="Save the JSON report here."),
+          model: list[str] | None = typer.Option(None, "--model", "-m", help="Measure this model (by alias; "
+                                                 "repeatable). Default: every model.")) -> int:
     """Measure prompt processing and generation speed, directly and through the gateway."""
     from rich.console import Console
 
     from ..bench.report import build_report, render_table
-    from ..bench.runner import BenchOptions, config_params, public_params, run_in_ct
+    from ..bench.runner import BenchOptions, config_params, models_to_measure, public_params, run_in_ct
     from ..connectors.pct import CT
     from ..engine import run
     from ..facts.pve import gather_pve
@@ -57,7 +59,8 @@ def bench(file: Path = typer.Argument(..., help="The host file (YAML)."),
         raise ProvisionError("no model is configured (model:), so there is nothing to measure")
     opts = BenchOptions(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs, warmup=warmup,
                         tools=not no_tools, gateway=not direct_only, timeout=timeout)
-    params = config_params(cfg, opts)
+    names = models_to_measure(cfg, model)
+    every = {name: config_params(cfg, opts, name) for name in names}
     conn = run.connect(cfg)
     try:
         want = vmid if vmid is not None else (cfg.container.vmid if isinstance(cfg.container.vmid, int) else None)
@@ -65,20 +68,30 @@ def bench(file: Path = typer.Argument(..., help="The host file (YAML)."),
         if facts.ct is None or not facts.ct.running:
             raise ProvisionError(f"container {vmid or cfg.container.hostname} is not running",
                                  fix="run `provision up` first")
+        raws = {}
         with out.progress() as progress:
-            raw = run_in_ct(CT(conn.ssh, facts.ct.vmid), params, status=progress.status)
+            for name, params in every.items():  # one model after the other: they would share the GPU
+                raws[name] = run_in_ct(CT(conn.ssh, facts.ct.vmid), params,
+                                       status=lambda s, n=name: progress.status(f"{n}: {s}" if len(every) > 1 else s))
     finally:
         conn.close()
     target = {"node": cfg.proxmox.node, "host": cfg.proxmox.host, "vmid": facts.ct.vmid,
               "hostname": cfg.container.hostname}
-    report = build_report(raw, params=public_params(params), target=target)
+    reports = {name: build_report(raws[name], params=public_params(every[name]), target=target) for name in every}
+    # one model: the report as it always was; several: one report per model
+    report = next(iter(reports.values())) if len(reports) == 1 else \
+        {"schema": "provision-bench-models/1", "models": reports}
     if out_file is not None:
         write_report(out_file, report)
     if out.json_mode:
         typer.echo(json.dumps(report))
     else:
         # piped into a file: wide enough for one line per metric (rich assumes 80 columns then)
-        Console(highlight=False, width=None if sys.stdout.isatty() else 132).print(render_table(report))
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
+        for name, one in reports.items():
+            if len(reports) > 1:
+                console.print(f"[bold]{name}[/bold]")
+            console.print(render_table(one))
         if out_file is not None:
             out.line(f"report saved to {out_file}")
     return 0

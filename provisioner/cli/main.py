@@ -119,7 +119,10 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
        wait: Optional[float] = typer.Option(None, "--wait", help="Seconds to wait for another run's lock "
                                             "(default: 0 for a host file, 600 for an inventory)."),
        only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to run (e.g. container,gpu)."),
-       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
+       workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once."),
+       prune: bool = typer.Option(False, "--prune", help="Delete model files we downloaded that no model lists."),
+       refresh_models: bool = typer.Option(False, "--refresh-models",
+                                           help="Ask the hub about each unpinned model; fetch the changed ones.")) -> int:
     """Create or converge the container and everything in it."""
     from ..engine import run
     from ..engine.lock import ContainerLock
@@ -134,7 +137,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
     conn = run.connect(loaded.config)
     try:
         if plan_only or not yes:
-            report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
+            report = run.plan(loaded, conn, allow_restart=restart, only=_only(only), prune=prune,
+                              refresh_models=refresh_models)
             if plan_only or not report.planned or not out.json_mode:
                 out.plan(report, loaded)
             if plan_only or not report.planned:
@@ -149,7 +153,8 @@ def up(file: Path = typer.Argument(..., help="The host file (YAML), or an invent
         with lock, out.progress() as progress:
             locked = clock.since_start()
             report = run.up(loaded, conn, allow_restart=restart, status=progress.status, log=out.log_line,
-                            on_change=progress.done, only=_only(only), lock=lock)
+                            on_change=progress.done, only=_only(only), lock=lock,
+                            prune=prune, refresh_models=refresh_models)
         report.timings.update(startup=started, lock=locked - started)  # lock: with the overlapped preparation
     finally:
         conn.close()
@@ -164,7 +169,10 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an 
              exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when changes are pending."),
              restart: bool = typer.Option(False, "--restart", help="Plan with permission to restart."),
              only: Optional[str] = typer.Option(None, "--only", help="Comma list of steps to plan."),
-             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once.")) -> int:
+             workers: int = typer.Option(8, "--workers", min=1, help="Inventory: hosts handled at once."),
+             prune: bool = typer.Option(False, "--prune", help="Plan deleting model files no model lists."),
+             refresh_models: bool = typer.Option(False, "--refresh-models",
+                                                 help="Ask the hub about each unpinned model.")) -> int:
     """Show what `up` would change."""
     from ..engine import run
 
@@ -176,7 +184,8 @@ def plan_cmd(file: Path = typer.Argument(..., help="The host file (YAML), or an 
     loaded = _load(out, file)
     conn = run.connect(loaded.config)
     try:
-        report = run.plan(loaded, conn, allow_restart=restart, only=_only(only))
+        report = run.plan(loaded, conn, allow_restart=restart, only=_only(only), prune=prune,
+                          refresh_models=refresh_models)
     finally:
         conn.close()
     out.plan(report, loaded)

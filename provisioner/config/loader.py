@@ -167,10 +167,79 @@ def _error_for(err: dict, file: str, lines: dict[KeyPath, int]) -> ConfigError:
 UNQUANTIZED_CACHE = ("f16", "bf16", "f32")
 
 
-def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int]) -> list[ConfigError]:
+def _model_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int], listed: bool) -> list[ConfigError]:
+    """The model list: unique aliases and files, one models directory, the slot mapping, the
+    32K context floor of every model a Claude Code slot uses, and what router mode can start."""
+    from .models import SLOTS, by_alias, claude_code_models, claude_slots, models_max, serving
+
+    def where(i: int, key: str) -> tuple[str, int | None]:
+        path: KeyPath = ("models", i, key) if listed else ("model", key)
+        line = lines.get(path) or lines.get(path[:-1]) or lines.get(path[:1])
+        return _dotted(path), line
+
+    errors: list[ConfigError] = []
+    seen: dict[str, int] = {}
+    files: dict[str, int] = {}
+    for i, m in enumerate(cfg.models):
+        if m.model_id in seen:
+            key, line = where(i, "alias")
+            errors.append(ConfigError(f"alias {m.model_id!r} is already used by models[{seen[m.model_id]}]",
+                                      file=file, line=line, key=key, fix="give each model its own alias"))
+        seen.setdefault(m.model_id, i)
+        for name in [m.filename] + ([m.draft.filename] if m.draft else []):
+            other = files.get(name)
+            if other is not None and other != i:
+                key, line = where(i, "file" if m.file else "path")
+                errors.append(ConfigError(f"file name {name} is also used by models[{other}]: both would be the "
+                                          "same file in the models directory", file=file, line=line, key=key,
+                                          fix="use one entry per file, or rename one of the local files"))
+            files.setdefault(name, i)
+        first = cfg.models[0]
+        for attr in ("location", "host_dir", "dir"):
+            if getattr(m, attr) != getattr(first, attr):
+                key, line = where(i, attr)
+                errors.append(ConfigError(f"{attr} {getattr(m, attr)!r} differs from models[0]'s "
+                                          f"{getattr(first, attr)!r}: all models live in one models directory",
+                                          file=file, line=line, key=key,
+                                          fix=f"give every entry the same {attr} (a YAML anchor helps)"))
+    table = by_alias(cfg)
+    slots = cfg.clients.claude_code.models
+    for slot in SLOTS:
+        alias = getattr(slots, slot)
+        if alias is not None and alias not in table:
+            path: KeyPath = ("clients", "claude_code", "models", slot)
+            errors.append(ConfigError(f"{alias!r} is not a model alias here (aliases: {', '.join(table) or 'none'})",
+                                      file=file, line=lines.get(path), key=_dotted(path),
+                                      fix="name one of the aliases under models:"))
+    for m in claude_code_models(cfg):
+        i = cfg.models.index(m)
+        ctx = serving(cfg, m).ctx_size
+        if ctx and ctx < 32768:
+            uses = ", ".join(s for s, a in claude_slots(cfg).items() if a == m.model_id)
+            own = m.ctx_size is not None
+            key, line = where(i, "ctx_size") if own else ("server.ctx_size", lines.get(("server", "ctx_size")))
+            errors.append(ConfigError(
+                f"context is {ctx} tokens but Claude Code is configured (clients.claude_code) and uses "
+                f"{m.model_id} ({uses}): its system prompt alone is ~24K tokens, so it fails at once"
+                if listed else
+                f"context is {ctx} tokens but Claude Code is configured (clients.claude_code): "
+                "its system prompt alone is ~24K tokens, so it fails at once",
+                file=file, line=line, key=key,
+                fix=f"set {key}: 32768 or more (0 = the model's own), or clients.claude_code: false"))
+    preload = [m.model_id for m in cfg.models if m.preload]
+    if len(cfg.models) > 1 and len(preload) > models_max(cfg):
+        # llama-server refuses to start: tools/server/server-models.cpp:849-853 (b11312)
+        errors.append(ConfigError(f"{len(preload)} models have preload: true ({', '.join(preload)}) but only "
+                                  f"{models_max(cfg)} may be loaded at once (server.models_max)",
+                                  file=file, line=lines.get(("server", "models_max")) or lines.get(("models",)),
+                                  key="server.models_max", fix="raise server.models_max or preload fewer models"))
+    return errors
+
+
+def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int], listed: bool = False) -> list[ConfigError]:
     """Rules that span sections; each names the key to change."""
-    errors = []
-    if cfg.clients.claude_code and cfg.server.ctx_size and cfg.server.ctx_size < 32768:
+    errors = _model_checks(cfg, file, lines, listed)
+    if not cfg.models and cfg.clients.claude_code and cfg.server.ctx_size and cfg.server.ctx_size < 32768:
         errors.append(ConfigError(
             f"context is {cfg.server.ctx_size} tokens but Claude Code is configured (clients.claude_code): "
             "its system prompt alone is ~24K tokens, so it fails at once",
@@ -212,10 +281,12 @@ def _secrets(cfg: HostFile) -> list[tuple[str, Secret]]:
              ("proxmox.auth.password", cfg.proxmox.auth.password),
              ("server.api_key", cfg.server.api_key),
              ("gateway.api_key", cfg.gateway.api_key)]
-    if cfg.model:
-        found.append(("model.token", cfg.model.token))
-        if cfg.model.draft:
-            found.append(("model.draft.token", cfg.model.draft.token))
+    listed = len(cfg.models) > 1
+    for i, m in enumerate(cfg.models):
+        where = f"models[{i}]" if listed else "model"
+        found.append((f"{where}.token", m.token))
+        if m.draft:
+            found.append((f"{where}.draft.token", m.draft.token))
     return [(w, s) for w, s in found if s is not None]
 
 
@@ -268,12 +339,16 @@ def compose_text(text: str, file: str = "<string>") -> tuple[dict[str, Any], dic
 
 def validate_data(data: dict[str, Any], lines: dict[KeyPath, int], file: str) -> Loaded:
     """Validate composed host-file data; errors name ``file`` and the line ``lines`` gives each key."""
+    if data.get("model") is not None and data.get("models"):
+        raise ConfigError("give model: (one model) or models: (a list), not both", file=file,
+                          line=lines.get(("models",)), key="models",
+                          fix="move the model: entry into the models: list")
     try:
         cfg = HostFile.model_validate(data)
     except ValidationError as exc:
         unique = _merge_union_errors([_error_for(e, file, lines) for e in exc.errors()])
         raise (unique[0] if len(unique) == 1 else ConfigErrors(unique)) from None
-    cross = _cross_checks(cfg, file, lines)
+    cross = _cross_checks(cfg, file, lines, listed=bool(data.get("models")))
     if cross:
         raise cross[0] if len(cross) == 1 else ConfigErrors(cross)
     return Loaded(path=Path(file), config=cfg, lines=lines, warnings=tuple(_warnings(cfg)))

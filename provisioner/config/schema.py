@@ -317,12 +317,48 @@ class ModelFile(Section):
         return (self.file or self.path or "").rsplit("/", 1)[-1]
 
 
+CacheType = Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"]
+#: names the gateway gives Claude Code's own model slots and families (provisioner/gateway/models.py);
+#: an alias may not take one of them, or the slot mapping could not reach it
+RESERVED_ALIASES = frozenset({"main", "small_fast", "opus", "sonnet", "haiku"})
+
+
 class Model(ModelFile):
+    """One model: its file, its alias (the name clients ask for), and its own serving settings.
+
+    Every serving key left out here takes the value of ``server:`` (so one model keeps working
+    exactly as before); under ``models:`` each entry may override them for itself.
+    """
+
+    #: the name clients and the gateway use (``name`` is the older spelling of the same key)
+    alias: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] | None = None
     name: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] | None = None
     location: Literal["host", "container"] = "host"
     host_dir: str = "/var/lib/provision/models"
     dir: str = "/srv/models"
     draft: ModelFile | None = None
+    # -- serving settings of this model (None: the server: section's) --------------------------
+    ctx_size: Annotated[int, Field(ge=0)] | None = None
+    parallel: Annotated[int, Field(ge=1, le=64)] | None = None
+    ngl: Literal["auto", "all"] | Annotated[int, Field(ge=0)] | None = None
+    fit: bool | None = None
+    flash_attn: Literal["on", "off", "auto"] | None = None
+    cache_type_k: CacheType | None = None
+    cache_type_v: CacheType | None = None
+    reasoning: Literal["on", "off", "auto"] | None = None
+    reasoning_budget: int | None = None
+    override_kv: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+=(int|float|bool|str):[A-Za-z0-9_.-]+$")]] | None = None
+    #: router mode: load this model when llama-server starts instead of at its first request
+    preload: bool = False
+
+    @model_validator(mode="after")
+    def _one_name(self) -> "Model":
+        if self.alias is not None and self.name is not None and self.alias != self.name:
+            raise ValueError("give alias (or its older spelling name), not both")
+        if self.model_id in RESERVED_ALIASES:
+            raise ValueError(f"{self.model_id!r} is one of the names the gateway keeps for Claude Code's slots "
+                             f"({', '.join(sorted(RESERVED_ALIASES))}); choose another alias")
+        return self
 
     @field_validator("host_dir")
     @classmethod
@@ -336,7 +372,7 @@ class Model(ModelFile):
 
     @property
     def model_id(self) -> str:
-        return self.name or self.filename.removesuffix(".gguf")
+        return self.alias or self.name or self.filename.removesuffix(".gguf")
 
 
 class Server(Section):
@@ -349,8 +385,8 @@ class Server(Section):
     #: ``slot_layout``); 0 = one slot only. Used when parallel is 1 and ctx_size is set.
     background_slot: Annotated[int, Field(ge=0, le=262144)] = 4096
     flash_attn: Literal["on", "off", "auto"] = "auto"
-    cache_type_k: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
-    cache_type_v: Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "bf16", "f32"] = "q8_0"
+    cache_type_k: CacheType = "q8_0"
+    cache_type_v: CacheType = "q8_0"
     ngl: Literal["auto", "all"] | Annotated[int, Field(ge=0)] = "auto"
     fit: bool = True
     metrics: bool = True
@@ -361,6 +397,9 @@ class Server(Section):
     override_kv: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+=(int|float|bool|str):[A-Za-z0-9_.-]+$")]] = []
     extra_args: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:=,/+-]+$")]] = []
     health_timeout: Annotated[float, Field(gt=0)] = 600.0
+    #: several models (router mode): how many may be loaded at once (llama-server --models-max);
+    #: default: all of them. The VRAM check sums the largest this many.
+    models_max: Annotated[int, Field(ge=1, le=64)] | None = None
 
 
 class Gateway(Section):
@@ -372,14 +411,40 @@ class Gateway(Section):
     model_aliases: dict[str, str] = {}
 
 
+class ClaudeCodeSlots(Section):
+    """Which model serves which of Claude Code's jobs (aliases from ``models:``)."""
+
+    #: its main model (ANTHROPIC_MODEL, and the opus/sonnet names); default: the first model
+    main: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] | None = None
+    #: background work: titles, summaries, ... (ANTHROPIC_DEFAULT_HAIKU_MODEL / ANTHROPIC_SMALL_FAST_MODEL);
+    #: default: the main model
+    small_fast: Annotated[str, Field(pattern=SAFE_NAME_RE.pattern)] | None = None
+
+
+class ClaudeCodeClient(Section):
+    """``clients.claude_code``: ``true``/``false``, or this mapping (``enabled`` + the slot mapping)."""
+
+    enabled: bool = True
+    models: ClaudeCodeSlots = ClaudeCodeSlots()
+
+    def __bool__(self) -> bool:  # `if cfg.clients.claude_code:` keeps meaning "Claude Code is configured"
+        return self.enabled
+
+
 class Clients(Section):
-    claude_code: bool = True
+    #: ``true``/``false`` (the older form) or the mapping; always a ClaudeCodeClient once validated
+    claude_code: ClaudeCodeClient | bool = ClaudeCodeClient()
     pi: bool = False
     claude_code_router: bool = False
     base_url: str | None = None  # how clients reach the gateway; default http://<ct-ip>:<port>
     output_dir: str = "~/.config/provision/clients"
 
     _output_dir = field_validator("output_dir")(lambda v: local_path(v))
+
+    @field_validator("claude_code", mode="before")
+    @classmethod
+    def _claude_code_bool(cls, v: object) -> object:
+        return {"enabled": v} if isinstance(v, bool) else v
 
 
 class HostDriver(Section):
@@ -416,11 +481,31 @@ class HostFile(Section):
     driver: Driver = Driver()
     cuda: Cuda = Cuda()
     llama_cpp: LlamaCpp = LlamaCpp()
+    #: one model (the older form: a list of one)
     model: Model | None = None
+    #: several models behind one endpoint (llama-server's router mode); the first is the default
+    models: Annotated[list[Model], Field(max_length=64)] = []
     server: Server = Server()
     gateway: Gateway = Gateway()
     clients: Clients = Clients()
     host: HostSection = HostSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_or_models(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("model") is not None and data.get("models"):
+            raise ValueError("give model: (one model) or models: (a list), not both")
+        return data
+
+    @model_validator(mode="after")
+    def _one_list(self) -> "HostFile":
+        """``models`` is always the full list and ``model`` its first entry (code that serves one model
+        reads ``model``; code that serves them all iterates ``models``)."""
+        if self.models:
+            object.__setattr__(self, "model", self.models[0])
+        elif self.model is not None:
+            object.__setattr__(self, "models", [self.model])
+        return self
 
     @model_validator(mode="after")
     def _auto_node(self) -> "HostFile":

@@ -21,6 +21,7 @@ from .context import DoctorContext
 from .facts import Hashed, ServerProbe, Vram
 from .findings import Evidence, Finding, fail, ok, warn
 from .gguf import CACHE_BYTES, kv_cache_bytes, read_metadata, shape_from_metadata
+from ..config.models import claude_code_models, claude_slots, models_max, router_mode, serving
 
 CLAUDE_CODE_MIN_CTX = 32768
 MIB = 1024 * 1024
@@ -184,6 +185,8 @@ def slot_context(d: DoctorContext) -> tuple[int | None, str]:
 def check_context(d: DoctorContext) -> list[Finding]:
     if d.cfg.model is None or not d.cfg.clients.claude_code or d.plan is None or not d.access.ssh_ok:
         return []
+    if router_mode(d.cfg):
+        return []  # check_models: each model a Claude Code slot uses
     n, source = slot_context(d)
     ev = Evidence(d.in_ct(f"curl -s http://127.0.0.1:{d.cfg.server.port}/props") if "props" in source
                   else "host file: server.ctx_size, server.parallel", f"context per slot: {n} (from {source})")
@@ -219,6 +222,8 @@ def estimate(d: DoctorContext) -> tuple[int, int, int] | None:
 def check_vram(d: DoctorContext) -> list[Finding]:
     if d.cfg.model is None or d.plan is None or not d.cfg.gpu.enabled or not d.ct_facts:
         return []
+    if router_mode(d.cfg):
+        return []  # check_models sums what can be resident at once
     vram: list[Vram] = d.fact("doctor.vram") or []
     est = estimate(d)
     if not vram or est is None:
@@ -377,5 +382,73 @@ def check_tools(d: DoctorContext) -> list[Finding]:
                  detail=NO_TOOLS.removeprefix("warning: "))]
 
 
-CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_tools, check_vram, check_ports,
+def check_models(d: DoctorContext) -> list[Finding]:
+    """Several models (router mode): every model's files, the context of each model a Claude Code
+    slot uses, and what can be resident at once (the models_max largest) against the GPUs' memory."""
+    from ..facts.services import model_roles
+    from ..operations.vram import budget
+
+    cfg = d.cfg
+    if not router_mode(cfg) or d.plan is None or not d.access.ssh_ok:
+        return []
+    out: list[Finding] = []
+    mf = _model_facts(d)
+    probe: ServerProbe | None = d.fact("doctor.server")
+    base = cfg.model.host_dir if cfg.model.location == "host" else cfg.model.dir
+    missing = [f"{base}/{spec.filename} ({m.model_id})" for role, m, spec in model_roles(cfg)
+               if not (mf and role in mf.files)]
+    unreadable = [f"{spec.filename} ({m.model_id})" for role, m, spec in model_roles(cfg)
+                  if probe and probe.readable.get(role) is False]
+    ev = Evidence((d.on_host if cfg.model.location == "host" else d.in_ct)(f"ls -l {base}"),
+                  "\n".join(f"{m.model_id}: {spec.filename} " + (f"{mf.files[role].size} bytes" if mf and role in
+                                                                 mf.files else "missing")
+                            for role, m, spec in model_roles(cfg)))
+    if missing:
+        out.append(fail("services.models", f"model files missing: {', '.join(missing)}", ev,
+                        fix="`provision up FILE` downloads (or pushes) them"))
+    elif unreadable:
+        out.append(fail("services.models", f"{LLAMA_USER} cannot read {', '.join(unreadable)} in the container", ev,
+                        fix="make the files readable by others (chmod a+r, a+x on the directories)"))
+    else:
+        out.append(ok("services.models", f"{len(cfg.models)} models, every file present", ev))
+    if cfg.clients.claude_code:
+        small = []
+        for m in claude_code_models(cfg):
+            v = serving(cfg, m)
+            shape = None
+            if mf:
+                from ..operations.vram import shape_of
+
+                shape = shape_of(mf.files.get(next(r for r, e, sp in model_roles(cfg) if sp is m)))
+            total = v.ctx_size or (shape.n_ctx_train if shape and shape.n_ctx_train else 0)
+            per_slot = total // v.parallel if total else None
+            if per_slot is not None and per_slot < CLAUDE_CODE_MIN_CTX:
+                small.append(f"{m.model_id}: {per_slot}")
+        slots = ", ".join(f"{k} → {a}" for k, a in claude_slots(cfg).items())
+        ev2 = Evidence("host file: models[].ctx_size / parallel, server.*", f"Claude Code slots: {slots}")
+        out.append(fail("services.context", f"context per slot below {CLAUDE_CODE_MIN_CTX}: {'; '.join(small)}", ev2,
+                        fix="raise that model's ctx_size (and override_kv for a model trained shorter)")
+                   if small else ok("services.context", f"every model Claude Code uses has ≥ {CLAUDE_CODE_MIN_CTX} "
+                                                        f"tokens per slot ({slots})", ev2))
+    vram: list[Vram] = d.fact("doctor.vram") or []
+    if cfg.gpu.enabled and vram and mf:
+        total = sum(v.total_mib for v in vram)
+        b = budget(cfg, mf, total)
+        ev3 = Evidence(d.on_host("nvidia-smi --query-gpu=memory.total,memory.used,memory.free --format=csv"),
+                       "\n".join(f"GPU {v.index}: total {v.total_mib} MiB, used {v.used_mib}, free {v.free_mib}"
+                                 for v in vram) + "\n" + b.figures())
+        if not b.resident:
+            pass
+        elif b.fits:
+            out.append(ok("services.vram", f"{len(b.resident)} of {len(cfg.models)} models at once "
+                                           f"≈ {b.need_mib:.0f} MiB fit in {total} MiB", ev3))
+        else:
+            out.append(fail("services.vram", f"the {models_max(cfg)} largest models at once need ≈ {b.need_mib:.0f} "
+                                             f"MiB > {total} MiB; does not fit: {', '.join(b.over())}", ev3,
+                            fix="lower server.models_max, a model's ctx_size or cache types, or quantise smaller",
+                            detail="an estimate: compute buffers add a few hundred MiB per model"))
+    return out
+
+
+CHECKS = [check_units, check_llama_health, check_model_file, check_context, check_tools, check_vram, check_models, check_ports,
           check_gateway]

@@ -23,6 +23,8 @@ class PlanContext:
     notes: list[str] = field(default_factory=list)
     #: set by `up --restart`: allowed to restart the container to apply pending keys
     allow_restart: bool = False
+    #: set by `up --prune`: delete model files we downloaded that no model lists any more
+    prune: bool = False
 
     @property
     def vmid(self) -> int | None:

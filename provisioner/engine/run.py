@@ -106,14 +106,18 @@ def step_facts(steps: list[Step]) -> list[Fact[Any]]:
 
 
 def gather_facts(cfg: HostFile, conn: Connections, steps: list[Step], *, allow_restart: bool = False,
-                 vmid_hint: int | None = None) -> PlanContext:
+                 vmid_hint: int | None = None, prune: bool = False, refresh_models: bool = False) -> PlanContext:
     vmid = cfg.container.vmid if isinstance(cfg.container.vmid, int) else vmid_hint
     pfacts = gather_pve(conn.pve, vmid=vmid, hostname=cfg.container.hostname)
     conn.pve.schema_version = pfacts.version if pfacts.version in ("8.4", "9.1") else _nearest(pfacts.version)
     running = bool(pfacts.ct and pfacts.ct.running)
     facts = gather(conn.ssh, step_facts(steps), vmid=pfacts.ct.vmid if pfacts.ct else None, ct_running=running)
+    if refresh_models:  # the hub's answer for each unpinned model is a fact too (operations/model_refresh.py)
+        from ..operations.model_refresh import upstream_revisions
+
+        facts["model.upstream"] = upstream_revisions(cfg)
     return PlanContext(cfg=cfg, pve=pfacts, facts=facts, root_path=root_path(cfg), allow_restart=allow_restart,
-                       notes=list(conn.notes))
+                       notes=list(conn.notes), prune=prune)
 
 
 def _nearest(version: str) -> str:
@@ -128,7 +132,8 @@ def _nearest(version: str) -> str:
 def _refresh(cfg: HostFile, conn: Connections, steps: list[Step], ctx: PlanContext, allow_restart: bool,
              state: dict[str, Any]) -> PlanContext:
     """Facts again after a change that asked for it; notes carry over."""
-    fresh = gather_facts(cfg, conn, steps, allow_restart=allow_restart, vmid_hint=state.get("vmid") or ctx.vmid)
+    fresh = gather_facts(cfg, conn, steps, allow_restart=allow_restart, vmid_hint=state.get("vmid") or ctx.vmid,
+                         prune=ctx.prune)
     fresh.notes = ctx.notes
     return fresh
 
@@ -173,12 +178,12 @@ def prepare(loaded: Loaded, conn: Connections, only: list[str] | None = None) ->
 
 
 def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
-         only: list[str] | None = None) -> Report:
+         only: list[str] | None = None, prune: bool = False, refresh_models: bool = False) -> Report:
     """Every change `up` would make now, without making any."""
     t0 = time.monotonic()
     cfg = loaded.config
     steps = select_steps(cfg, only)
-    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
+    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart, prune=prune, refresh_models=refresh_models)
     report = Report()
     try:
         preflight.check(conn.pve, ctx, authid(cfg))
@@ -202,7 +207,8 @@ def plan(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
 def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
        status: Callable[[str], None] = lambda m: None, log: Callable[[str], None] = lambda ln: None,
        on_change: Callable[[Change, float], None] = lambda c, s: None,
-       only: list[str] | None = None, lock: Any = None) -> Report:
+       only: list[str] | None = None, lock: Any = None, prune: bool = False,
+       refresh_models: bool = False) -> Report:
     """Converge: plan each step with fresh-enough facts and apply its changes.
 
     ``lock`` is the container's run lock (engine/lock.py ``ContainerLock``), held by the caller;
@@ -212,7 +218,7 @@ def up(loaded: Loaded, conn: Connections, *, allow_restart: bool = False,
     cfg = loaded.config
     steps = select_steps(cfg, only)
     report = Report()
-    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart)
+    ctx = gather_facts(cfg, conn, steps, allow_restart=allow_restart, prune=prune, refresh_models=refresh_models)
     preflight.check(conn.pve, ctx, authid(cfg))  # before any change: every privilege this run needs
     state: dict[str, Any] = {"lock": lock} if lock is not None else {}
     for step in steps:

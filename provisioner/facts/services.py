@@ -16,7 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.schema import HostFile
+from ..config.models import router_mode
+from ..config.schema import HostFile, Model, ModelFile
 from .base import Fact
 
 # -- where things live in the container ---------------------------------------------------------
@@ -26,6 +27,8 @@ CONF_DIR = "/etc/provision"
 SERVER_KEY = f"{CONF_DIR}/llama-server.key"
 GATEWAY_KEY = f"{CONF_DIR}/gateway.key"
 GATEWAY_CONF = f"{CONF_DIR}/gateway.json"
+#: router mode (several models): llama-server's --models-preset INI (templates/systemd/llama-models.ini.j2)
+MODELS_PRESET = f"{CONF_DIR}/llama-models.ini"
 UNIT_DIR = "/etc/systemd/system"
 LLAMA_UNIT = "llama-server"
 GATEWAY_UNIT = "provision-gateway"
@@ -37,6 +40,10 @@ GATEWAY_INSTALLED = f"{GATEWAY_ROOT}/installed.json"
 LLAMA_USER = "llama"
 GATEWAY_USER = "provision-gw"
 SIDECAR_SUFFIX = ".provision.json"
+#: what the model step read from a GGUF's header once (layers, heads, training context): the VRAM check's input
+SHAPE_SUFFIX = ".provision-shape.json"
+#: router mode: what the running router was last reconciled with (the preset and each model's files)
+MODELS_RELOAD = "llama-server.models"
 
 
 def unit_path(name: str) -> str:
@@ -48,24 +55,63 @@ def recorded_path(unit: str) -> str:
     return f"{STATE_DIR}/{unit}.inputs"
 
 
+def model_roles(cfg: HostFile) -> list[tuple[str, Model, ModelFile]]:
+    """(role, entry, file) for every model file: each entry's file and its draft's.
+
+    The first entry's roles are ``model`` and ``draft`` (what one model always had); the others'
+    are ``model.<alias>`` and ``draft.<alias>``.
+    """
+    out: list[tuple[str, Model, ModelFile]] = []
+    for i, m in enumerate(cfg.models):
+        tail = "" if i == 0 else f".{m.model_id}"
+        out.append((f"model{tail}", m, m))
+        if m.draft is not None:
+            out.append((f"draft{tail}", m, m.draft))
+    return out
+
+
 def model_paths(cfg: HostFile, base: str) -> dict[str, str]:
-    """role ("model", "draft") -> the file's path under ``base``."""
-    if cfg.model is None:
-        return {}
-    out = {"model": f"{base}/{cfg.model.filename}"}
-    if cfg.model.draft is not None:
-        out["draft"] = f"{base}/{cfg.model.draft.filename}"
+    """role ("model", "draft", "model.<alias>", ...) -> the file's path under ``base``."""
+    return {role: f"{base}/{spec.filename}" for role, _, spec in model_roles(cfg)}
+
+
+def entry_paths(cfg: HostFile, m: Model, base: str) -> dict[str, str]:
+    """"model" / "draft" -> the paths of one entry's files under ``base``."""
+    out = {"model": f"{base}/{m.filename}"}
+    if m.draft is not None:
+        out["draft"] = f"{base}/{m.draft.filename}"
     return out
 
 
 def service_inputs(cfg: HostFile) -> dict[str, list[str]]:
-    """unit -> the files whose content makes the running service what it is."""
+    """unit -> the files whose content makes the running service what it is (a change restarts it).
+
+    In router mode the preset and the model files are not among them: the router takes a new
+    preset with a reload that leaves the unchanged models' processes running (see reload_inputs).
+    """
     ct_models = model_paths(cfg, cfg.model.dir) if cfg.model else {}
     sidecars = [p + SIDECAR_SUFFIX for p in ct_models.values()]
-    out = {LLAMA_UNIT: [unit_path(LLAMA_UNIT), SERVER_KEY, *sidecars]}
+    llama = [unit_path(LLAMA_UNIT), SERVER_KEY] + ([] if router_mode(cfg) else sidecars)
+    out = {LLAMA_UNIT: llama}
     if cfg.gateway.enabled:
         out[GATEWAY_UNIT] = [unit_path(GATEWAY_UNIT), GATEWAY_CONF, GATEWAY_KEY, SERVER_KEY, GATEWAY_INSTALLED]
     return out
+
+
+def reload_inputs(cfg: HostFile) -> dict[str, list[str]]:
+    """Router mode: alias -> the files (sidecars) of that model; a change unloads just that model."""
+    if not router_mode(cfg):
+        return {}
+    return {m.model_id: [p + SIDECAR_SUFFIX for p in entry_paths(cfg, m, m.dir).values()] for m in cfg.models}
+
+
+def reload_snippet(cfg: HostFile) -> str:
+    """Shell printing ``<alias> <digest>`` per model and ``preset <digest>``: what a reload reconciles."""
+    lines = [f"echo \"preset $(sha256sum {MODELS_PRESET} 2>/dev/null | cut -c1-64)\""]
+    for alias, files in reload_inputs(cfg).items():
+        lines.append(f"echo \"{alias} $(sha256sum {' '.join(shlex.quote(f) for f in files)} 2>/dev/null "
+                     f"| sha256sum | cut -c1-64)\"")
+    return "; ".join(lines)
 
 
 def inputs_snippet(unit: str, files: list[str]) -> str:
@@ -84,6 +130,8 @@ class FileState:
     mtime: int
     #: the sidecar ``<file>.provision.json`` (size, mtime, sha256, source), if readable
     sidecar: dict[str, Any] | None = None
+    #: ``<file>.provision-shape.json``: the GGUF header's numbers (doctor/gguf.py ModelShape fields)
+    shape: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +142,9 @@ class ModelFacts:
     dir_exists: bool = False
     #: read through `pct mount`: the directory leads out of the container's root (a symlink)
     outside: bool = False
+    #: file name -> size of every GGUF in the directory that carries our sidecar (we downloaded or
+    #: pushed it): what ``up --prune`` may delete when no model lists it any more
+    ours: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,6 +162,9 @@ class ServiceFacts:
     recorded: dict[str, str] = field(default_factory=dict)
     #: the inputs digest now: unit -> digest
     inputs: dict[str, str] = field(default_factory=dict)
+    #: router mode: "preset" / alias -> digest now, and as the running router last took them
+    reload_now: dict[str, str] = field(default_factory=dict)
+    reload_was: dict[str, str] = field(default_factory=dict)
     #: HTTP status of each /health ("llama", "gateway"); 0 = no answer
     health: dict[str, int] = field(default_factory=dict)
     gateway_installed: dict[str, Any] = field(default_factory=dict)
@@ -157,15 +211,23 @@ def model_command(cfg: HostFile, base: str, *, rooted: bool = False) -> str:
     for role, path in model_paths(cfg, base).items():
         q = shlex.quote(path)
         side = shlex.quote(path + SIDECAR_SUFFIX)
+        shape = shlex.quote(path + SHAPE_SUFFIX)
         lines.append(f"if {guard(q)}[ -f {r}{q} ]; then echo \"file {role} $(stat -c '%s %Y' {r}{q})\"; "
                      f"{guard(side)}[ -f {r}{side} ] && echo \"sidecar {role} $(head -c 4096 {r}{side} | "
+                     f"tr -d '\\n')\"; "
+                     f"{guard(shape)}[ -f {r}{shape} ] && echo \"shape {role} $(head -c 2048 {r}{shape} | "
                      f"tr -d '\\n')\"; fi")
+    in_root = 'inroot "$s" && inroot "$f" && ' if rooted else ""
+    lines.append(f'for s in "$d"/*.gguf{SIDECAR_SUFFIX}; do [ -f "$s" ] || continue; f="${{s%{SIDECAR_SUFFIX}}}"; '
+                 f'{in_root}[ -f "$f" ] && echo "ours $(stat -c %s "$f") ${{f##*/}}"; done')
     return "\n".join(lines)
 
 
 def parse_model(output: str, code: int) -> ModelFacts:
     sizes: dict[str, tuple[int, int]] = {}
     sidecars: dict[str, dict[str, Any]] = {}
+    shapes: dict[str, dict[str, Any]] = {}
+    ours: dict[str, int] = {}
     avail: int | None = None
     exists = False
     for line in output.splitlines():
@@ -178,16 +240,21 @@ def parse_model(output: str, code: int) -> ModelFacts:
             role, size, mtime = (rest.split() + ["", "", ""])[:3]
             if size.isdigit() and mtime.isdigit():
                 sizes[role] = (int(size), int(mtime))
-        elif kind == "sidecar":
+        elif kind in ("sidecar", "shape"):
             role, _, text = rest.partition(" ")
             try:
                 data = json.loads(text)
             except ValueError:
                 continue
             if isinstance(data, dict):
-                sidecars[role] = data
-    files = {r: FileState(s, m, sidecars.get(r)) for r, (s, m) in sizes.items()}
-    return ModelFacts(files=files, avail=avail, dir_exists=exists, outside="outside" in output.split())
+                (sidecars if kind == "sidecar" else shapes)[role] = data
+        elif kind == "ours":
+            size, _, name = rest.partition(" ")
+            if size.isdigit() and name:
+                ours[name] = int(size)
+    files = {r: FileState(s, m, sidecars.get(r), shapes.get(r)) for r, (s, m) in sizes.items()}
+    return ModelFacts(files=files, avail=avail, dir_exists=exists, ours=ours,
+                      outside="outside" in output.split())
 
 
 def model_facts(cfg: HostFile) -> list[Fact[Any]]:
@@ -208,7 +275,7 @@ def _health(url: str, name: str) -> str:
 
 
 def services_command(cfg: HostFile) -> str:
-    managed = [unit_path(LLAMA_UNIT), unit_path(GATEWAY_UNIT), GATEWAY_CONF, SERVER_KEY, GATEWAY_KEY]
+    managed = [unit_path(LLAMA_UNIT), unit_path(GATEWAY_UNIT), GATEWAY_CONF, SERVER_KEY, GATEWAY_KEY, MODELS_PRESET]
     lines = [f"for f in {' '.join(managed)}; do [ -f \"$f\" ] && echo \"file $f $(sha256sum < \"$f\" | cut -c1-64)\"; done",
              (f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do echo \"unit $u $(systemctl is-active $u.service 2>/dev/null"
              f" | head -1) $(systemctl is-enabled $u.service 2>/dev/null | head -1 || echo not-found)\"; done"),
@@ -222,6 +289,9 @@ def services_command(cfg: HostFile) -> str:
              "echo \"ip $(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4,a,\"/\"); print a[1]; exit}')\""]
     for unit, files in service_inputs(cfg).items():
         lines.append(f"echo \"inputs {unit} $({inputs_snippet(unit, files)})\"")
+    if router_mode(cfg):
+        lines.append(f"{{ {reload_snippet(cfg)}; }} | sed 's/^/reload-now /'")
+        lines.append(f"[ -f {STATE_DIR}/{MODELS_RELOAD} ] && sed 's/^/reload-was /' {STATE_DIR}/{MODELS_RELOAD}")
     local = lambda host: "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     lines.append(_health(f"http://{local(cfg.server.host)}:{cfg.server.port}/health", "llama"))
     if cfg.gateway.enabled:
@@ -239,6 +309,8 @@ def parse_services(output: str, code: int) -> ServiceFacts:
     installed: dict[str, Any] = {}
     users: set[str] = set()
     groups: dict[str, frozenset[int]] = {}
+    reload_now: dict[str, str] = {}
+    reload_was: dict[str, str] = {}
     systemd, pending, curl, ip = 0, False, False, None
     for line in output.splitlines():
         kind, _, rest = line.partition(" ")
@@ -272,10 +344,13 @@ def parse_services(output: str, code: int) -> ServiceFacts:
             curl = True
         elif kind == "ip" and words:
             ip = words[0]
+        elif kind in ("reload-now", "reload-was") and len(words) == 2:
+            (reload_now if kind == "reload-now" else reload_was)[words[0]] = words[1]
     return ServiceFacts(files=files, units=units, recorded={k: str(v) for k, v in recorded.items()},
                         inputs=inputs, health=health, gateway_installed=installed, users=frozenset(users),
                         user_groups=groups,
-                        systemd_version=systemd, verify_pending=pending, have_curl=curl, ip=ip)
+                        systemd_version=systemd, verify_pending=pending, have_curl=curl, ip=ip,
+                        reload_now=reload_now, reload_was=reload_was)
 
 
 def services_facts(cfg: HostFile) -> list[Fact[Any]]:

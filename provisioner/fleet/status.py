@@ -59,10 +59,10 @@ def gateway_models(cfg: Any) -> list[str]:
     import json
 
     from ..gateway.config import settings_from_mapping
-    from ..gateway.models import ModelMap
+    from ..gateway.models import ModelTable
     from ..operations.units import gateway_config
 
-    return ModelMap.from_settings(settings_from_mapping(json.loads(gateway_config(cfg)))).describe()
+    return ModelTable.from_settings(settings_from_mapping(json.loads(gateway_config(cfg)))).describe()
 
 
 def gateway_line(ctx: PlanContext) -> str | None:

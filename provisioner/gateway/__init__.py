@@ -11,7 +11,8 @@ map to which upstream model: the one place), ``translate_request`` + ``translate
 ``translate_response`` (non-streaming), ``upstream`` + ``upstream_errors`` (the
 upstream client; the one place its failures are mapped), ``stream_serve`` +
 ``sse_channel`` (streaming, pings, disconnects), ``messages_translate`` /
-``messages_native`` (the two modes), ``app`` (routes, auth, errors), ``access_log``,
+``messages_native`` (the two modes), ``models`` (which upstream model a name reaches: aliases,
+Claude Code's slots, ``/v1/models``), ``app`` (routes, auth, errors), ``access_log``,
 ``metrics`` (``/metrics``, Prometheus text format),
 ``sanitize`` (billing header, fields backends reject), ``documents`` + ``pdf_text``
 (document blocks → text, before either mode), ``__main__`` (the ``provision-gateway``

@@ -52,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{help_text} (default: {str(default).lower()})")
         elif f.type == "Mapping[str, str]":
-            parser.add_argument("--alias", *flags, dest=f.name, action="append", default=None,
-                                metavar="NAME=MODEL", help=f"{help_text}; repeatable")
+            extra = ["--alias"] if f.name == "model_aliases" else []  # the short form kept from before
+            parser.add_argument(*extra, *flags, dest=f.name, action="append", default=None,
+                                metavar="SLOT=NAME" if f.name == "claude_slots" else "NAME=MODEL",
+                                help=f"{help_text}; repeatable")
         else:
             parser.add_argument(*flags, dest=f.name, type=_TYPES[f.type], default=None,
                                 metavar=_metavar(f.name, f.type),
@@ -64,12 +66,14 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> tuple[str | None, dict[str, Any]]:
     """The config file path and the keys given as flags."""
     args = vars(_parser().parse_args(argv))
-    overrides = {k: v for k, v in args.items() if k not in ("config", "model_aliases") and v is not None}
-    if args["model_aliases"]:
-        pairs = [a.split("=", 1) for a in args["model_aliases"]]
-        if any(len(p) != 2 for p in pairs):
-            raise ConfigError("expected NAME=MODEL", key="--alias")
-        overrides["model_aliases"] = dict(pairs)
+    mappings = [f.name for f in dataclasses.fields(GatewaySettings) if f.type == "Mapping[str, str]"]
+    overrides = {k: v for k, v in args.items() if k != "config" and k not in mappings and v is not None}
+    for key in mappings:
+        if args[key]:
+            pairs = [a.split("=", 1) for a in args[key]]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError("expected NAME=VALUE", key="--" + key.replace("_", "-"))
+            overrides[key] = dict(pairs)
     return args["config"], overrides
 
 

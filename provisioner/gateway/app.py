@@ -4,7 +4,7 @@ Routes (``?beta=true`` and other query strings are ignored):
 
 - ``POST /v1/messages``                 streaming and not; translate or native mode
 - ``POST /v1/messages/count_tokens``    the backend's tokenizer on the templated prompt
-- ``GET  /v1/models``, ``/v1/models/{id}``  Anthropic list shape
+- ``GET  /v1/models``, ``/v1/models/{id}``  Anthropic and OpenAI list shapes (gateway/models.py)
 - ``GET  /health``                      gateway and upstream health, no key needed
 - ``GET  /metrics``                     Prometheus text format (no key with ``metrics_public``)
 - ``GET|HEAD /``                        liveness, no key needed
@@ -30,7 +30,7 @@ from provisioner.gateway.documents import DocumentReader
 from provisioner.gateway.ids import new_id
 from provisioner.gateway.jsonfast import dumps, loads
 from provisioner.gateway.metrics import CONTENT_TYPE, Metrics
-from provisioner.gateway.models import ModelMap
+from provisioner.gateway.models import ModelTable
 from provisioner.gateway.state import RECORD, STATE, GatewayState, record_of, state_of
 from provisioner.gateway.translate_request import translate_request
 from provisioner.gateway.upstream import Upstream
@@ -121,9 +121,10 @@ def _resolve_model(request: web.Request, body: object) -> str:
     model = body.get("model") if isinstance(body, dict) else None
     if not isinstance(model, str):
         raise invalid_request("model: field required" if model is None else "model: expected a string")
-    upstream_model = state_of(request).models.resolve(model)
+    table = state_of(request).models
+    upstream_model = table.resolve(model)
     if upstream_model is None:
-        raise not_found(f"model: {model}")
+        raise table.not_found(model)
     record_of(request).model = model
     record_of(request).upstream_model = upstream_model
     return upstream_model
@@ -146,29 +147,27 @@ async def count_tokens(request: web.Request) -> web.Response:
     body = await state_of(request).documents.inline(await _read_body(request))
     upstream_model = _resolve_model(request, body)
     payload = translate_request(body, upstream_model=upstream_model, count_only=True).payload
-    template_input = {k: payload[k] for k in ("messages", "tools", "tool_choice", "chat_template_kwargs")
+    # "model" routes both calls in router mode (tools/server/server.cpp:230-232 proxy them by it);
+    # a single-model server ignores it
+    template_input = {k: payload[k] for k in ("model", "messages", "tools", "tool_choice", "chat_template_kwargs")
                       if k in payload}
     upstream = state_of(request).upstream
     templated = await upstream.request_json("POST", "/apply-template", template_input)
     prompt = templated.get("prompt") if isinstance(templated, dict) else None
     if not isinstance(prompt, str):
         raise ApiError(502, "api_error", "the model server's /apply-template returned no prompt")
-    tokens = await upstream.request_json("POST", "/tokenize", {"content": prompt, "add_special": True})
+    tokens = await upstream.request_json("POST", "/tokenize", {"model": upstream_model, "content": prompt,
+                                                               "add_special": True})
     if not isinstance(tokens, dict) or not isinstance(tokens.get("tokens"), list):
         raise ApiError(502, "api_error", "the model server's /tokenize returned no tokens")
     record_of(request).input_tokens = len(tokens["tokens"])
     return _json({"input_tokens": len(tokens["tokens"])}, request_id=record_of(request).request_id)
 
 
-def _model_entries(state: GatewayState) -> list[dict]:
-    return [{"type": "model", "id": name, "display_name": name, "created_at": state.created_at}
-            for name in state.models.listed()]
-
-
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models`` in Anthropic's list shape."""
-    data = _model_entries(state_of(request))
-    return _json({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+    """``GET /v1/models``: every served name, in Anthropic's and OpenAI's shape at once."""
+    state = state_of(request)
+    return _json(state.models.page(state.created_at))
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -176,8 +175,9 @@ async def get_model(request: web.Request) -> web.Response:
     state = state_of(request)
     name = request.match_info["model_id"]
     if state.models.resolve(name) is None:
-        raise not_found(f"model: {name}")
-    return _json({"type": "model", "id": name, "display_name": name, "created_at": state.created_at})
+        raise state.models.not_found(name)
+    return _json({"type": "model", "id": name, "display_name": name, "created_at": state.created_at,
+                  "object": "model", "owned_by": "provision"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -212,7 +212,7 @@ def build_app(settings: GatewaySettings) -> web.Application:
     gauges = Metrics()
     state = GatewayState(settings=settings, upstream=Upstream(settings, api_key=upstream_key, metrics=gauges),
                          api_key=api_key.encode() if api_key else None, metrics=gauges,
-                         models=ModelMap.from_settings(settings),
+                         models=ModelTable.from_settings(settings),
                          open_paths=OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set()),
                          created_at=created.isoformat().replace("+00:00", "Z"),
                          documents=DocumentReader(fetch_urls=settings.fetch_document_urls,

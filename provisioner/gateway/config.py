@@ -53,8 +53,13 @@ class GatewaySettings:
     upstream_api_key_file: str | None = _setting(None, "file with the key sent to the upstream (Bearer)")
     local_model_id: str | None = _setting(None, "the upstream's model id (provision writes the host file's "
                                           "model alias); null: ask the upstream's /v1/models")
+    models: Mapping[str, str] = _setting({}, "several models: served name -> upstream model id (empty: just "
+                                         "local_model_id); see gateway/models.py")
+    claude_slots: Mapping[str, str] = _setting({}, "Claude Code's slots -> served name: {\"main\": ..., "
+                                               "\"small_fast\": ...} (default: the first model for both)")
     model_aliases: Mapping[str, str] = _setting({}, "requested model name -> upstream model id")
-    accept_claude_models: bool = _setting(True, "any claude-* model name means the local model")
+    accept_claude_models: bool = _setting(True, "opus/sonnet/haiku and claude-* names map to the main slot "
+                                          "(haiku: the small_fast slot)")
     max_request_bytes: int = _setting(32 * 1024 * 1024, "larger bodies get 413 request_too_large (also the "
                                       "largest PDF fetched for a document URL)")
     fetch_document_urls: bool = _setting(True, "fetch PDFs given as document URLs (false: such documents "
@@ -70,6 +75,12 @@ class GatewaySettings:
     max_upstream_connections: int = _setting(64, "size of the upstream connection pool")
     log_level: str = _setting("info", "debug | info | warning | error (stderr)")
     event_loop: str = _setting("auto", "auto: uvloop when installed, else asyncio; uvloop (required) | asyncio")
+
+    def resolve_model(self, requested: str) -> str | None:
+        """The upstream model id for a requested name, or None if it is not served."""
+        from provisioner.gateway.models import ModelTable
+
+        return ModelTable.from_settings(self).resolve(requested)
 
 
 def setting_help() -> dict[str, str]:

@@ -10,7 +10,7 @@ from provisioner.gateway.access_log import AccessRecord
 from provisioner.gateway.config import GatewaySettings
 from provisioner.gateway.documents import DocumentReader
 from provisioner.gateway.metrics import Metrics
-from provisioner.gateway.models import ModelMap
+from provisioner.gateway.models import ModelTable
 from provisioner.gateway.upstream import Upstream
 
 
@@ -23,7 +23,8 @@ class GatewayState:
     api_key: bytes | None
     created_at: str
     documents: DocumentReader
-    models: ModelMap
+    #: which upstream model serves a requested name (gateway/models.py)
+    models: ModelTable
     metrics: Metrics
     #: paths answered without the client key
     open_paths: frozenset[str]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.models import claude_slots, router_mode, serving
 from ..config.schema import HostFile
 from ..connectors.pct import CT
 from ..errors import ProvisionError
@@ -43,6 +44,8 @@ class ClientInputs:
     n_ctx: int
     #: generation speed (tokens/s) llama-server measured over its lifetime (/metrics), None if unknown
     gen_tps: float | None = None
+    #: every model (router mode: several) -> its context per request; () means just model_id / n_ctx
+    contexts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ h=$(mktemp); chmod 600 "$h"
 [ -r {srv_key} ] && printf 'Authorization: Bearer %s\\n' "$(head -n1 {srv_key})" > "$h"
 echo "props $(curl -s -m 5 -H @"$h" {props_url} | tr -d '\\n')"
 echo "metrics $(curl -s -m 5 -H @"$h" {metrics_url} | grep -E '^llamacpp:tokens_predicted(_seconds)?_total ' | tr '\\n' ' ')"
+for m in {models}; do echo "props.$m $(curl -s -m 5 -H @"$h" "{props_url}?model=$m&autoload=false" | tr -d '\\n')"; done
 rm -f "$h"
 true
 """
@@ -97,14 +101,22 @@ def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
     for line in output.splitlines():
         k, _, v = line.partition(" ")
         vals[k] = v.strip()
-    try:
-        props: Any = json.loads(vals.get("props") or "null")
-    except ValueError:
-        props = None
-    n_ctx = 0
-    if isinstance(props, dict):
-        dgs = props.get("default_generation_settings") or {}
-        n_ctx = int(dgs.get("n_ctx") or props.get("n_ctx") or 0)
+    contexts: list[tuple[str, int]] = []
+    if router_mode(cfg):
+        # the router's own /props has no context; each loaded model's /props?model= does
+        # (tools/server/server-models.cpp get_router_props); an unloaded one is left unloaded
+        # (autoload=false) and its context comes from the host file
+        for m in cfg.models:
+            n = _n_ctx(vals.get(f"props.{m.model_id}"))
+            v = serving(cfg, m)
+            contexts.append((m.model_id, n or (v.ctx_size // v.parallel if v.ctx_size else 0)))
+        missing = [a for a, n in contexts if n <= 0]
+        if missing:
+            raise ProvisionError(f"cannot tell the context of {', '.join(missing)}: not loaded, and ctx_size is 0 "
+                                 "(the model's own)", fix="send it one request (or set its ctx_size), then run again")
+        n_ctx = dict(contexts)[cfg.model.model_id]
+    else:
+        n_ctx = _n_ctx(vals.get("props"))
     if n_ctx <= 0:
         raise ProvisionError("llama-server did not answer /props (is it running and healthy?)",
                              fix="run `provision up` and wait for it to verify the services")
@@ -130,7 +142,22 @@ def parse_inputs(cfg: HostFile, output: str) -> ClientInputs:
         else ip
     return ClientInputs(base_url=base, openai_url=f"http://{server_host}:{cfg.server.port}",
                         gateway_key=register(vals.get("gateway_key", "")), server_key=register(vals["server_key"]),
-                        model_id=cfg.model.model_id, n_ctx=n_ctx, gen_tps=gen_tps)
+                        model_id=cfg.model.model_id, n_ctx=n_ctx, contexts=tuple(contexts), gen_tps=gen_tps)
+
+
+def _n_ctx(text: str | None) -> int:
+    """The per-slot context from a /props answer (0 when there is none)."""
+    try:
+        props: Any = json.loads(text or "null")
+    except ValueError:
+        return 0
+    if not isinstance(props, dict):
+        return 0
+    dgs = props.get("default_generation_settings") or {}
+    try:
+        return int(dgs.get("n_ctx") or props.get("n_ctx") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def reachability_warnings(cfg: HostFile) -> list[str]:
@@ -144,19 +171,27 @@ def reachability_warnings(cfg: HostFile) -> list[str]:
 def client_inputs(cfg: HostFile, ct: CT) -> ClientInputs:
     """Read what the clients need from the running container (one SSH round trip)."""
     base = f"http://{local_host(cfg.server.host)}:{cfg.server.port}"
+    models = " ".join(m.model_id for m in cfg.models) if router_mode(cfg) else ""
     result = ct.run(INPUTS_SCRIPT.format(gw_key=GATEWAY_KEY, srv_key=SERVER_KEY, props_url=f"{base}/props",
-                                         metrics_url=f"{base}/metrics"))
+                                         metrics_url=f"{base}/metrics", models=models))
     result.check("reading the deployment's keys and settings", vmid=ct.vmid)
     return parse_inputs(cfg, result.stdout)
 
 
 def render_clients(cfg: HostFile, inputs: ClientInputs, output_dir: Path) -> list[ClientFile]:
     """Every client file the config asks for, rendered."""
+    by_alias = {m.model_id: m for m in cfg.models}
+    contexts = inputs.contexts or ((inputs.model_id, inputs.n_ctx),)
+    models = [{"id": alias, "n_ctx": n, "max_output": max_output(n, inputs.gen_tps),
+               "reasoning": serving(cfg, by_alias[alias]).reasoning != "off" if alias in by_alias
+               else cfg.server.reasoning != "off"} for alias, n in contexts]
+    slots = claude_slots(cfg) or {"main": inputs.model_id, "small_fast": inputs.model_id}
     values = {"base_url": inputs.base_url, "openai_url": inputs.openai_url, "gateway_key": inputs.gateway_key,
               "server_key": inputs.server_key, "model_id": inputs.model_id, "n_ctx": inputs.n_ctx,
               "max_output": max_output(inputs.n_ctx, inputs.gen_tps), "max_output_basis": max_output_basis(inputs),
               "provider": PROVIDER,
-              "reasoning": cfg.server.reasoning != "off"}
+              "reasoning": cfg.server.reasoning != "off", "models": models, "slots": slots,
+              "long_context": max(contexts, key=lambda c: c[1])[0]}
     files: list[ClientFile] = []
     if cfg.clients.claude_code:
         settings = "claude-code/settings.json"

@@ -17,11 +17,12 @@ import shlex
 from typing import Any
 
 from ..config import read_secret
+from ..config.models import router_mode
 from ..config.schema import HostFile, ModelFile
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError
-from ..facts.services import FileState, ModelFacts, model_facts
+from ..facts.services import SHAPE_SUFFIX, SIDECAR_SUFFIX, FileState, ModelFacts, model_facts, model_roles
 from . import container
 from .model_transfer import (
     fetch_script,
@@ -37,13 +38,13 @@ STEP = "model"
 MODEL_MOUNT_KEY = "mp255"
 
 
-def model_specs(cfg: HostFile) -> list[tuple[str, ModelFile]]:
-    """(role, spec) for the main model and the draft model, if any."""
-    if cfg.model is None:
-        return []
-    out: list[tuple[str, ModelFile]] = [("model", cfg.model)]
-    if cfg.model.draft is not None:
-        out.append(("draft", cfg.model.draft))
+def model_specs(cfg: HostFile) -> list[tuple[str, str, ModelFile]]:
+    """(role, host-file key, spec) for every model file: each entry's and its draft's."""
+    listed = len(cfg.models) > 1
+    out = []
+    for role, m, spec in model_roles(cfg):
+        where = f"models[{cfg.models.index(m)}]" if listed else "model"
+        out.append((role, where if spec is m else f"{where}.draft", spec))
     return out
 
 
@@ -57,8 +58,11 @@ def source_of(spec: ModelFile, where: str) -> dict[str, Any]:
     return hub_source(spec)
 
 
-def why_fetch(spec: ModelFile, state: FileState | None, source: dict[str, Any]) -> str | None:
-    """Why the file must be (re)fetched, or None when it is present and verified."""
+def why_fetch(spec: ModelFile, state: FileState | None, source: dict[str, Any],
+              upstream: dict[str, str] | None = None) -> str | None:
+    """Why the file must be (re)fetched, or None when it is present and verified.
+
+    ``upstream`` (``up --refresh-models``): what the hub says the unpinned revision is now."""
     if state is None:
         return "missing"
     side = state.sidecar
@@ -70,6 +74,9 @@ def why_fetch(spec: ModelFile, state: FileState | None, source: dict[str, Any]) 
         return "its sha256 differs from the configured sha256"
     if side.get("source") != source:
         return "the configured source changed"
+    if upstream and upstream.get("sha256") and upstream["sha256"] != side.get("sha256"):
+        return (f"{spec.revision} moved upstream: sha256 {str(side.get('sha256'))[:12]}… → {upstream['sha256'][:12]}…"
+                + (f" (commit {upstream['commit'][:12]})" if upstream.get("commit") else ""))
     return None
 
 
@@ -122,7 +129,12 @@ class ModelHostDirStep:
 
 
 class ModelStep:
-    """Download (or push) the model and the draft model, verify them, skip when verified."""
+    """Download (or push) every model and draft model, verify them, skip when verified.
+
+    Also: read each file's GGUF header once (``<file>.provision-shape.json``, the VRAM check's
+    input), with ``up --refresh-models`` re-fetch an unpinned model whose upstream file changed,
+    and with ``up --prune`` delete files we fetched that no model lists any more.
+    """
 
     name = STEP
 
@@ -136,32 +148,70 @@ class ModelStep:
             return []
         where = "host" if cfg.model.location == "host" else "ct"
         facts: ModelFacts | None = ctx.fact("model.host" if where == "host" else "model.ct")
+        upstream: dict[str, dict[str, str]] = ctx.fact("model.upstream") or {}
         base = base_dir(cfg)
         target = "host" if where == "host" else f"ct {ctx.vmid}"
         changes: list[Change] = []
-        for role, spec in model_specs(cfg):
-            key = "model" if role == "model" else "model.draft"
+        for role, key, spec in model_specs(cfg):
             source = source_of(spec, key)
             state = facts.files.get(role) if facts else None
-            reason = why_fetch(spec, state, source)
+            reason = why_fetch(spec, state, source, upstream.get(role))
             dest = f"{base}/{spec.filename}"
             if reason is None:
                 ctx.notes.append(f"{key} {dest}: present and verified (sha256 {state.sidecar['sha256'][:12]}…)"
                                  if state and state.sidecar else f"{key} {dest}: present")
+                if state is not None and state.shape is None and router_mode(cfg):
+                    changes.append(Change(STEP, "inspect", target, f"read the GGUF header of {spec.filename}",
+                                          self._inspect(dest, where), diff={dest + SHAPE_SUFFIX: (None, "shape")}))
                 continue
             what = f"{spec.repo}/{spec.file}@{spec.revision}" if spec.repo else str(source["path"])
             action = "push" if spec.path else "download"
             before = f"{state.size} bytes" if state else None
             after = f"{source['size']} bytes from {what}" if spec.path else what
+            fresh = role in upstream and state is not None  # a refresh: a new file over a verified one
             changes.append(Change(STEP, action, target, f"{action} {key} {spec.filename}: {reason}",
-                                  self._apply(role, key, spec, dest, where),
+                                  self._apply(role, key, spec, dest, where, fresh),
                                   diff={dest: (before, after)}))
+        changes += self._prune(ctx, cfg, facts, base, where, target)
         if changes:
             changes[-1].refresh = True  # the services step must see the new sidecars
         return changes
 
     @staticmethod
-    def _apply(role: str, key: str, spec: ModelFile, dest: str, where: str):
+    def _prune(ctx: PlanContext, cfg: HostFile, facts: ModelFacts | None, base: str, where: str,
+               target: str) -> list[Change]:
+        """Files we downloaded (they carry our sidecar) that no model lists: deleted with ``--prune``."""
+        wanted = {spec.filename for _, _, spec in model_specs(cfg)}
+        stale = sorted(name for name in (facts.ours if facts else {}) if name not in wanted)
+        if not stale:
+            return []
+        if not ctx.prune:
+            ctx.notes.append(f"no model lists {', '.join(stale)} in {base} any more: `provision up --prune` "
+                             "deletes "+ ("it" if len(stale) == 1 else "them"))
+            return []
+        assert facts is not None
+        out = []
+        for name in stale:
+            path = f"{base}/{name}"
+            q = shlex.quote(path)
+
+            def apply(actx: ApplyContext, q: str = q, path: str = path) -> None:
+                # only what our sidecar vouches for, and never a file a process still maps (another
+                # container sharing model.host_dir may serve it: its llama-server maps the file)
+                script = (f"set -e\n[ -f {q}{SIDECAR_SUFFIX} ] || {{ echo 'error: {path} has no sidecar: not ours' >&2; exit 3; }}\n"
+                          f"id=$(stat -L -c '%d:%i' {q})\n"
+                          "for m in /proc/[0-9]*/map_files/*; do [ \"$(stat -L -c '%d:%i' \"$m\" 2>/dev/null)\" = \"$id\" ] && "
+                          f"{{ echo \"error: {path} is mapped by process ${{m#/proc/}}\" >&2; exit 4; }}; done 2>/dev/null || true\n"
+                          f"rm -f {q} {q}{SIDECAR_SUFFIX} {q}{SHAPE_SUFFIX}\n")
+                runner(actx, where)(script).check(f"deleting {path}", vmid=actx.vmid if where == "ct" else None,
+                                                  step=STEP)
+
+            out.append(Change(STEP, "delete", target, f"delete {path}: no model lists it (--prune)", apply,
+                              diff={path: (f"{facts.ours[name]} bytes", None)}))
+        return out
+
+    @staticmethod
+    def _apply(role: str, key: str, spec: ModelFile, dest: str, where: str, fresh: bool = False):
         def apply(actx: ApplyContext) -> None:
             vmid = actx.vmid if where == "ct" else None
             run = runner(actx, where)
@@ -170,8 +220,40 @@ class ModelStep:
                 sha, size = push_local(actx.ssh, run, spec, dest, vmid=vmid, status=actx.status)
             else:
                 token = read_secret(spec.token, f"{key}.token") if spec.token else None
-                script = fetch_script(spec, dest, token=token, install_curl=where == "ct")
+                script = fetch_script(spec, dest, token=token, install_curl=where == "ct", fresh=fresh)
                 sha, size = run_fetch(run, script, f"downloading {spec.filename}", actx.status, **ctx_kw)
             actx.plan.notes.append(f"{key} {dest}: {size} bytes, sha256 {sha}")
+            write_shape(run, dest, vmid=vmid)
 
         return apply
+
+    @staticmethod
+    def _inspect(dest: str, where: str):
+        def apply(actx: ApplyContext) -> None:
+            write_shape(runner(actx, where), dest, vmid=actx.vmid if where == "ct" else None)
+        return apply
+
+
+#: bytes of a GGUF read for its header (the key/value section comes first: doctor/gguf.py)
+HEADER_BYTES = 256 * 1024
+
+
+def write_shape(run, dest: str, *, vmid: int | None) -> None:
+    """Read ``dest``'s GGUF header once and keep its numbers beside it (``<file>.provision-shape.json``)."""
+    import base64
+    import json
+
+    from ..doctor.gguf import read_metadata, shape_from_metadata
+
+    q = shlex.quote(dest)
+    got = run(f"head -c {HEADER_BYTES} {q} | base64 -w0")
+    got.check(f"reading the header of {dest}", vmid=vmid, step=STEP)
+    try:
+        shape = shape_from_metadata(read_metadata(base64.b64decode(got.stdout.strip() or "")))
+    except ValueError:
+        shape = None
+    data = {"arch": None} if shape is None else dict(shape.__dict__)
+    text = json.dumps(data, sort_keys=True)
+    run(f"cat > {q}{SHAPE_SUFFIX}.tmp <<'__PROVISION_SHAPE__'\n{text}\n__PROVISION_SHAPE__\n"
+        f"chmod 0644 {q}{SHAPE_SUFFIX}.tmp && mv -f {q}{SHAPE_SUFFIX}.tmp {q}{SHAPE_SUFFIX}\n").check(
+        f"writing {dest}{SHAPE_SUFFIX}", vmid=vmid, step=STEP)

@@ -54,12 +54,14 @@ def local_source(spec: ModelFile) -> dict[str, Any]:
 
 
 def fetch_script(spec: ModelFile, dest: str, *, token: str | None, install_curl: bool,
-                 endpoint: str | None = None) -> str:
+                 endpoint: str | None = None, fresh: bool = False) -> str:
+    """The download script; ``fresh``: a new upstream file replaces a verified one (no resume from it,
+    and the old file serves until the new one is verified and renamed over it)."""
     if token is not None and ("\n" in token or "\r" in token):
         raise RemoteError("the Hugging Face token contains a line break")
     return render("model/fetch.sh.j2", dest=dest, url=hub_url(spec, endpoint), token=token,
                   sha256=spec.sha256, source_json=json.dumps(hub_source(spec), sort_keys=True),
-                  install_curl=install_curl, margin=MARGIN, sidecar_suffix=SIDECAR_SUFFIX,
+                  install_curl=install_curl, margin=MARGIN, sidecar_suffix=SIDECAR_SUFFIX, fresh=fresh,
                   apt_prelude=apt_prelude() if install_curl else "")
 
 

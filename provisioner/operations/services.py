@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..config import read_secret
-from ..config.schema import Secret
+from ..config.schema import HostFile, Secret
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..gpu_access import GPU_GID, GPU_GROUP
@@ -32,6 +32,8 @@ from ..facts.services import (
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
+    MODELS_PRESET,
+    MODELS_RELOAD,
     SERVER_KEY,
     STATE_DIR,
     VERIFY_FLAG,
@@ -39,14 +41,16 @@ from ..facts.services import (
     UnitState,
     inputs_snippet,
     recorded_path,
+    reload_snippet,
     service_inputs,
 )
+from ..config.models import router_mode
 from ..redact import register
 from .apt import prelude as apt_prelude
 from .model_transfer import Progress, stream_file
 from .scripts import render
 from .service_step import ModelServiceStep
-from .units import desired_units
+from .units import desired_units, local_host
 from .wheel import build_wheelhouse, source_sha
 
 STEP = "services"
@@ -71,6 +75,35 @@ def llama_rebuild_planned(ctx: PlanContext) -> bool:
     return have.hash != spec.hash or not have.binary
 
 
+def check_vram(ctx: PlanContext) -> None:
+    """Several models: refuse before any unit is written when the ones that can be loaded at once
+    do not fit the GPUs' memory (operations/vram.py says why one model is never refused)."""
+    from .passthrough import selected_gpus
+    from .vram import budget
+
+    cfg = ctx.cfg
+    if not cfg.gpu.enabled:
+        return
+    try:
+        gpus = selected_gpus(ctx)
+    except ProvisionError:
+        return  # the GPU step reports a bad gpu.select
+    vram = sum(g.memory_mib or 0 for g in gpus)
+    if not vram:
+        return
+    files = ctx.fact("model.host") or ctx.fact("model.ct")
+    b = budget(cfg, files, vram)
+    if b.resident and not b.fits:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the models that can be loaded at once need ≈ {b.need_mib:.0f} MiB of VRAM, more than "
+                          f"the {vram} MiB of {', '.join(g.name for g in gpus)}; does not fit: "
+                          f"{', '.join(b.over())}\n" + b.figures(), key="server.models_max",
+                          fix="lower server.models_max (fewer models loaded at once; the router swaps them), "
+                              "a model's ctx_size or cache_type_k/v (q8_0, q4_0), or use a smaller quantisation")
+    ctx.notes.append("VRAM: " + b.figures().replace("\n", "; "))
+
+
 def _key_owner(path: str) -> str:
     return f"root:{LLAMA_USER}" if path == SERVER_KEY else f"root:{GATEWAY_USER}"
 
@@ -78,8 +111,20 @@ def _key_owner(path: str) -> str:
 class ServicesStep(ModelServiceStep):
     name = STEP
 
+    def __init__(self, cfg: HostFile) -> None:
+        super().__init__(cfg)
+        if router_mode(cfg) and cfg.gpu.enabled:
+            # the VRAM check's inputs, in the same round trip (also when --only leaves the GPU steps out)
+            from ..facts.gpu_claims import CLAIMS
+            from ..facts.nvidia import DRIVER, GPUS
+            from ..facts.services import model_facts
+
+            self.facts = [*self.facts, DRIVER, GPUS, CLAIMS, *model_facts(cfg)]
+
     def plan_model(self, ctx: PlanContext) -> list[Change]:
         cfg = ctx.cfg
+        if router_mode(cfg):
+            check_vram(ctx)
         sf: ServiceFacts = ctx.fact("services.ct") or ServiceFacts()
         target = f"ct {ctx.vmid}"
         changes: list[Change] = []
@@ -124,11 +169,22 @@ class ServicesStep(ModelServiceStep):
                                       diff={path: (before[:12] if before else None, sha(content)[:12])}))
                 touched.add(path)
 
+        if not router_mode(cfg) and MODELS_PRESET in sf.files:
+            changes.append(Change(STEP, "remove", target, f"remove {MODELS_PRESET} (one model: no router mode)",
+                                  lambda a: a.ct().run(f"rm -f {MODELS_PRESET} {STATE_DIR}/{MODELS_RELOAD}").check(
+                                      f"removing {MODELS_PRESET}", vmid=a.vmid, step=STEP),
+                                  diff={MODELS_PRESET: ("present", None)}))
+
         if llama_rebuild_planned(ctx):
             touched.add(LLAMA_BIN)
         restarts = []
         for unit, inputs in service_inputs(cfg).items():
-            change = self._restart(unit, inputs, sf, touched, target, regrouped=no_gpu_group)
+            change = self._restart(unit, inputs, sf, touched, target, regrouped=no_gpu_group,
+                                   record_reload=router_mode(cfg) and unit == LLAMA_UNIT, cfg=cfg)
+            if change:
+                restarts.append(change)
+        if router_mode(cfg) and not any(c.diff.get(LLAMA_UNIT) for c in restarts):
+            change = self._reload(cfg, sf, touched, target)
             if change:
                 restarts.append(change)
         if not cfg.gateway.enabled and sf.units.get(GATEWAY_UNIT, UnitState("", "")).active == "active":
@@ -198,8 +254,48 @@ class ServicesStep(ModelServiceStep):
         return apply
 
     @staticmethod
+    def _reload(cfg: HostFile, sf: ServiceFacts, touched: set[str], target: str) -> Change | None:
+        """Router mode: a changed preset or model file reaches the running router without a restart.
+
+        ``GET /models?reload=1`` re-reads the preset: a model whose section is unchanged keeps its
+        process, a changed or removed one is unloaded, a new one is listed (tools/server/server-models.cpp:
+        861-981, the route at :2022-2024). A model whose file changed under the same section is unloaded
+        explicitly (``POST /models/unload``); its next request loads the new file.
+        """
+        models = {m.model_id for m in cfg.models}
+        preset_changed = MODELS_PRESET in touched or sf.reload_now.get("preset") != sf.reload_was.get("preset")
+        refreshed = sorted(a for a in models if a in sf.reload_was and sf.reload_now.get(a) != sf.reload_was[a])
+        added = sorted(a for a in models if a not in sf.reload_was)
+        removed = sorted(a for a in sf.reload_was if a != "preset" and a not in models)
+        if not (preset_changed or refreshed or added or removed):
+            return None
+        reasons = ([f"add {', '.join(added)}"] if added else []) + \
+            ([f"unload {', '.join(removed)}"] if removed else []) + \
+            ([f"new files of {', '.join(refreshed)}"] if refreshed else []) + \
+            (["preset changed"] if preset_changed and not (added or removed) else [])
+        url = f"http://{local_host(cfg.server.host)}:{cfg.server.port}"
+
+        def apply(actx: ApplyContext) -> None:
+            unload = "".join(
+                f"curl -s -o /dev/null -H @\"$h\" -H 'content-type: application/json' "
+                f"-d '{{\"model\": \"{alias}\"}}' {url}/models/unload || true\n" for alias in refreshed)
+            script = (f"set -e\nh=$(mktemp); trap 'rm -f \"$h\"' EXIT; chmod 600 \"$h\"\n"
+                      f"printf 'Authorization: Bearer %s\\n' \"$(head -n1 {SERVER_KEY})\" > \"$h\"\n"
+                      f"code=$(curl -s -o /dev/null -w '%{{http_code}}' -m 120 -H @\"$h\" '{url}/models?reload=1')\n"
+                      f"[ \"$code\" = 200 ] || {{ echo \"error: llama-server's reload answered HTTP $code\" >&2; exit 3; }}\n"
+                      f"{unload}install -d -m 0755 {STATE_DIR}\n"
+                      f"{{ {reload_snippet(cfg)}; }} > {STATE_DIR}/{MODELS_RELOAD}\n"
+                      f"touch {VERIFY_FLAG}\n")
+            actx.ct().run(script).check("reloading llama-server's models", vmid=actx.vmid, step=STEP)
+
+        return Change(STEP, "reload", target, f"reload llama-server's models without a restart ({'; '.join(reasons)})",
+                      apply, diff={"models": (", ".join(sorted(a for a in sf.reload_was if a != "preset")) or None,
+                                              ", ".join(m.model_id for m in cfg.models))})
+
+    @staticmethod
     def _restart(unit: str, inputs: list[str], sf: ServiceFacts, touched: set[str], target: str,
-                 regrouped: bool = False) -> Change | None:
+                 regrouped: bool = False, record_reload: bool = False,
+                 cfg: HostFile | None = None) -> Change | None:
         state = sf.units.get(unit, UnitState("inactive", "not-found"))
         # the binary is in the digest through inputs_snippet; a rebuild planned in this run shows up here
         changed = sorted((set(inputs) | ({LLAMA_BIN} if unit == LLAMA_UNIT else set())) & touched)
@@ -225,7 +321,8 @@ class ServicesStep(ModelServiceStep):
                       f"systemctl restart {unit}.service\n"
                       f"install -d -m 0755 {STATE_DIR}\n"
                       f"{inputs_snippet(unit, inputs)} > {recorded_path(unit)}\n"
-                      f"touch {VERIFY_FLAG}\n")
+                      + (f"{{ {reload_snippet(cfg)}; }} > {STATE_DIR}/{MODELS_RELOAD}\n" if record_reload else "")
+                      + f"touch {VERIFY_FLAG}\n")
             actx.ct().run(script).check(f"{action}ing {unit}", vmid=actx.vmid, step=STEP)
 
         return Change(STEP, action, target, f"{action} {unit} ({'; '.join(reasons)})", apply,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from ..config.schema import HostFile
+from ..config.models import claude_slots, router_mode, serving
+from ..config.schema import HostFile, Model
 from ..facts.services import (
     GATEWAY_CONF,
     GATEWAY_KEY,
@@ -19,7 +21,10 @@ from ..facts.services import (
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
+    MODELS_PRESET,
     SERVER_KEY,
+    STATE_DIR,
+    entry_paths,
     model_paths,
 )
 from .scripts import render, systemd_quote
@@ -33,7 +38,7 @@ def local_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def slot_layout(cfg: HostFile) -> tuple[list[str], int | None]:
+def slot_layout(cfg: HostFile, v: Any = None) -> tuple[list[str], int | None]:
     """llama-server's slot flags, and the context each slot gets (None: the model's own).
 
     With one slot (``--parallel 1``) a background request of Claude Code (a title, its small fast
@@ -45,9 +50,10 @@ def slot_layout(cfg: HostFile) -> tuple[list[str], int | None]:
     small one runs beside it. Two *large* requests at once can fill the pool, and llama-server
     then fails both ("Context size has been exceeded."); set background_slot: 0 for one slot.
     """
-    s = cfg.server
-    if s.parallel == 1 and s.background_slot and s.ctx_size:
-        return (["-c", str(s.ctx_size + s.background_slot), "--parallel", "2", "--kv-unified",
+    s = v if v is not None else cfg.server  # ``v``: one model's serving settings (config/models.py serving)
+    background = cfg.server.background_slot
+    if s.parallel == 1 and background and s.ctx_size:
+        return (["-c", str(s.ctx_size + background), "--parallel", "2", "--kv-unified",
                  "--kv-unified-per-slot", str(s.ctx_size)], s.ctx_size)
     return ["-c", str(s.ctx_size), "--parallel", str(s.parallel)], (s.ctx_size // s.parallel or None)
 
@@ -61,30 +67,86 @@ def kv_tokens(cfg: HostFile) -> int:
 def llama_args(cfg: HostFile) -> list[str]:
     """llama-server's argv, every flag explicit so a llama.cpp default change cannot surprise us."""
     assert cfg.model is not None
+    if router_mode(cfg):
+        return router_args(cfg)
     s = cfg.server
-    paths = model_paths(cfg, cfg.model.dir)
-    args = [LLAMA_BIN, "-m", paths["model"], "--alias", cfg.model.model_id,
+    m = cfg.model
+    v = serving(cfg, m)
+    paths = model_paths(cfg, m.dir)
+    args = [LLAMA_BIN, "-m", paths["model"], "--alias", m.model_id,
             "--host", s.host, "--port", str(s.port),
-            *slot_layout(cfg)[0],
-            "-fa", s.flash_attn, "-ctk", s.cache_type_k, "-ctv", s.cache_type_v,
-            "--fit", "on" if s.fit else "off", "-ngl", str(s.ngl),
-            "--api-key-file", SERVER_KEY, "--reasoning", s.reasoning]
-    if s.reasoning_budget is not None:
-        args += ["--reasoning-budget", str(s.reasoning_budget)]
+            *slot_layout(cfg, v)[0],
+            "-fa", v.flash_attn, "-ctk", v.cache_type_k, "-ctv", v.cache_type_v,
+            "--fit", "on" if v.fit else "off", "-ngl", v.ngl,
+            "--api-key-file", SERVER_KEY, "--reasoning", v.reasoning]
+    if v.reasoning_budget is not None:
+        args += ["--reasoning-budget", str(v.reasoning_budget)]
     if s.metrics:
         args.append("--metrics")
     if "draft" in paths:
         # without --spec-type the draft model is loaded but never used
-        args += ["--spec-draft-model", paths["draft"], "--spec-draft-ngl", str(s.ngl),
+        args += ["--spec-draft-model", paths["draft"], "--spec-draft-ngl", v.ngl,
                  "--spec-type", "draft-simple"]
     if s.threads is not None:
         args += ["--threads", str(s.threads)]
-    if s.override_kv:
+    if v.override_kv:
         # one comma-separated value: repeating the flag is deprecated ("specified multiple times, use
         # comma-separated values instead", b11312 common/arg.cpp:833; the option splits on commas, :2939)
-        args += ["--override-kv", ",".join(s.override_kv)]
+        args += ["--override-kv", ",".join(v.override_kv)]
     args += list(s.extra_args)
     return args
+
+
+#: router mode reads the HF cache too (server-models.cpp:666) and lists every model found there;
+#: this directory never exists, so the router serves exactly the preset's models (hf-cache.cpp:385)
+ROUTER_NO_CACHE = f"{STATE_DIR}/llama-router-no-cache"
+
+
+#: the most models a host file lists (config/schema.py), so "all of them" without naming the count
+ROUTER_MODELS_MAX = 64
+
+
+def router_args(cfg: HostFile) -> list[str]:
+    """The router's argv: what every model shares. Per-model settings live in the preset, because
+    the router's own arguments override every section (tools/server/server-models.cpp:707-711)."""
+    s = cfg.server
+    # unset: ROUTER_MODELS_MAX, not the list's length, so adding a model leaves this command line
+    # (and the running router) alone; not 0 ("unlimited"), which the preload check at
+    # tools/server/server-models.cpp:849 compares against as a number and fails for any preload
+    args = [LLAMA_BIN, "--models-preset", MODELS_PRESET, "--models-max", str(s.models_max or ROUTER_MODELS_MAX),
+            "--models-autoload", "--host", s.host, "--port", str(s.port), "--api-key-file", SERVER_KEY]
+    if s.metrics:
+        args.append("--metrics")
+    if s.threads is not None:
+        args += ["--threads", str(s.threads)]
+    return args + list(s.extra_args)
+
+
+def preset_options(cfg: HostFile, m: Model) -> list[tuple[str, str]]:
+    """One model's section of the preset: the same settings the single-model command line carries."""
+    v = serving(cfg, m)
+    paths = entry_paths(cfg, m, m.dir)
+    out = [("model", paths["model"]), ("ctx-size", str(v.ctx_size)), ("parallel", str(v.parallel)),
+           ("flash-attn", v.flash_attn), ("cache-type-k", v.cache_type_k), ("cache-type-v", v.cache_type_v),
+           ("fit", "on" if v.fit else "off"), ("n-gpu-layers", v.ngl), ("reasoning", v.reasoning)]
+    if v.reasoning_budget is not None:
+        out.append(("reasoning-budget", str(v.reasoning_budget)))
+    if "draft" in paths:
+        out += [("spec-draft-model", paths["draft"]), ("spec-draft-ngl", v.ngl), ("spec-type", "draft-simple")]
+    if v.override_kv:
+        # one key per option in a preset: --override-kv takes a comma-separated list (common/arg.cpp:2935-2944)
+        out.append(("override-kv", ",".join(v.override_kv)))
+    if m.preload:
+        out.append(("load-on-startup", "true"))  # a preset-only key (tools/server/README.md, "Model presets")
+    return out
+
+
+def models_preset(cfg: HostFile) -> str:
+    models = []
+    for m in cfg.models:
+        source = f"{m.repo}/{m.file}@{m.revision}" if m.repo else f"local file {m.path}"
+        models.append({"alias": m.model_id, "comment": source, "options": preset_options(cfg, m)})
+    return render("systemd/llama-models.ini.j2", models=models)
 
 
 def exec_start(args: list[str]) -> str:
@@ -117,9 +179,14 @@ def sandbox_for(cfg: HostFile, systemd_version: int) -> Sandbox:
 
 def llama_unit(cfg: HostFile, sandbox: Sandbox) -> str:
     assert cfg.model is not None
-    paths = model_paths(cfg, cfg.model.dir)
-    return render("systemd/llama-server.service.j2", model_id=cfg.model.model_id, model_path=paths["model"],
-                  draft_path=paths.get("draft"), models_dir=cfg.model.dir, user=LLAMA_USER,
+    router = router_mode(cfg)
+    # one model: the unit waits for its files; router mode: for the preset (each model loads on demand)
+    conditions = [MODELS_PRESET] if router else list(model_paths(cfg, cfg.model.dir).values())
+    return render("systemd/llama-server.service.j2",
+                  # router mode: not the aliases, or adding a model would change the unit (a restart)
+                  model_id="router: the models of " + MODELS_PRESET if router else cfg.model.model_id,
+                  conditions=conditions, router=router, no_cache=ROUTER_NO_CACHE,
+                  models_dir=cfg.model.dir, user=LLAMA_USER,
                   exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY)
 
 
@@ -133,6 +200,9 @@ def gateway_config(cfg: HostFile) -> str:
         "api_key_file": GATEWAY_KEY,
         "upstream_api_key_file": SERVER_KEY,
         "local_model_id": cfg.model.model_id,
+        # every alias the upstream serves (router mode routes by it) and Claude Code's slots
+        "models": {m.model_id: m.model_id for m in cfg.models},
+        "claude_slots": claude_slots(cfg),
         "model_aliases": dict(cfg.gateway.model_aliases),
         "upstream_timeout_s": 600.0,
     }
@@ -151,6 +221,8 @@ def desired_units(cfg: HostFile, systemd_version: int) -> dict[str, str]:
 
     sandbox = sandbox_for(cfg, systemd_version)
     out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox)}
+    if router_mode(cfg):
+        out[MODELS_PRESET] = models_preset(cfg)
     if cfg.gateway.enabled:
         out[unit_path(GATEWAY_UNIT)] = gateway_unit(cfg, sandbox)
         out[GATEWAY_CONF] = gateway_config(cfg)

@@ -36,7 +36,7 @@ def verify_script(cfg: HostFile) -> str:
     return render("scripts/verify.sh.j2", llama_unit=LLAMA_UNIT, gateway_unit=GATEWAY_UNIT, llama_url=llama,
                   gateway_url=gw, gateway=gateway, timeout=int(cfg.server.health_timeout),
                   key_file=GATEWAY_KEY if gateway else SERVER_KEY, server_key_file=SERVER_KEY,
-                  model_id=cfg.model.model_id,
+                  model_ids=[m.model_id for m in cfg.models],
                   messages_url=gw if gateway else llama, verify_flag=VERIFY_FLAG)
 
 

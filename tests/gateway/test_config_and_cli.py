@@ -17,7 +17,7 @@ import requests
 from provisioner.errors import ConfigError
 from provisioner.gateway.__main__ import settings_from_argv
 from provisioner.gateway.config import GatewaySettings, load_settings
-from provisioner.gateway.models import ModelMap
+from provisioner.gateway.models import ModelTable
 
 
 def write(tmp_path, data) -> str:
@@ -34,7 +34,7 @@ def test_load_settings_and_flag_overrides(tmp_path):
     assert settings == GatewaySettings(listen_port=9000, upstream_url="http://10.0.0.5:8080", mode="native",
                                        model_aliases={"big": "qwen"}, ping_interval_s=2.0,
                                        accept_claude_models=False, metrics_public=True)
-    models = ModelMap.from_settings(dataclasses.replace(settings, accept_claude_models=True))
+    models = ModelTable.from_settings(dataclasses.replace(settings, accept_claude_models=True))
     assert models.resolve("claude-opus-4") == "local"  # until the upstream says its model's name
     assert models.resolve("big") == "qwen"
     assert models.resolve("gpt-4") is None

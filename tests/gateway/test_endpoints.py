@@ -50,7 +50,9 @@ def test_count_tokens_uses_backend_template_and_tokenizer(gw):
     assert template["messages"] == [{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": "one two three"}]
     prompt = "<|system|> Be brief.\n<|user|> one two three\n<|assistant|>"
-    assert gw.last_request("/tokenize") == {"content": prompt, "add_special": True}
+    # "model" routes /apply-template and /tokenize in llama-server's router mode
+    assert template["model"] == "smollm2"
+    assert gw.last_request("/tokenize") == {"model": "smollm2", "content": prompt, "add_special": True}
     assert result.input_tokens == len(prompt.split())
 
 
@@ -92,7 +94,10 @@ def test_auth_x_api_key_bearer_and_rejection(gw):
 def test_unknown_model_is_not_found(gw):
     with pytest.raises(anthropic.NotFoundError) as info:
         gw.client().messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert info.value.body["error"] == {"type": "not_found_error", "message": "model: gpt-4o"}
+    assert info.value.body["error"] == {
+        "type": "not_found_error",
+        "message": "model: gpt-4o (this gateway serves: smollm2; Claude Code's names (opus, sonnet, haiku, "
+                   "claude-…) map to smollm2 (main) and smollm2 (small_fast))"}
 
 
 def test_request_too_large(make_gw):

@@ -59,6 +59,6 @@ def test_a_derived_file_appears_only_when_complete(tmp_path: Path) -> None:
 
 
 def test_every_pin_names_its_file() -> None:
-    for item in (assets.LLAMA_SDIST, assets.MODEL_WHEEL, assets.CUBLAS_WHEEL):
+    for item in (assets.LLAMA_SDIST, assets.MODEL_WHEEL, assets.CUBLAS_WHEEL, *assets.GEMMA3_PARTS):
         name, version = item.spec.split("==")
         assert item.filename.startswith(f"{name.replace('-', '_')}-{version}") and len(item.sha256) == 64

@@ -30,7 +30,7 @@ def rendered(cfg, tmp_path: Path) -> dict[str, tuple[str, int]]:
 
 
 def test_every_client_file_parses_and_carries_the_live_values(tmp_path: Path) -> None:
-    cfg = config({"clients": {"pi": True, "claude_code_router": True}})
+    cfg = config({"clients": {"pi": True, "claude_code_router": True}, "model": {"alias": "qwen-coder"}})
     files = rendered(cfg, tmp_path)
     assert sorted(files) == ["bin/claude-local", "claude-code-router/config.json", "claude-code/settings.json",
                              "pi/models.json"]
@@ -38,7 +38,7 @@ def test_every_client_file_parses_and_carries_the_live_values(tmp_path: Path) ->
         "ANTHROPIC_BASE_URL": "http://10.0.3.50:4000", "ANTHROPIC_API_KEY": "gw-key-123456",
         "ANTHROPIC_MODEL": "qwen-coder", "ANTHROPIC_DEFAULT_OPUS_MODEL": "qwen-coder",
         "ANTHROPIC_DEFAULT_SONNET_MODEL": "qwen-coder", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "qwen-coder",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "ANTHROPIC_SMALL_FAST_MODEL": "qwen-coder", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1"}}
     assert json.loads(files["pi/models.json"][0]) == {"providers": {"llama-local": {
         "baseUrl": "http://10.0.3.50:8080/v1", "api": "openai-completions", "apiKey": "srv-key-abcdef",
@@ -144,3 +144,39 @@ def test_speed_comes_from_llama_servers_counters_once_there_are_enough() -> None
     one = parse_inputs(cfg, base + "metrics llamacpp:tokens_predicted_total 1 "
                                    "llamacpp:tokens_predicted_seconds_total 0.2 \n")
     assert one.gen_tps is None  # verify's single token says nothing about speed
+
+
+def test_several_models_fill_the_slots_and_every_model_list(tmp_path: Path) -> None:
+    """Claude Code's settings carry the slot mapping as Claude Code reads it (ANTHROPIC_MODEL and the
+    opus/sonnet names: main; ANTHROPIC_DEFAULT_HAIKU_MODEL and the older ANTHROPIC_SMALL_FAST_MODEL:
+    small_fast); pi and claude-code-router list every model with its own context."""
+    cfg = config({"clients": {"pi": True, "claude_code_router": True,
+                              "claude_code": {"models": {"main": "coder", "small_fast": "small"}}},
+                  "model": None,
+                  "models": [{"repo": "org/coder", "file": "coder.gguf", "alias": "coder", "ctx_size": 65536},
+                             {"repo": "org/small", "file": "small.gguf", "alias": "small", "reasoning": "off"}]})
+    inputs = ClientInputs(**{**INPUTS.__dict__, "model_id": "coder", "n_ctx": 65536,
+                             "contexts": (("coder", 65536), ("small", 32768))})
+    files = {f.path: f.content for f in render_clients(cfg, inputs, tmp_path)}
+    env = json.loads(files["claude-code/settings.json"])["env"]
+    assert {k: v for k, v in env.items() if k.endswith("MODEL")} == {
+        "ANTHROPIC_MODEL": "coder", "ANTHROPIC_DEFAULT_OPUS_MODEL": "coder", "ANTHROPIC_DEFAULT_SONNET_MODEL": "coder",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "small", "ANTHROPIC_SMALL_FAST_MODEL": "small"}
+    pi = json.loads(files["pi/models.json"])["providers"]["llama-local"]["models"]
+    assert [(m["id"], m["contextWindow"], m["reasoning"]) for m in pi] == [("coder", 65536, True),
+                                                                          ("small", 32768, False)]
+    ccr = json.loads(files["claude-code-router/config.json"])
+    assert ccr["Providers"][0]["models"] == ["coder", "small"]
+    assert (ccr["Router"]["default"], ccr["Router"]["background"], ccr["Router"]["longContext"]) == (
+        "llama-local,coder", "llama-local,small", "llama-local,coder")
+
+
+def test_router_contexts_from_props_or_the_host_file() -> None:
+    cfg = config({"model": None, "server": {"ctx_size": 65536, "parallel": 2},
+                  "models": [{"repo": "org/coder", "file": "coder.gguf", "alias": "coder"},
+                             {"repo": "org/small", "file": "small.gguf", "alias": "small"}]})
+    out = ("ip 10.0.3.50\ngateway_key gk\nserver_key sk\nprops {\"role\": \"router\"}\n"
+           "props.coder {\"default_generation_settings\": {\"n_ctx\": 40000}}\n"
+           "props.small {\"error\": {\"message\": \"model is not loaded\"}}\n")
+    got = parse_inputs(cfg, out)
+    assert got.contexts == (("coder", 40000), ("small", 32768)) and got.n_ctx == 40000

@@ -199,3 +199,28 @@ def test_a_corrupt_partial_file_is_downloaded_again_in_the_same_run(tmp_path: Pa
     assert dest.read_bytes() == blob.read_bytes()
     assert ranges == ["bytes=4096-", None]  # resumed, then the whole file once more
     assert any("downloading the whole file again" in s for s in statuses)
+
+
+def test_refresh_replaces_a_verified_file_with_the_new_upstream_one(tmp_path: Path, blob: Path) -> None:
+    """`up --refresh-models`: the hub's sha256 for the revision moved; the fact says so, the plan
+    re-fetches, and the fresh download replaces the old file (nothing resumed from it)."""
+    from provisioner.operations import model_refresh
+
+    dest = tmp_path / "tiny.gguf"
+    hub = HubServer({"org/tiny-GGUF/tiny.gguf": blob})
+    try:
+        fetch(SPEC, dest, hub)
+        newer = tmp_path / "newer.gguf"
+        newer.write_bytes(os.urandom(4 * 1024 * 1024 + 7))  # longer: a resume from the old file would corrupt it
+        hub.files["org/tiny-GGUF/tiny.gguf"] = newer
+        upstream = model_refresh.head(f"{hub.url}/org/tiny-GGUF/resolve/main/tiny.gguf", None)
+        want = hashlib.sha256(newer.read_bytes()).hexdigest()
+        assert upstream == {"sha256": want, "commit": "0" * 40, "size": str(newer.stat().st_size)}
+        reason = why_fetch(SPEC, state_of(dest), hub_source(SPEC), upstream)
+        assert reason and reason.startswith("main moved upstream: sha256 ")
+        script = fetch_script(SPEC, str(dest), token=None, install_curl=False, endpoint=hub.url, fresh=True)
+        sha, size = run_fetch(local_run, script, "downloading", lambda s: None)
+    finally:
+        hub.close()
+    assert (sha, size) == (want, newer.stat().st_size) and dest.read_bytes() == newer.read_bytes()
+    assert why_fetch(SPEC, state_of(dest), hub_source(SPEC), upstream) is None

@@ -77,7 +77,7 @@ def script(tmp: Path, llama: str, gw: str, timeout: int) -> str:
     (tmp / "flag").touch()
     return render("scripts/verify.sh.j2", llama_unit="llama-server", gateway_unit="provision-gateway",
                   llama_url=llama, gateway_url=gw, gateway=True, timeout=timeout, key_file=str(key),
-                  server_key_file=str(server_key), model_id="smollm2", messages_url=gw,
+                  server_key_file=str(server_key), model_ids=["smollm2"], messages_url=gw,
                   verify_flag=str(tmp / "flag"))
 
 
