@@ -1,0 +1,97 @@
+"""The host build cache at plan level: the key, "from host cache" vs "build", and the fact parsers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from provisioner.facts.llama import (
+    HostBuildCache,
+    LlamaBuild,
+    parse_host_cache,
+    parse_llama,
+)
+from provisioner.facts.pve import PveFacts
+from provisioner.operations import llama_cache
+from provisioner.operations.llama import LlamaStep, build_spec
+from provisioner.operations.llama_build import from_cache_script
+
+from .planctx import ctx, host_facts
+
+HOST = HostBuildCache(frozenset(), "x86_64", "0123456789abcdef")
+
+
+def _ctx(tmp_path: Path, *, extra: str = "", cache: HostBuildCache = HOST, ct_os: str | None = "debian 12"):
+    tar = tmp_path / "src.tar.gz"
+    tar.write_bytes(b"a llama.cpp tree")
+    c = ctx({**host_facts(), "host.llama_cache": cache,
+             **({"ct.llama": LlamaBuild(os_release=ct_os)} if ct_os else {})},
+            extra=f"llama_cpp:\n  backend: cpu\n  source: {{tarball: {tar}}}\n" + extra)
+    return c
+
+
+def test_parsers() -> None:
+    out = "entry 0123456789abcdef\nentry fedcba9876543210\nmachine x86_64\ncpu 0011223344556677\n"
+    assert parse_host_cache(out, 0) == HostBuildCache(frozenset({"0123456789abcdef", "fedcba9876543210"}),
+                                                      "x86_64", "0011223344556677")
+    assert parse_llama("current \nbinary 0\nos debian 12\n", 0).os_release == "debian 12"
+    assert parse_llama("current \nbinary 0\n", 0).os_release is None
+
+
+def test_template_os() -> None:
+    assert llama_cache.template_os("debian-12-standard") == "debian 12"
+    assert llama_cache.template_os("local:vztmpl/debian-13-standard_13.1-2_amd64.tar.zst") == "debian 13"
+    assert llama_cache.template_os("ubuntu-24.04-standard") == "ubuntu 24.04"
+    assert llama_cache.template_os("my-own-template") is None
+
+
+def test_key_changes_with_build_os_machine_and_cpu(tmp_path: Path) -> None:
+    spec = build_spec(_ctx(tmp_path))
+    key = llama_cache.cache_key(spec, "debian 12", HOST)
+    assert key == llama_cache.cache_key(spec, "debian 12", HOST)
+    others = {llama_cache.cache_key(spec, "debian 13", HOST),
+              llama_cache.cache_key(spec, "debian 12", HostBuildCache(frozenset(), "aarch64", HOST.cpu_flags)),
+              llama_cache.cache_key(spec, "debian 12", HostBuildCache(frozenset(), "x86_64", "ffffffffffffffff")),
+              llama_cache.cache_key(build_spec(_ctx(tmp_path, extra="  cmake_flags: [-DX=1]\n")), "debian 12", HOST)}
+    assert key not in others and len(others) == 4
+
+
+def test_plan_says_from_host_cache_or_build(tmp_path: Path) -> None:
+    c = _ctx(tmp_path)
+    spec = build_spec(c)
+    key = llama_cache.cache_key(spec, "debian 12", HOST)
+    [build] = LlamaStep().plan(c)
+    assert (build.action, build.summary) == ("build", "build llama-server (cpu)")
+    c.facts["host.llama_cache"] = HostBuildCache(frozenset({key}), HOST.machine, HOST.cpu_flags)
+    [install] = LlamaStep().plan(c)
+    assert install.action == "install"
+    assert install.summary == f"llama-server {spec.hash} (cpu) from host cache {key}"
+    assert install.diff["host_cache"] == (None, key)
+    # switched off: always a build in the container
+    off = _ctx(tmp_path, extra="  host_cache: false\n", cache=c.facts["host.llama_cache"])
+    assert [ch.action for ch in LlamaStep().plan(off)] == ["build"]
+    # an unchanged spec: nothing, whatever the cache holds
+    c.facts["ct.llama"] = LlamaBuild(spec.stamp(), spec.hash, True, [spec.hash], "debian 12")
+    assert LlamaStep().plan(c) == []
+
+
+def test_new_container_key_from_the_template(tmp_path: Path) -> None:
+    c = _ctx(tmp_path, ct_os=None)
+    c.pve = PveFacts(version="9.1", release="9.1.3", ct=None, vmid=120)  # not created yet
+    key = llama_cache.cache_key(build_spec(c), "debian 12", HOST)
+    c.facts["host.llama_cache"] = HostBuildCache(frozenset({key}), HOST.machine, HOST.cpu_flags)
+    assert [ch.action for ch in LlamaStep().plan(c)] == ["install"]
+    # an existing container that is not running: its OS is unknown, so no key and no claim
+    stopped = _ctx(tmp_path, ct_os=None, cache=c.facts["host.llama_cache"])
+    assert [ch.action for ch in LlamaStep().plan(stopped)] == ["build"]
+
+
+def test_from_cache_script_is_valid_bash_and_checks_before_the_flip(tmp_path: Path) -> None:
+    spec = build_spec(_ctx(tmp_path))
+    script = from_cache_script(spec, key="0123456789abcdef", runtime=["libgomp1", "libssl3"], keep_builds=2)
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "for p in libgomp1 libssl3; do" in script
+    stamp = json.dumps(spec.stamp(), sort_keys=True)
+    assert f'"hash": "{spec.hash}"' in stamp and f'"hash": "{spec.hash}"' in script
+    assert script.index("llama-server\" --version") < script.index("=> not found") < script.index("current.tmp")
