@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import cuda_matrix
+from ..backends import refusal
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RemoteError
@@ -66,6 +67,11 @@ def build_spec(ctx: PlanContext) -> BuildSpec:
     """The build this host file asks for on this machine."""
     lc = ctx.cfg.llama_cpp
     backend = resolve_backend(ctx)
+    have: LlamaBuild | None = ctx.fact(LLAMA_CT.name)
+    refused = refusal(backend, have.os_release if have else None)  # the template's OS: checked at load
+    if refused:
+        raise ConfigError(f"{refused[0]} (this container runs {have.os_release if have else '?'})",
+                          key="llama_cpp.backend", fix=refused[1])
     if lc.source.tarball:
         source: dict[str, str | None] = {"tarball_sha256": tarball_sha256(lc.source.tarball),
                                          "subdir": lc.source.subdir}

@@ -23,6 +23,7 @@ import re
 import shlex
 import time
 
+from ..backends import template_os
 from ..engine.context import ApplyContext, PlanContext
 from ..facts.llama import (
     HOST_CACHE_DIR,
@@ -35,15 +36,7 @@ from .llama_build import BUILDS, BuildSpec
 
 #: entries kept on the host (newest use first); each is one build (tens of MB for CPU, more for CUDA)
 KEEP = 8
-_TEMPLATE_OS = re.compile(r"(?:^|[/:])([a-z]+)-(\d+(?:\.\d+)?)-")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-
-
-def template_os(template: str) -> str | None:
-    """``debian-12-standard[_12.12-1_amd64.tar.zst]`` → ``debian 12`` (as /etc/os-release's
-    ``$ID $VERSION_ID`` says in that container), None when the name does not tell."""
-    m = _TEMPLATE_OS.search(template)
-    return f"{m.group(1)} {m.group(2)}" if m else None
 
 
 def container_os(ctx: PlanContext) -> str | None:

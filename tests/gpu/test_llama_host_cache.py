@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from provisioner.backends import template_os
 from provisioner.facts.llama import (
     HostBuildCache,
     LlamaBuild,
@@ -40,10 +41,10 @@ def test_parsers() -> None:
 
 
 def test_template_os() -> None:
-    assert llama_cache.template_os("debian-12-standard") == "debian 12"
-    assert llama_cache.template_os("local:vztmpl/debian-13-standard_13.1-2_amd64.tar.zst") == "debian 13"
-    assert llama_cache.template_os("ubuntu-24.04-standard") == "ubuntu 24.04"
-    assert llama_cache.template_os("my-own-template") is None
+    assert template_os("debian-12-standard") == "debian 12"
+    assert template_os("local:vztmpl/debian-13-standard_13.1-2_amd64.tar.zst") == "debian 13"
+    assert template_os("ubuntu-24.04-standard") == "ubuntu 24.04"
+    assert template_os("my-own-template") is None
 
 
 def test_key_changes_with_build_os_machine_and_cpu(tmp_path: Path) -> None:
