@@ -34,7 +34,7 @@ def up(host_file: Path) -> tuple[dict, float]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "provisioner.cli.main", "--json", "up", str(host_file), "--yes",
                            "--only", STEPS], capture_output=True, text=True, cwd=ROOT, timeout=7200,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, check=False)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"provision up {host_file} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -83,7 +83,7 @@ def main() -> int:
     finally:
         for f in files:
             subprocess.run([sys.executable, "-m", "provisioner.cli.main", "down", str(f), "--yes"], cwd=ROOT,
-                           capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+                           capture_output=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
         if key and not args.keep_entry:
             node.run(f"rm -f /var/cache/provision/llama-builds/{key}.json /var/cache/provision/llama-builds/{key}.tar")
         manage.stop(node.name)

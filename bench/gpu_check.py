@@ -45,7 +45,7 @@ RAW = {  # file name in DIR → the command that produces it on the GPU machine
 
 
 def _bash(script: str) -> tuple[str, int]:
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
     return proc.stdout + proc.stderr, proc.returncode
 
 
@@ -79,7 +79,7 @@ def facts(d: Path) -> dict:
     """Parsed facts vs independent readings; ``ok`` only when every comparison matched."""
     from provisioner.facts.nvidia import parse_driver, parse_gpus, parse_proc_version
 
-    rc = lambda name: int((d / (name + ".rc")).read_text().strip() or 1)  # noqa: E731
+    rc = lambda name: int((d / (name + ".rc")).read_text().strip() or 1)
     driver = parse_driver((d / "driver.txt").read_text(), rc("driver.txt"))
     gpus = parse_gpus((d / "gpus.txt").read_text(), rc("gpus.txt"))
     q = _q_values((d / "nvidia-smi-q.txt").read_text())
@@ -115,8 +115,14 @@ def facts(d: Path) -> dict:
 def build(out: Path, tarball: Path, cc: str, toolkit: str, flags: list[str]) -> dict:
     from provisioner import cuda_matrix
     from provisioner.operations.llama import tarball_sha256
-    from provisioner.operations.llama_build import (BuildSpec, build_command, build_deps, build_script,
-                                                    configure_command, tarball_path)
+    from provisioner.operations.llama_build import (
+        BuildSpec,
+        build_command,
+        build_deps,
+        build_script,
+        configure_command,
+        tarball_path,
+    )
 
     spec = BuildSpec(backend="cuda", source={"tarball_sha256": tarball_sha256(str(tarball)), "subdir": "llama.cpp"},
                      architectures=tuple(cuda_matrix.architectures([cc])), toolkit=toolkit, flags=tuple(flags))
