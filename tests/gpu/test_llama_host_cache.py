@@ -96,3 +96,29 @@ def test_from_cache_script_is_valid_bash_and_checks_before_the_flip(tmp_path: Pa
     stamp = json.dumps(spec.stamp(), sort_keys=True)
     assert f'"hash": "{spec.hash}"' in stamp and f'"hash": "{spec.hash}"' in script
     assert script.index("llama-server\" --version") < script.index("=> not found") < script.index("current.tmp")
+
+
+def test_the_three_cpu_build_tests_share_one_spec() -> None:
+    """inventories/sim.yaml (e2e) and host_data()'s default flags (GPU and interruption tests, which pass
+    assets.llama_source() with subdir llama.cpp) ask for the same build: one host cache entry for all."""
+    import yaml
+
+    from provisioner.sim import assets
+    from provisioner.sim.hostfile import VM_SAFE_CPU_FLAGS, host_data
+
+    root = Path(__file__).resolve().parents[2]
+    e2e = yaml.safe_load((root / "inventories" / "sim.yaml").read_text())["llama_cpp"]
+    conn = {"api": {"host": "h", "port": 1, "token_id": "t", "token_secret_file": "/f", "fingerprint": "f"},
+            "ssh": {"host": "h", "port": 2, "key_file": "/k", "known_hosts": "/n"}, "node": "n",
+            "network": {"cidr": "10.0.3.0/24", "gateway": "10.0.3.1", "bridge": "b", "nameserver": "10.0.3.1"},
+            "cuda_repo_url": "http://x/compute/cuda/repos/debian12/x86_64/"}
+    tests = host_data(conn, vmid=643)["llama_cpp"]
+    assert e2e["backend"] == tests["backend"] == "cpu"
+    assert e2e["cmake_flags"] == tests["cmake_flags"] == VM_SAFE_CPU_FLAGS
+    assert Path(e2e["source"]["tarball"]).name == assets.LLAMA_TARBALL
+    assert e2e["source"]["subdir"] == "llama.cpp"
+    for test in ("gpu/test_gpu_sim.py", "reliability/test_interruptions_sim.py"):
+        text = (root / "tests" / test).read_text()
+        assert '"tarball": str(assets.llama_source())' in text and '"subdir": "llama.cpp"' in text, test
+    # ... and the interruption test keeps its build real
+    assert '"host_cache": False' in (root / "tests/reliability/test_interruptions_sim.py").read_text()
