@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+
+import pytest
 from pathlib import Path
 
 from provisioner.backends import template_os
@@ -122,3 +124,42 @@ def test_the_three_cpu_build_tests_share_one_spec() -> None:
         assert '"tarball": str(assets.llama_source())' in text and '"subdir": "llama.cpp"' in text, test
     # ... and the interruption test keeps its build real
     assert '"host_cache": False' in (root / "tests/reliability/test_interruptions_sim.py").read_text()
+
+
+class _Transport:
+    """Answers the host and container scripts of the cache path with chosen exit codes, recording them."""
+
+    def __init__(self, push: int, checks: int) -> None:
+        self.codes = {"push": push, "checks": checks}
+        self.seen: list[str] = []
+
+    def run(self, command: str, *, stdin: bytes = b"", **kw):
+        from provisioner.connectors.ssh import Result
+
+        script = stdin.decode()
+        kind = ("push" if "tar -xf -" in script else "checks" if "from the host's build cache" in script
+                else "forget" if script.startswith("rm -f /var/cache/provision/llama-builds/") else "other")
+        self.seen.append(kind)
+        code = self.codes.get(kind, 0)
+        out = json.dumps({"runtime_packages": ["libgomp1", "bad name;"]}) if kind == "push" else ""
+        return Result(command, code, out, "")
+
+
+@pytest.mark.parametrize("push,checks,expect", [
+    (0, 0, ["push", "checks"]),                          # installed from the cache, nothing compiled
+    (0, 3, ["push", "checks", "forget", "BUILD"]),       # failed its checks: entry removed, then a build
+    (4, 0, ["push", "BUILD"]),                           # the entry vanished since the plan: a build
+])
+def test_install_from_cache_falls_back_to_a_build(tmp_path: Path, monkeypatch, push, checks, expect) -> None:
+    from provisioner.engine.context import ApplyContext
+    from provisioner.operations import llama
+
+    c = _ctx(tmp_path)
+    spec = build_spec(c)
+    transport = _Transport(push, checks)
+    monkeypatch.setattr(llama, "run_build", lambda actx, s: transport.seen.append("BUILD"))
+    monkeypatch.setattr(llama_cache, "store", lambda *a: transport.seen.append("STORE"))
+    actx = ApplyContext(cfg=c.cfg, pve=None, ssh=transport, plan=c)
+    llama.install_cached(actx, spec, "0123456789abcdef", "debian 12")
+    # a build after a bad entry keeps its result for the next container
+    assert transport.seen == expect + (["STORE"] if "BUILD" in expect else [])
