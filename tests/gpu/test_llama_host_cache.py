@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from provisioner.backends import template_os
 from provisioner.facts.llama import (
