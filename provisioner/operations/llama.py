@@ -175,7 +175,18 @@ def run_build(actx: ApplyContext, spec: BuildSpec) -> None:
     script = build_script(spec, keep_builds=actx.cfg.llama_cpp.keep_builds)
     result = actx.ct().run(script, on_line=on_line)
     if not result.ok:
+        output = result.stdout + result.stderr
         raise RemoteError(f"building llama-server failed during '{phase['name']}' (exit {result.exit_code}); "
                           f"the previous build (if any) keeps serving from {CURRENT}",
                           command="llama.cpp build script", exit_code=result.exit_code,
-                          output=result.stdout + result.stderr, vmid=actx.vmid, step=STEP)
+                          output=output, vmid=actx.vmid, step=STEP, fix=build_fix(output))
+
+
+def build_fix(output: str) -> str | None:
+    """What to do about a failed build, where its output tells. gcc prints "Killed signal terminated
+    program cc1plus" when the kernel's OOM killer ends the compiler (seen building the Vulkan backend,
+    whose ggml-vulkan.cpp carries every shader, in a 4 GB container with 2 jobs)."""
+    if "Killed signal terminated program" in output:
+        return ("the compiler was killed, most likely out of memory: raise container.memory_mb "
+                "(the Vulkan and CUDA backends need several GB per compile job) and run `up` again")
+    return None

@@ -163,3 +163,11 @@ def test_install_from_cache_falls_back_to_a_build(tmp_path: Path, monkeypatch, p
     llama.install_cached(actx, spec, "0123456789abcdef", "debian 12")
     # a build after a bad entry keeps its result for the next container
     assert transport.seen == expect + (["STORE"] if "BUILD" in expect else [])
+
+
+def test_a_compiler_killed_for_memory_is_named() -> None:
+    from provisioner.operations.llama import build_fix
+
+    tail = "c++: fatal error: Killed signal terminated program cc1plus\ncompilation terminated.\n"
+    assert "raise container.memory_mb" in build_fix(tail)
+    assert build_fix("error: 'LayerSettingEXT' is not a member of 'vk'") is None
