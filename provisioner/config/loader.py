@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..backends import refusal, template_os
 from ..errors import ConfigError, ConfigErrors
 from ..redact import register
 from .schema import HOSTNAME_RE, SAFE_NAME_RE, HostFile, Secret
@@ -258,6 +259,10 @@ def _cross_checks(cfg: HostFile, file: str, lines: dict[KeyPath, int], listed: b
         errors.append(ConfigError("gateway.port and server.port are the same", file=file,
                                   line=lines.get(("gateway", "port")), key="gateway.port",
                                   fix="choose another port for one of them"))
+    refused = refusal(cfg.llama_cpp.backend, template_os(cfg.container.template))
+    if refused:
+        errors.append(ConfigError(refused[0], file=file, line=lines.get(("llama_cpp", "backend")),
+                                  key="llama_cpp.backend", fix=refused[1]))
     if cfg.model is None and cfg.gateway.enabled:
         pass  # a container without a model is a valid first step; services wait for it
     return errors

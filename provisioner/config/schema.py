@@ -285,6 +285,9 @@ class LlamaCpp(Section):
     rocm_targets: list[Annotated[str, Field(pattern=r"^gfx[0-9a-f]+$")]] = []
     cmake_flags: list[Annotated[str, Field(pattern=r"^-D[A-Za-z0-9_]+=[A-Za-z0-9_.;,+-]*$")]] = []
     keep_builds: Annotated[int, Field(ge=1, le=10)] = 2
+    #: keep finished builds on the Proxmox host and install them into a new or re-created container
+    #: with the same build spec instead of compiling again (operations/llama_cache.py)
+    host_cache: bool = True
 
 
 class ModelFile(Section):

@@ -146,6 +146,14 @@ def build_number(ref: str) -> str | None:
     return ref[1:] if len(ref) > 1 and ref[0] == "b" and ref[1:].isdigit() else None
 
 
+def _install_vars(spec: BuildSpec, keep_builds: int) -> dict[str, object]:
+    """What ``build/llama-install.sh.j2`` (verify, move into place, flip ``current``) needs."""
+    return dict(builds=BUILDS, root=ROOT, hash=spec.hash, stamp_name=STAMP_NAME, keep=keep_builds,
+                cuda=spec.backend == "cuda", q=shlex.quote,
+                cuda_lib=f"{toolkit_root(spec.toolkit)}/" if spec.backend == "cuda" and spec.toolkit else "",
+                apt_prelude=apt_prelude())
+
+
 def build_script(spec: BuildSpec, *, keep_builds: int) -> str:
     """The bash script that prepares the source, builds, installs atomically and flips ``current``."""
     src = f"{CACHE}/src/{spec.source_key}"
@@ -160,7 +168,11 @@ def build_script(spec: BuildSpec, *, keep_builds: int) -> str:
         git_url=spec.source.get("git") or "", git_ref=git_ref,
         build_number=build_number(git_ref) if git_ref else None,
         configure=configure_command(spec, src, build), build_cmd=build_command(build),
-        builds=BUILDS, root=ROOT, hash=spec.hash, stamp=json.dumps(spec.stamp(), sort_keys=True),
-        stamp_name=STAMP_NAME, keep=keep_builds, cuda=spec.backend == "cuda", q=shlex.quote,
-        cuda_lib=f"{toolkit_root(spec.toolkit)}/" if spec.backend == "cuda" and spec.toolkit else "",
-        apt_prelude=apt_prelude())
+        stamp=json.dumps(spec.stamp(), sort_keys=True), **_install_vars(spec, keep_builds))
+
+
+def from_cache_script(spec: BuildSpec, *, key: str, runtime: list[str], keep_builds: int) -> str:
+    """The bash script that checks and installs a build the host unpacked into ``builds/<hash>.tmp``:
+    the runtime packages it links first, then the same checks and ``current`` flip as a fresh build."""
+    return render("build/llama-from-cache.sh.j2", key=key, runtime=" ".join(shlex.quote(p) for p in runtime),
+                  **_install_vars(spec, keep_builds))

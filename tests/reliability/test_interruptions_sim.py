@@ -142,7 +142,10 @@ def host(sim_node, tmp_path_factory):
     key.write_text(GATEWAY_KEY + "\n")
     key.chmod(0o600)
     data = host_data(sim_node.conn, vmid=VMID, gpu=False, extra={
-        "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source()), "subdir": "llama.cpp"}},
+        # host_cache off: the kill test below must interrupt a real compile, and this spec is the one the
+        # e2e and GPU tests keep in the (simulated) host's build cache
+        "llama_cpp": {"backend": "cpu", "source": {"tarball": str(assets.llama_source()), "subdir": "llama.cpp"},
+                      "host_cache": False},
         "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "location": "container"},
         "server": {"host": "0.0.0.0", "ctx_size": 32768, "threads": 2, "health_timeout": 300,
                    "override_kv": ["llama.context_length=int:32768"]},

@@ -16,6 +16,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
 | /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
+| /var/cache/provision | $PROVISION_SIM_CACHE/host-var-cache-provision: one directory for **every** node on this machine (see ``shared_host_cache``) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
 real host if missing. Each node has its own /dev, so nodes never share device nodes.
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 from provisioner.sim.host.nvidia import NvidiaHost, _python_tool, _write_exec
+from provisioner.sim.lxc import rootfs
 from provisioner.sim.repos import nvidia as aptrepo
 
 BRIDGE_IP = "10.0.3.1"
@@ -188,6 +190,25 @@ def shadow_etc(sim_root: Path) -> None:
     # kernel refuse a fresh proc mount in a user namespace, so unprivileged CTs would not start)
 
 
+#: the host's /var/cache/provision, under the simulator's cache so that emptying /var/cache/provision-sim
+#: empties it too
+HOST_CACHE = rootfs.CACHE_DIR / "host-var-cache-provision"
+
+
+def shared_host_cache() -> None:
+    """/var/cache/provision of the node is one directory shared by every simulated node on this machine.
+
+    Unlike /etc/apt or /var/lib/provision/host-driver (a directory per node), this one deliberately
+    stands for *the same host*: every simulated node here runs on this machine's CPU, kernel and disk,
+    which is what a real host's cache (what a tool keeps there, e.g. finished builds) is keyed by.
+    So a build kept by one node's container is found by a container of the next node, as a
+    re-created container finds it on a real host. It lives under the simulator's cache directory.
+    """
+    HOST_CACHE.mkdir(parents=True, exist_ok=True)
+    Path("/var/cache/provision").mkdir(parents=True, exist_ok=True)
+    _bind(HOST_CACHE, "/var/cache/provision")
+
+
 def setup_namespace(sim_root: Path) -> None:
     """Bind the fake host view over the real paths (call only inside the private namespace)."""
     host = sim_root / "host"
@@ -213,6 +234,7 @@ def setup_namespace(sim_root: Path) -> None:
         if not os.path.lexists(f"/sys/module/{mod}"):
             os.symlink(host / "sys/module" / mod, f"/sys/module/{mod}")
     shadow_etc(sim_root)
+    shared_host_cache()
     shadow_tools(sim_root)
 
 

@@ -1,9 +1,11 @@
-"""The Debian root filesystem cache and the CT template made from it.
+"""The Debian root filesystem caches and the CT templates made from them.
 
-A debootstrapped bookworm is built once per suite into
+A debootstrapped Debian is built once per suite into
 ``/var/cache/provision-sim/rootfs-<suite>`` (shared by every simulated node,
 reused across runs and CI), then packed into a template tarball named like the
-one PVE's appliance index offers (``debian-12-standard_12.12-1_amd64.tar.zst``).
+one PVE's appliance index offers: bookworm as ``debian-12-standard_12.12-1_amd64.tar.zst``,
+trixie as ``debian-13-standard_13.1-2_amd64.tar.zst`` (the names sim/pve/aplinfo.py lists). The
+trixie one is built only when a container asks for it (debootstrap from Debian's own archive).
 
 Containers are created from the template the way PVE does it (unpack), but when
 the template is our own tarball we copy the already-unpacked cache instead
@@ -27,6 +29,8 @@ from provisioner.sim.lxc.base import Log, SimTaskError
 CACHE_DIR = Path(os.environ.get("PROVISION_SIM_CACHE", "/var/cache/provision-sim"))
 SUITE = "bookworm"
 TEMPLATE_NAME = "debian-12-standard_12.12-1_amd64.tar.zst"
+#: template file name → the Debian suite debootstrapped for it
+TEMPLATES = {TEMPLATE_NAME: SUITE, "debian-13-standard_13.1-2_amd64.tar.zst": "trixie"}
 # Enough for systemd to boot, ifupdown networking like PVE's Debian template, apt over https.
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "iproute2", "ifupdown", "iputils-ping",
             "openssh-server", "ca-certificates", "curl", "gnupg", "procps", "less"]
@@ -39,8 +43,12 @@ def rootfs_dir(suite: str = SUITE) -> Path:
     return CACHE_DIR / f"rootfs-{suite}"
 
 
-def template_path() -> Path:
-    return CACHE_DIR / TEMPLATE_NAME
+def template_path(name: str = TEMPLATE_NAME) -> Path:
+    return CACHE_DIR / name
+
+
+def _template_of(suite: str) -> str:
+    return next(name for name, s in TEMPLATES.items() if s == suite)
 
 
 #: bump when _prepare_for_containers changes: the cache is re-prepared and the template repacked
@@ -77,7 +85,7 @@ def ensure_rootfs(log: Log = print, suite: str = SUITE) -> Path:
             stamp = target / STAMP
             if not stamp.exists() or stamp.read_text().strip() != PREPARE_VERSION:
                 _prepare_for_containers(target)
-                template_path().unlink(missing_ok=True)
+                template_path(_template_of(suite)).unlink(missing_ok=True)
                 shutil.rmtree(target.with_name(target.name + "-userns"), ignore_errors=True)
             return target
         partial = target.with_name(target.name + ".partial")
@@ -126,10 +134,10 @@ def _prepare_for_containers(root: Path) -> None:
     (root / STAMP).write_text(PREPARE_VERSION + "\n")
 
 
-def ensure_template(log: Log = print) -> Path:
+def ensure_template(log: Log = print, name: str = TEMPLATE_NAME) -> Path:
     """Pack the cache into the template tarball once; returns its path."""
-    src = ensure_rootfs(log)
-    tpl = template_path()
+    src = ensure_rootfs(log, TEMPLATES[name])
+    tpl = template_path(name)
     if tpl.exists():
         return tpl
     if shutil.which("zstd") is None:
@@ -146,9 +154,9 @@ def ensure_template(log: Log = print) -> Path:
 
 def provide_template(name: str, dest: Path, log: Log) -> None:
     """Copy the template called ``name`` to ``dest`` (the API's aplinfo download)."""
-    if name != TEMPLATE_NAME:
+    if name not in TEMPLATES:
         raise SimTaskError(f"no such template: {name}")
-    tpl = ensure_template(log)
+    tpl = ensure_template(log, name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     log(f"downloading {name} (sim: copied from {tpl})")
     tmp = dest.with_name(dest.name + ".tmp")
@@ -158,10 +166,10 @@ def provide_template(name: str, dest: Path, log: Log) -> None:
 
 
 def is_our_template(ostemplate: Path) -> bool:
-    """True when ``ostemplate`` is a copy of the cache's tarball (same size)."""
-    tpl = template_path()
+    """True when ``ostemplate`` is a copy of one of the caches' tarballs (same name and size)."""
+    tpl = template_path(ostemplate.name)
     try:
-        return ostemplate.name == TEMPLATE_NAME and tpl.stat().st_size == ostemplate.stat().st_size
+        return ostemplate.name in TEMPLATES and tpl.stat().st_size == ostemplate.stat().st_size
     except FileNotFoundError:
         return False
 
@@ -173,8 +181,9 @@ def materialise(ostemplate: Path, dest: Path, *, unprivileged: bool, log: Log) -
     dest.mkdir(parents=True, exist_ok=True)
     if not ostemplate.exists():
         raise SimTaskError(f"template '{ostemplate}' does not exist")
-    if is_our_template(ostemplate) and rootfs_dir().exists():
-        src = shifted_rootfs_dir() if unprivileged else rootfs_dir()
+    suite = TEMPLATES.get(ostemplate.name, SUITE)
+    if is_our_template(ostemplate) and rootfs_dir(suite).exists():
+        src = shifted_rootfs_dir(suite) if unprivileged else rootfs_dir(suite)
         log(f"sim: copying the unpacked template cache {src}")
         subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dest)], check=True)
         return
@@ -186,9 +195,9 @@ def materialise(ostemplate: Path, dest: Path, *, unprivileged: bool, log: Log) -
         shift_ownership(dest, ID_SHIFT)
 
 
-def shifted_rootfs_dir() -> Path:
+def shifted_rootfs_dir(suite: str = SUITE) -> Path:
     """The cache with uids/gids shifted by 100000 (built once: shifting takes seconds)."""
-    src = ensure_rootfs()
+    src = ensure_rootfs(suite=suite)
     target = src.with_name(src.name + "-userns")
     stamp = target / STAMP
     with _cache_lock():

@@ -7,6 +7,9 @@ the backend's ``provide_template`` (a cached debootstrap rootfs tarball).
 
 from __future__ import annotations
 
+# PVE 9 fetches its appliance index from http://download.proxmox.com/images/aplinfo-pve-9.dat
+# (pve-manager 14a22df3 PVE/APLInfo.pm:203-204); Debian 13 "standard" templates are offered there
+# for PVE 9. The exact version strings below were not checked against that file from here (no access).
 BASE = "http://download.proxmox.com/images"
 _ENTRIES = [
     ("debian-12-standard", "12.12-1", "debian-12", "Debian 12 Bookworm (standard)",
