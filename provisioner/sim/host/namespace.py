@@ -8,6 +8,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | ---                | ---                                      |
 | /etc/pve           | SIM_ROOT/etc/pve (container configs)     |
 | /var/lib/lxc       | SIM_ROOT/lxc (lxcpath; `pct mount` target)|
+| /var/lib/vz        | SIM_ROOT/storage/local (the dir storage `local`: template/cache, snippets) |
 | /proc/devices      | SIM_ROOT/host/proc/devices               |
 | /proc/driver       | SIM_ROOT/host/proc/driver                |
 | /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
@@ -199,6 +200,10 @@ def setup_namespace(sim_root: Path) -> None:
     (sim_root / "etc/pve/lxc").mkdir(parents=True, exist_ok=True)
     _bind(sim_root / "etc/pve", "/etc/pve")
     _bind(sim_root / "lxc", "/var/lib/lxc")
+    # the dir storage ``local`` is /var/lib/vz on PVE (templates, snippets: sim/pve/hookscript.py)
+    Path("/var/lib/vz").mkdir(parents=True, exist_ok=True)
+    (sim_root / "storage/local/snippets").mkdir(parents=True, exist_ok=True)
+    _bind(sim_root / "storage/local", "/var/lib/vz")
     _bind(host / "proc/devices", "/proc/devices")
     _bind(host / "proc/driver", "/proc/driver")
     _bind(host / "lib/modules", "/usr/lib/modules")
