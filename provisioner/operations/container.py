@@ -101,7 +101,7 @@ def desired_config(ctx: PlanContext) -> dict[str, str]:
 
 def is_root_only(key: str, value: str, unprivileged: bool) -> bool:
     """PVE's rule: devN, bind mounts, and features on a privileged CT (or beyond nesting)."""
-    if key.startswith("dev"):
+    if key.startswith("dev") or key == "hookscript":  # hookscript: pve-container src/PVE/LXC.pm:1736-1738
         return True
     if key.startswith("mp") or key == "rootfs":
         return value.split(",", 1)[0].startswith("/")

@@ -46,8 +46,22 @@ class Faults:
         (self.root / "faults").mkdir(parents=True, exist_ok=True)
 
     def upgrade_host_driver(self, version: str, *, reboot: bool = True) -> None:
-        """Install ``version`` on the host; without ``reboot`` the old module stays loaded."""
+        """Install ``version`` on the host; without ``reboot`` the old module stays loaded.
+
+        As the packages would: DKMS's module for the running kernel is now ``version``, so a later
+        reboot of the node (sim/host/packages.py reboot) loads it.
+        """
+        from provisioner.sim.host.packages import Host
+
         NvidiaHost(self.root).set_driver(version, loaded=reboot)
+        h = Host(self.root)
+        dkms, kver = h.dkms, h.nv.load().running_kernel
+        if dkms:
+            for built in dkms.values():
+                built.pop(kver, None)
+            dkms = {v: k for v, k in dkms.items() if k}
+            dkms.setdefault(version, {})[kver] = "installed"
+            h._save("dkms.json", dkms)
 
     def drop_uvm(self) -> None:
         NvidiaHost(self.root).drop_uvm()

@@ -16,7 +16,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
-| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
+| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver, /var/lib/provision/guard | SIM_ROOT/host/... (seeded from the real ones once) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
 real host if missing. Each node has its own /dev, so nodes never share device nodes.
@@ -176,6 +176,7 @@ def shadow_etc(sim_root: Path) -> None:
     for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
                        ("/etc/modprobe.d", "etc/modprobe.d"),
                        ("/var/lib/provision/host-driver", "var/lib/provision/host-driver"),
+                       ("/var/lib/provision/guard", "var/lib/provision/guard"),
                        ("/etc/systemd/system", "etc/systemd/system"), ("/etc/modules-load.d", "etc/modules-load.d")):
         Path(real).mkdir(parents=True, exist_ok=True)
         if not (host / mine).exists():
