@@ -30,7 +30,9 @@ def test_existing_entries_keep_their_index_and_foreign_dev_is_kept() -> None:
 
 def test_converged_devices_plan_no_container_change() -> None:
     c = ctx(host_facts(), config={**WANT, "cores": "4", "memory": "16384", "swap": "512", "onboot": "1",
-                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1"})
+                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1",
+                                  # the host guard's hookscript (driver.follow_host: sync by default)
+                                  "hookscript": "local:snippets/provision-guard"})
     assert ContainerStep().plan(c) == []
 
 
