@@ -16,6 +16,7 @@ from ..facts.services import (
     GATEWAY_UNIT,
     GATEWAY_USER,
     GATEWAY_VENV,
+    GPU_CHECK,
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
@@ -95,7 +96,16 @@ def llama_unit(cfg: HostFile, sandbox: Sandbox) -> str:
     paths = model_paths(cfg, cfg.model.dir)
     return render("systemd/llama-server.service.j2", model_id=cfg.model.model_id, model_path=paths["model"],
                   draft_path=paths.get("draft"), models_dir=cfg.model.dir, user=LLAMA_USER,
-                  exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY)
+                  exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY,
+                  gpu_check=GPU_CHECK)
+
+
+def gpu_check() -> str:
+    """The pre-start check's script (templates/scripts/llama-gpu-check.sh.j2)."""
+    from ..facts.llama import ROOT
+    from ..facts.nvidia_ct import LIB_DIR
+
+    return render("scripts/llama-gpu-check.sh.j2", stamp=f"{ROOT}/current/BUILD-STAMP.json", lib_dir=LIB_DIR)
 
 
 def gateway_config(cfg: HostFile) -> str:
@@ -125,7 +135,7 @@ def desired_units(cfg: HostFile, systemd_version: int) -> dict[str, str]:
     from ..facts.services import unit_path
 
     sandbox = sandbox_for(cfg, systemd_version)
-    out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox)}
+    out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox), GPU_CHECK: gpu_check()}
     if cfg.gateway.enabled:
         out[unit_path(GATEWAY_UNIT)] = gateway_unit(cfg, sandbox)
         out[GATEWAY_CONF] = gateway_config(cfg)
