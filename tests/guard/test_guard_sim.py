@@ -103,3 +103,111 @@ def test_driver_upgrade_and_reboot_moves_the_container_without_provision(node: S
     again = up(path)
     assert again["planned"] == [] and again["applied"] == [], again["planned"]
     provision_cli("down", str(path), "--yes", check=False)
+
+
+def journal(node: SimNode, vmid: int) -> str:
+    return ct(node, vmid, "journalctl -u llama-server --no-pager -o cat 2>/dev/null | tail -n 40; true")
+
+
+def wait_active(node: SimNode, vmid: int, timeout: float = 120) -> str:
+    deadline, state = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        state = ct(node, vmid, "systemctl is-active llama-server; true").strip()
+        if state == "active":
+            break
+        time.sleep(2)
+    return state
+
+
+def restart_ct(node: SimNode, vmid: int) -> tuple[str, str]:
+    rc, out, err = node.run(f"pct stop {vmid} && pct start {vmid}", timeout=900)
+    assert rc == 0, out + err  # a failing post-start hook is a warning: the container starts
+    return out, err
+
+
+def test_refuse_then_unreachable_repository_then_the_move(node: SimNode, tmp_path: Path) -> None:
+    """refuse: llama-server stays stopped with the reason; sync without the repository: the container
+    starts, llama-server is refused, dpkg clean and nothing moved; with it back the next start moves it."""
+    import shlex
+
+    import yaml
+    from services.llama_bin import install_script, llama_server
+
+    from provisioner.sim import assets
+    from provisioner.sim.hostfile import host_data
+
+    vmid = 692
+    node.faults.upgrade_host_driver(OLD)  # whatever the other test left
+    models = Path("/var/lib/provision-guard-test") / f"models-{os.getpid()}"
+    data = host_data(node.conn, vmid=vmid, gpu=True, extra={
+        "model": {"path": str(assets.smollm2_model()), "name": "smollm2", "host_dir": str(models)},
+        "server": {"ctx_size": 4096, "threads": 2, "health_timeout": 300},
+        "gateway": {"enabled": False}, "clients": {"claude_code": False},
+        "driver": {"follow_host": "refuse"}})
+    path = tmp_path / "h.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def up_all(check: bool = True) -> dict:
+        return last_json(provision_cli("--json", "up", str(path), "--yes", "--only",
+                                       STEPS + ",model,services,verify", check=check, timeout=1200))
+
+    last_json(provision_cli("--json", "up", str(path), "--yes", "--only", STEPS + ",model", timeout=900))
+    # llama-server where the llama step puts it, stamped as the CUDA build it stands in for
+    script = install_script("guard1").replace('"backend": "cpu"', '"backend": "cuda"')
+    assert '"backend": "cuda"' in script
+    code, _, err = node.run(f"pct exec {vmid} -- sh -c {shlex.quote(script)}", stdin=llama_server().read_bytes())
+    assert code == 0, err
+    first = up_all()
+    assert ("services", "start") in [(c["step"], c["action"]) for c in first["applied"]], first["applied"]
+    assert wait_active(node, vmid) == "active"
+    try:
+        # refuse: the host moves on, the container is left as it is, llama-server refuses to start
+        node.faults.upgrade_host_driver(NEW, reboot=False)
+        reboot(node)
+        assert node.backend.status(vmid) == "running"
+        assert wait_active(node, vmid, timeout=15) != "active"
+        j = journal(node, vmid)
+        assert (f"refusing to start the CUDA llama-server: the container's NVIDIA userspace is {OLD} (libcuda.so), "
+                f"the host's module is {NEW}") in j, j
+        assert "fix: run provision up for this container" in j
+        _, log, _ = node.run(f"cat {GUARD_LOG}")
+        assert f"CT {vmid}: userspace {OLD}, module {NEW}: not moved (driver.follow_host=refuse)" in log, log
+        assert userspace(node, vmid)["libcuda1"] == f"{OLD}-1 held"
+
+        # the fix doctor names: `up` (here with sync from now on) moves it
+        data["driver"]["follow_host"] = "sync"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        last_json(provision_cli("--json", "up", str(path), "--yes", "--only", "driver", timeout=600))
+        assert userspace(node, vmid)["libcuda1"] == f"{NEW}-1 held"
+        restart_ct(node, vmid)
+        assert wait_active(node, vmid) == "active"
+
+        # sync, but the repository is down at the next driver change (back to OLD) and reboot:
+        # the container starts, llama-server is refused, nothing is half-done
+        before = userspace(node, vmid)
+        pin = ct(node, vmid, "cat /etc/apt/preferences.d/provision-nvidia")
+        ct(node, vmid, "apt-get clean")  # OLD's .debs from the first install would make the network moot
+        node.faults.upgrade_host_driver(OLD, reboot=False)
+        node.faults.stop_apt_server()
+        try:
+            reboot(node)
+            assert node.backend.status(vmid) == "running"
+            _, log, _ = node.run(f"cat {GUARD_LOG}")
+            assert f"CT {vmid}: FAILED to move the userspace to {OLD}" in log, log
+            assert "nothing was changed" in log
+            assert userspace(node, vmid) == before
+            assert ct(node, vmid, "cat /etc/apt/preferences.d/provision-nvidia") == pin
+            assert ct(node, vmid, "dpkg --audit; echo rc=$?").strip() == "rc=0"
+            assert wait_active(node, vmid, timeout=10) != "active"
+            assert f"userspace is {NEW} (libcuda.so), the host's module is {OLD}" in journal(node, vmid)
+        finally:
+            node.faults.stop_apt_server(False)
+        # the repository is back: the next start completes the move and llama-server starts
+        restart_ct(node, vmid)
+        assert wait_active(node, vmid) == "active"
+        assert userspace(node, vmid)["libcuda1"] == f"{OLD}-1 held"
+        again = up_all()
+        assert again["applied"] == [] and again["planned"] == [], again["planned"]
+    finally:
+        provision_cli("down", str(path), "--yes", check=False)
+        node.faults.upgrade_host_driver(OLD)

@@ -10,6 +10,7 @@ Every fault changes real state the provisioner will meet:
   /var/lib/dpkg/lock-frontend (named ``unattended-upgr`` like the usual culprit).
 - ``secure_boot``, ``dkms_status_warning``, ``leftover_kernel_dir``, ``set_newer_kernel``,
   ``dkms_build_fails``: the host's boot, DKMS and kernel state (sim/host/packages.py reads them).
+- ``stop_apt_server``: the simulated NVIDIA repository's server goes down (and back).
 - ``drop_ssh_connections``: kills sshd's per-connection processes (the listener stays).
 - ``fail_next_task``: the next API task of a type fails with a message (read by sim/tasks.py).
 - ``set_api_delay`` (sim.json ``delay_ms``, read by the API per request) and
@@ -62,6 +63,15 @@ class Faults:
             dkms = {v: k for v, k in dkms.items() if k}
             dkms.setdefault(version, {})[kver] = "installed"
             h._save("dkms.json", dkms)
+
+    def stop_apt_server(self, stopped: bool = True) -> None:
+        """The simulated NVIDIA repository's HTTP server stops (connection refused) or comes back;
+        the node's host process applies it within a second (sim/host/namespace.py)."""
+        import time
+
+        flag = self.root / "faults" / "apt_stopped"
+        flag.write_text("1\n") if stopped else flag.unlink(missing_ok=True)
+        time.sleep(1.0)
 
     def drop_uvm(self) -> None:
         NvidiaHost(self.root).drop_uvm()

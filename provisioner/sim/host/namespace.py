@@ -286,12 +286,24 @@ class HostProcess:
     def stop(self, *_: object) -> None:
         self.stopping = True
 
+    def _apt_fault(self) -> None:
+        """``faults/apt_stopped`` (Faults.stop_apt_server): the repository's server is down
+        (connection refused), until the file is removed."""
+        down = (self.sim_root / "faults" / "apt_stopped").exists()
+        if down and self.apt is not None:
+            self.apt.shutdown()
+            self.apt.server_close()
+            self.apt = None
+        elif not down and self.apt is None:
+            self.apt = aptrepo.serve(self.sim_root / "apt-repo", BRIDGE_IP, int(self.settings["apt_port"]))
+
     def wait(self) -> int:
         """Run until SIGTERM or until a service dies; then stop everything."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         rc = 0
         while not self.stopping:
+            self._apt_fault()
             for name, proc in self.children.items():
                 if proc.poll() is not None:
                     print(f"provision-sim: {name} exited with {proc.returncode}", file=sys.stderr)
@@ -305,7 +317,8 @@ class HostProcess:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.apt.shutdown()
+        if self.apt is not None:
+            self.apt.shutdown()
         (self.sim_root / "run" / "host.ready").unlink(missing_ok=True)
         return rc
 
