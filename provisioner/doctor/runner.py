@@ -27,6 +27,7 @@ from . import (
     checks_cuda,
     checks_dns,
     checks_driver,
+    checks_guard,
     checks_host,
     checks_services,
 )
@@ -37,7 +38,7 @@ from .probes import ct_ip_from_config, gateway_key, gateway_url, run_probes
 
 #: every check, in the order a human reads them: can we get in, the host, the container, inside it
 CHECKS: list[Callable[[DoctorContext], list[Finding]]] = [
-    *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS,
+    *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS, *checks_guard.CHECKS,
     *checks_cuda.CHECKS, *checks_dns.CHECKS, *checks_services.CHECKS]
 
 __all__ = ["CHECKS", "all_facts", "diagnose", "run_checks", "target_config"]

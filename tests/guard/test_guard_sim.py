@@ -87,6 +87,9 @@ def test_driver_upgrade_and_reboot_moves_the_container_without_provision(node: S
     rc, out, err = node.run("/usr/local/sbin/provision-guard dpkg-post-invoke >/dev/null; "
                             "cat /var/lib/provision/guard/reboot-pending")
     assert rc == 0 and out.strip() == f"ondisk={NEW} loaded={OLD}", out + err
+    doc = {f["id"]: f for f in last_json(provision_cli("--json", "doctor", str(path), check=False))["findings"]}
+    assert doc["driver.reboot_pending"]["title"] == (f"NVIDIA module {NEW} on disk, {OLD} loaded: containers will "
+                                                     "be moved at the next boot"), doc.get("driver.reboot_pending")
     # ... and days later the host reboots: no provision command in between
     reboot(node)
     assert node.backend.status(vmid) == "running"
@@ -173,6 +176,10 @@ def test_refuse_then_unreachable_repository_then_the_move(node: SimNode, tmp_pat
         _, log, _ = node.run(f"cat {GUARD_LOG}")
         assert f"CT {vmid}: userspace {OLD}, module {NEW}: not moved (driver.follow_host=refuse)" in log, log
         assert userspace(node, vmid)["libcuda1"] == f"{OLD}-1 held"
+        # doctor names the fix
+        doc = {f["id"]: f for f in last_json(provision_cli("--json", "doctor", str(path), check=False))["findings"]}
+        assert doc["guard.recent"]["status"] == "warn" and "provision up" in doc["guard.recent"]["fix"], doc
+        assert doc["driver.userspace"]["status"] == "fail", doc["driver.userspace"]
 
         # the fix doctor names: `up` (here with sync from now on) moves it
         data["driver"]["follow_host"] = "sync"
