@@ -128,6 +128,17 @@ def ct_changes(ctx: PlanContext) -> list[Change]:
                          for k in files})]
 
 
+def remove_script(vmid: int) -> str:
+    """`down`: this container's guard files; the guard itself once no managed container is left."""
+    files = " ".join(shlex.quote(p) for p in host_files())
+    return (f"rm -f {STATE_DIR}/ct-{int(vmid)}.conf {STATE_DIR}/ct-{int(vmid)}.sync.sh\n"
+            f"if ! ls {STATE_DIR}/ct-*.conf >/dev/null 2>&1 && [ -e {GUARD_BIN} ]; then\n"
+            f"  if [ -d /run/systemd/system ]; then systemctl disable {UNIT} >/dev/null 2>&1; fi\n"
+            f"  rm -f {shlex.quote(UNIT_WANTS_LINK)} {files}\n"
+            "  echo 'host guard removed (no managed GPU container left)'\n"
+            "fi\n")
+
+
 def owns_hookscript(key: str, value: str) -> bool:
     return key == "hookscript" and value == SNIPPET_VOLID
 

@@ -105,7 +105,10 @@ def test_driver_upgrade_and_reboot_moves_the_container_without_provision(node: S
     assert NEW in ct(node, vmid, "nvidia-smi --query-gpu=driver_version --format=csv,noheader")
     again = up(path)
     assert again["planned"] == [] and again["applied"] == [], again["planned"]
-    provision_cli("down", str(path), "--yes", check=False)
+    # down: the container (and its hookscript entry) goes, and with no managed container left, the guard
+    assert "host guard removed" in provision_cli("down", str(path), "--yes").stderr
+    assert node.run("ls /var/lib/provision/guard/ct-* /usr/local/sbin/provision-guard "
+                    "/etc/systemd/system/provision-guard.service /var/lib/vz/snippets/provision-guard")[0] != 0
 
 
 def journal(node: SimNode, vmid: int) -> str:
