@@ -252,6 +252,9 @@ class Driver(Section):
     repo_url: str = "https://developer.download.nvidia.com/compute/cuda/repos"
     packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.+-]+$")]] = [
         "nvidia-driver-cuda", "libcuda1", "libnvidia-ml1"]
+    #: after a host driver upgrade, the host guard (operations/guard.py) at boot and container start:
+    #: ``sync`` moves the userspace to the loaded module, ``refuse`` keeps llama-server stopped, ``off``
+    follow_host: Literal["sync", "refuse", "off"] = "sync"
 
 
 class Cuda(Section):

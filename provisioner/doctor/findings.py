@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..redact import redact_obj
 
 Status = Literal["ok", "warn", "fail"]
-AREAS = ("access", "host", "container", "driver", "cuda", "dns", "services")
+AREAS = ("access", "host", "container", "driver", "guard", "cuda", "dns", "services")
 _RANK = {"ok": 0, "warn": 1, "fail": 2}
 #: evidence output is cut to this many lines (the relevant ones come first)
 MAX_EVIDENCE_LINES = 12

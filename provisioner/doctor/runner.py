@@ -28,6 +28,7 @@ from . import (
     checks_cuda,
     checks_dns,
     checks_driver,
+    checks_guard,
     checks_host,
     checks_services,
 )
@@ -38,7 +39,7 @@ from .probes import ct_ip_from_config, gateway_key, gateway_url, run_probes
 
 #: every check, in the order a human reads them: can we get in, the host, the container, inside it
 CHECKS: list[Callable[[DoctorContext], list[Finding]]] = [
-    *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS,
+    *checks_access.CHECKS, *checks_host.CHECKS, *checks_container.CHECKS, *checks_driver.CHECKS, *checks_guard.CHECKS,
     *checks_cuda.CHECKS, *checks_dns.CHECKS, *checks_services.CHECKS]
 
 #: seconds the facts round trip may take with --deep: sha256 of a 20 GB model at ~200 MB/s is ~100 s

@@ -10,6 +10,7 @@ def all_steps(cfg: HostFile) -> list[Step]:
     from ..operations.container import ContainerStep
     from ..operations.cuda import CudaStep
     from ..operations.driver import DriverStep
+    from ..operations import guard  # noqa: F401  (registers the hookscript with the container step)
     from ..operations.llama import LlamaStep
     from ..operations.passthrough import GpuHostStep  # also contributes devN to the container step
 

@@ -31,6 +31,8 @@ GATEWAY_CONF = f"{CONF_DIR}/gateway.json"
 MODELS_PRESET = f"{CONF_DIR}/llama-models.ini"
 UNIT_DIR = "/etc/systemd/system"
 LLAMA_UNIT = "llama-server"
+#: llama-server's pre-start check: a CUDA build refuses a mismatched userspace or no GPU (no CPU fallback)
+GPU_CHECK = "/usr/local/bin/provision-llama-gpu-check"  # an existing 0755 dir: it runs as the llama user
 GATEWAY_UNIT = "provision-gateway"
 STATE_DIR = "/var/lib/provision"
 VERIFY_FLAG = f"{STATE_DIR}/verify-pending"
@@ -91,7 +93,7 @@ def service_inputs(cfg: HostFile) -> dict[str, list[str]]:
     """
     ct_models = model_paths(cfg, cfg.model.dir) if cfg.model else {}
     sidecars = [p + SIDECAR_SUFFIX for p in ct_models.values()]
-    llama = [unit_path(LLAMA_UNIT), SERVER_KEY] + ([] if router_mode(cfg) else sidecars)
+    llama = [unit_path(LLAMA_UNIT), SERVER_KEY, GPU_CHECK] + ([] if router_mode(cfg) else sidecars)
     out = {LLAMA_UNIT: llama}
     if cfg.gateway.enabled:
         out[GATEWAY_UNIT] = [unit_path(GATEWAY_UNIT), GATEWAY_CONF, GATEWAY_KEY, SERVER_KEY, GATEWAY_INSTALLED]
@@ -275,7 +277,8 @@ def _health(url: str, name: str) -> str:
 
 
 def services_command(cfg: HostFile) -> str:
-    managed = [unit_path(LLAMA_UNIT), unit_path(GATEWAY_UNIT), GATEWAY_CONF, SERVER_KEY, GATEWAY_KEY, MODELS_PRESET]
+    managed = [unit_path(LLAMA_UNIT), unit_path(GATEWAY_UNIT), GATEWAY_CONF, SERVER_KEY, GATEWAY_KEY, MODELS_PRESET,
+               GPU_CHECK]
     lines = [f"for f in {' '.join(managed)}; do [ -f \"$f\" ] && echo \"file $f $(sha256sum < \"$f\" | cut -c1-64)\"; done",
              (f"for u in {LLAMA_UNIT} {GATEWAY_UNIT}; do echo \"unit $u $(systemctl is-active $u.service 2>/dev/null"
              f" | head -1) $(systemctl is-enabled $u.service 2>/dev/null | head -1 || echo not-found)\"; done"),

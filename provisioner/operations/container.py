@@ -122,7 +122,7 @@ def is_root_only(key: str, value: str | None, unprivileged: bool, current: str |
     any flag but ``nesting`` that differs between ``current`` and ``value`` — compared flag by
     flag (``old // ''`` vs ``new // ''``), so *removing* ``keyctl`` is root-only too. ``value``
     None is a delete (judged by the old flags alone)."""
-    if key.startswith("dev"):
+    if key.startswith("dev") or key == "hookscript":  # hookscript: pve-container src/PVE/LXC.pm:1736-1738
         return True
     if key.startswith("mp") or key == "rootfs":
         return (value if value is not None else current or "").split(",", 1)[0].startswith("/")

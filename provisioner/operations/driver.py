@@ -44,6 +44,7 @@ from ..config.schema import HostFile
 from ..engine.context import ApplyContext, PlanContext
 from ..engine.plan import Change
 from ..errors import ConfigError, RefusedError, RemoteError
+from ..facts.guard import GUARD
 from ..facts.nvidia import DRIVER, GPUS
 from ..facts.nvidia_ct import (DRIVER_CT, DRIVER_GLOBS, KEYRING_PATH, LIB_DIR, PIN_PATH, SOURCE_PATH_FMT,
                                DriverIndex, DriverUserspace, driver_index_fact)
@@ -144,7 +145,7 @@ def repository_fix(ctx: PlanContext, version: str) -> str:
 
 class DriverStep:
     name = STEP
-    facts = [DRIVER, GPUS, DRIVER_CT]  # host facts too: `--only driver` must see the GPUs
+    facts = [DRIVER, GPUS, DRIVER_CT, GUARD]  # host facts too: `--only driver` must see the GPUs
 
     def __init__(self, cfg: HostFile | None = None) -> None:
         if cfg is not None:  # what NVIDIA's repository offers, checked before a pin or install is planned
@@ -181,7 +182,7 @@ class DriverStep:
         if ct is None or ct.pin_sha256 != _sha(pin) or stale_pinning or \
                 (want_pinning and pinning not in ct.pinning_packages):
             changes.append(Change(STEP, "write", target, f"pin NVIDIA driver packages to {version}",
-                                  lambda a: install_pin(a, pin, pinning, stale_pinning),
+                                  lambda a: install_pin(a, version),
                                   diff={PIN_PATH: (ct and ct.pin_sha256 and "other pin", f"version {version}-*"),
                                         **({p: ("installed", None) for p in stale_pinning})},
                                   # the apt lists now know NVIDIA's repo: the CUDA step's choice depends on it
@@ -195,8 +196,9 @@ class DriverStep:
         if wrong:
             changes.append(Change(STEP, "install", target,
                                   f"NVIDIA driver userspace {version} ({', '.join(sorted(wrong))})",
-                                  lambda a: install_userspace(a, version, packages, ct), diff=wrong))
-        return changes
+                                  lambda a: install_userspace(a, version, packages), diff=wrong))
+        from .guard import ct_changes  # the guard renders this module's transaction (import cycle)
+        return changes + ct_changes(ctx)
 
     @staticmethod
     def _wrong_packages(ct: DriverUserspace | None, version: str, packages: list[str]
@@ -259,10 +261,29 @@ def add_repository(actx: ApplyContext, distro: str, source: str, source_path: st
     actx.ct().put(source.encode(), source_path, mode="0644")
 
 
-def install_pin(actx: ApplyContext, pin: str, pinning: str, stale: list[str]) -> None:
+def userspace_lib(packages: list[str]) -> str:
+    """The driver userspace transaction as bash functions (templates/apt/nvidia-userspace.sh.j2).
+
+    `up` runs it one function per change; the host guard (operations/guard.py) renders the same
+    text into the script it runs at boot and container start (``nv_sync``). The version is the
+    shell's ``$ver``: the pin is rendered with ``${ver}`` for the shell to fill in.
+    """
+    # the pin lands in an unquoted here-document: escape what the shell would expand there
+    # (its comment quotes `apt upgrade`), all but the ${ver} it is to fill in
+    pin = re.sub(r"[`\\]|\$(?!\{ver\})", lambda m: "\\" + m.group(0), pin_text("${ver}", packages))
+    return render("apt/nvidia-userspace.sh.j2", packages=packages, pin=pin, pin_path=PIN_PATH, lib_dir=LIB_DIR,
+                  driver_version_re=DRIVER_VERSION.pattern.replace(r"\d", "[0-9]"),
+                  forbidden_re=FORBIDDEN.pattern.replace(r"\d", "[0-9]"), family_query=FAMILY_QUERY)
+
+
+def _run_lib(actx: ApplyContext, version: str, calls: str, what: str, *, fix: str | None = None) -> str:
+    return _run(actx, userspace_lib(list(actx.cfg.driver.packages)) + f"ver={shlex.quote(version)}\n" + calls,
+                what, fix=fix)
+
+
+def install_pin(actx: ApplyContext, version: str) -> None:
     """The pin alone, in its own apt transaction, before any driver package moves."""
     actx.status("pinning the NVIDIA driver version")
-    version = pinning.removeprefix("nvidia-driver-pinning-")
     # the plan could not see the repository (first run, index unreachable): look now, before the
     # pin or any hold changes, and refuse a version it lacks
     check = " ".join(shlex.quote(p) for p in actx.cfg.driver.packages)
@@ -276,71 +297,28 @@ done
 """, f"looking for driver {version} in NVIDIA's repository",
          fix=f"the repository has no {version}: put a driver it has on the host (`provision host`), or point "
              "driver.repo_url at a mirror that has it (the container was not touched)")
-    actx.ct().put(pin.encode(), PIN_PATH, mode="0644")
-    remove = " ".join(shlex.quote(p + "-") for p in stale)
-    _run(actx, f"""
-export DEBIAN_FRONTEND=noninteractive
-apt_get update -q
-if apt-cache show {shlex.quote(pinning)} >/dev/null 2>&1; then
-  {APT} install {shlex.quote(pinning)} {remove}
-elif [ -n "{remove}" ]; then
-  {APT} remove {' '.join(shlex.quote(p) for p in stale)}
-fi
-""", "installing the driver pin")
+    _run_lib(actx, version, "nv_write_pin\nnv_pinning\n", "installing the driver pin")
 
 
-def install_userspace(actx: ApplyContext, version: str, packages: list[str], ct: DriverUserspace | None) -> None:
+def install_userspace(actx: ApplyContext, version: str, packages: list[str]) -> None:
     """Move the userspace to ``version``: simulate, refuse kernel modules, install, hold, verify."""
-    family = sorted(n for n, p in (ct.packages if ct else {}).items()
-                    if p.installed and in_family(n, p.version) and n not in packages)
-    quoted = " ".join(shlex.quote(n) for n in packages)
-    held = " ".join(shlex.quote(n) for n, p in (ct.packages if ct else {}).items() if p.held)
     actx.status(f"installing NVIDIA driver userspace {version}")
-    # the other installed family packages move too; one the repository has no <version> of (a library
-    # only newer branches ship, after a host downgrade) is removed rather than left at another version
-    moving = f"""
-ver={shlex.quote(version)}
-targets="{quoted}"
-for n in {" ".join(shlex.quote(n) for n in family)}; do
-  if apt-cache madison "$n" 2>/dev/null | awk -v v="$ver" '$3 ~ "^([0-9]+:)?"v"-" {{f=1}} END {{exit !f}}'; then
-    targets="$targets $n"
-  else
-    targets="$targets $n-"
-  fi
-done
-"""
     # simulate first, holds still in place: a refused plan leaves the container as it was
-    sim = _run(actx, moving + "apt_get update -q >/dev/null\n"
-                     "apt_get -s --no-install-recommends --allow-downgrades --allow-change-held-packages "
-                     "install $targets",
-               "simulating the driver install",
-               fix=f"check that the repository has version {version} of {', '.join(packages)}")
-    bad = forbidden_packages(sim)
+    result = actx.ct().run(apt.prelude_for(actx.cfg) + userspace_lib(packages) +
+                           f"ver={shlex.quote(version)}\nset -e\nnv_targets\nnv_simulate\n",
+                           on_line=apt.on_line(actx))
+    bad = forbidden_packages(result.stdout)
     if bad:
         raise RefusedError(
             f"the apt plan for the driver userspace would install {', '.join(bad)} in the container: kernel "
             "modules belong on the host only", vmid=actx.vmid, step=STEP,
             fix="keep driver.packages to userspace packages (nvidia-driver-cuda, libcuda1, libnvidia-ml1); "
                 "never nvidia-open, cuda-drivers* or *-dkms")
-    if held:
-        _run(actx, f"apt-mark unhold {held} >/dev/null", "releasing holds")
-    _run(actx, moving + f"{APT} --no-install-recommends --allow-downgrades install $targets",
-         f"installing NVIDIA driver userspace {version}")
-    _run(actx, f"""
-dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {FAMILY_QUERY} 2>/dev/null |
-  awk '$3 ~ /^.i/ && $2 ~ /^([0-9]+:)?{re.escape(version)}-/ {{print $1}}' | grep -v '^nvidia-driver-pinning-' |
-  xargs -r apt-mark hold >/dev/null
-""", "holding the driver packages")
-    verify(actx, version, packages)
-
-
-def verify(actx: ApplyContext, version: str, packages: list[str]) -> None:
-    checks = []
-    if "libnvidia-ml1" in packages:
-        checks.append(f"[ -e {LIB_DIR}/libnvidia-ml.so.{version} ] || {{ echo 'no libnvidia-ml.so.{version}'; exit 3; }}")
-    if "libcuda1" in packages:
-        checks.append(f"[ -e {LIB_DIR}/libcuda.so.{version} ] || {{ echo 'no libcuda.so.{version}'; exit 3; }}")
-    if "nvidia-driver-cuda" in packages:
-        checks.append("nvidia-smi -L")
-    _run(actx, "\n".join(checks) or "true", f"verifying the driver userspace {version}",
-         fix="compare `cat /sys/module/nvidia/version` on the host with the libraries in the container")
+    if not result.ok:
+        raise RemoteError(f"simulating the driver install failed (exit {result.exit_code})",
+                          command="simulating the driver install", exit_code=result.exit_code,
+                          output=result.stderr or result.stdout, vmid=actx.vmid, step=STEP,
+                          fix=f"check that the repository has version {version} of {', '.join(packages)}")
+    _run_lib(actx, version, "nv_targets\nnv_install\n", f"installing NVIDIA driver userspace {version}")
+    _run_lib(actx, version, "nv_verify\n", f"verifying the driver userspace {version}",
+             fix="compare `cat /sys/module/nvidia/version` on the host with the libraries in the container")

@@ -38,4 +38,9 @@ def destroy(cfg: HostFile, conn: "Connections", *, purge: bool,
     upid = pve.delete(pve.ct(ct.vmid), **params)
     pve.wait_task(upid, what=f"destroying CT {ct.vmid}", timeout=timeout)
     out.line(f"CT {ct.vmid} destroyed")
+    from .guard import remove_script  # its hookscript entry went with its config
+
+    result = conn.ssh.run(remove_script(ct.vmid))
+    if result.ok and result.stdout.strip():
+        out.line(result.stdout.strip())
     return True

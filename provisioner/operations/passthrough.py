@@ -36,6 +36,7 @@ from ..templating import render
 from .container import CONTRIBUTORS, OwnedKeys
 from .gpu_exclusive import exclusive
 from ..facts.gpu_claims import CLAIMS
+from ..facts.guard import GUARD
 
 STEP = "gpu.host"
 DEV_OPTIONS = dev_options()
@@ -165,7 +166,7 @@ class GpuHostStep:
     """Host side of passthrough: uvm nodes now, and at every boot (``gpu.boot_fix``)."""
 
     name = STEP
-    facts = [DRIVER, GPUS, DEVICES, BOOT, kernel_facts.KERNEL, CLAIMS]
+    facts = [DRIVER, GPUS, DEVICES, BOOT, kernel_facts.KERNEL, CLAIMS, GUARD]
 
     def plan(self, ctx: PlanContext) -> list[Change]:
         if not ctx.cfg.gpu.enabled:
@@ -198,7 +199,8 @@ class GpuHostStep:
         missing = [p for p in UVM_NODES if not devices.has(p)]
         if missing:
             changes.append(self._make_nodes(missing, modprobe))
-        return changes
+        from .guard import host_changes  # the host guard (driver.follow_host); imports the driver step
+        return changes + host_changes(ctx)
 
     def _install_unit(self, files: dict[str, str], stale: dict[str, str], boot: BootSetup) -> Change:
         def apply(actx: ApplyContext) -> None:

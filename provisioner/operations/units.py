@@ -18,6 +18,7 @@ from ..facts.services import (
     GATEWAY_UNIT,
     GATEWAY_USER,
     GATEWAY_VENV,
+    GPU_CHECK,
     LLAMA_BIN,
     LLAMA_UNIT,
     LLAMA_USER,
@@ -187,7 +188,16 @@ def llama_unit(cfg: HostFile, sandbox: Sandbox) -> str:
                   model_id="router: the models of " + MODELS_PRESET if router else cfg.model.model_id,
                   conditions=conditions, router=router, no_cache=ROUTER_NO_CACHE,
                   models_dir=cfg.model.dir, user=LLAMA_USER,
-                  exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY)
+                  exec_start=exec_start(llama_args(cfg)), sandbox=sandbox, key_file=SERVER_KEY,
+                  gpu_check=GPU_CHECK)
+
+
+def gpu_check() -> str:
+    """The pre-start check's script (templates/scripts/llama-gpu-check.sh.j2)."""
+    from ..facts.llama import ROOT
+    from ..facts.nvidia_ct import LIB_DIR
+
+    return render("scripts/llama-gpu-check.sh.j2", stamp=f"{ROOT}/current/BUILD-STAMP.json", lib_dir=LIB_DIR)
 
 
 def gateway_config(cfg: HostFile) -> str:
@@ -220,7 +230,7 @@ def desired_units(cfg: HostFile, systemd_version: int) -> dict[str, str]:
     from ..facts.services import unit_path
 
     sandbox = sandbox_for(cfg, systemd_version)
-    out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox)}
+    out = {unit_path(LLAMA_UNIT): llama_unit(cfg, sandbox), GPU_CHECK: gpu_check()}
     if router_mode(cfg):
         out[MODELS_PRESET] = models_preset(cfg)
     if cfg.gateway.enabled:

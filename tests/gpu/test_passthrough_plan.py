@@ -32,7 +32,9 @@ def test_existing_entries_keep_their_index_and_foreign_dev_is_kept() -> None:
 
 def test_converged_devices_plan_no_container_change() -> None:
     c = ctx(host_facts(), config={**WANT, "cores": "4", "memory": "16384", "swap": "512", "onboot": "1",
-                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1"})
+                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1",
+                                  # the host guard's hookscript (driver.follow_host: sync by default)
+                                  "hookscript": "local:snippets/provision-guard"})
     assert ContainerStep().plan(c) == []
 
 
@@ -61,7 +63,8 @@ def test_old_entries_without_mode_are_updated() -> None:
     cannot open: they are rewritten (and, on a running CT, pending until a restart)."""
     old = {k: v.split(",")[0] + ",uid=0,gid=0" for k, v in WANT.items()}
     c = ctx(host_facts(), config={**old, "cores": "4", "memory": "16384", "swap": "512", "onboot": "1",
-                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1"})
+                                  "net0": "name=eth0,bridge=vmbr0,ip=dhcp,type=veth", "features": "nesting=1",
+                                  "hookscript": "local:snippets/provision-guard"})
     (update,) = [ch for ch in ContainerStep().plan(c) if ch.action == "update"]
     assert sorted(update.diff) == ["dev0", "dev1", "dev2", "dev3"]
 

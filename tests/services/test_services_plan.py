@@ -48,10 +48,11 @@ def test_fresh_container_gets_everything_once() -> None:
         ("write", "generate a key into /etc/provision/gateway.key"),
         ("install", f"install provision {__version__} into /opt/provision/gateway/venv"),
         ("write", "write /etc/systemd/system/llama-server.service"),
+        ("write", "write /usr/local/bin/provision-llama-gpu-check"),
         ("write", "write /etc/systemd/system/provision-gateway.service"),
         ("write", "write /etc/provision/gateway.json"),
-        ("start", ("start llama-server (changed: llama-server.key, llama-server.service; it is inactive; "
-                  "it is not-found at boot)")),
+        ("start", ("start llama-server (changed: llama-server.key, llama-server.service, "
+                  "provision-llama-gpu-check; it is inactive; it is not-found at boot)")),
         ("start", ("start provision-gateway (changed: gateway.json, gateway.key, llama-server.key, "
                   "provision-gateway.service, installed.json; it is inactive; it is not-found at boot)")),
     ]

@@ -99,7 +99,7 @@ def test_gateway_config_is_valid_for_the_gateway() -> None:
 
 def test_no_gateway_files_when_disabled() -> None:
     assert list(desired_units(config({"gateway": {"enabled": False}}), 252)) == [
-        "/etc/systemd/system/llama-server.service"]
+        "/etc/systemd/system/llama-server.service", "/usr/local/bin/provision-llama-gpu-check"]
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path) -> None:

@@ -62,6 +62,11 @@ def test_other_root_only_keys(sim: Sim, data: dict, message: str) -> None:
     sim.write_ct(120, CT)
     r = sim.token().put(sim.base + CONFIG, data=data)
     assert (r.status_code, r.json()["message"]) == (403, f"Permission check failed ({message})\n")
+    # root may; a hookscript must exist and be executable (src/PVE/LXC/Config.pm:1349-1350)
+    hook = sim.root / "storage" / "local" / "snippets" / "hook.sh"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
     assert sim.ticket().put(sim.base + CONFIG, data=data).status_code == 200
 
 

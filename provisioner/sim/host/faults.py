@@ -10,6 +10,7 @@ Every fault changes real state the provisioner will meet:
   /var/lib/dpkg/lock-frontend (named ``unattended-upgr`` like the usual culprit).
 - ``secure_boot``, ``dkms_status_warning``, ``leftover_kernel_dir``, ``set_newer_kernel``,
   ``dkms_build_fails``: the host's boot, DKMS and kernel state (sim/host/packages.py reads them).
+- ``stop_apt_server``: the simulated NVIDIA repository's server goes down (and back).
 - ``drop_ssh_connections``: kills sshd's per-connection processes (the listener stays).
 - ``fail_next_task``: the next API task of a type fails with a message (read by sim/tasks.py).
 - ``set_api_delay`` (sim.json ``delay_ms``, read by the API per request) and
@@ -46,8 +47,31 @@ class Faults:
         (self.root / "faults").mkdir(parents=True, exist_ok=True)
 
     def upgrade_host_driver(self, version: str, *, reboot: bool = True) -> None:
-        """Install ``version`` on the host; without ``reboot`` the old module stays loaded."""
+        """Install ``version`` on the host; without ``reboot`` the old module stays loaded.
+
+        As the packages would: DKMS's module for the running kernel is now ``version``, so a later
+        reboot of the node (sim/host/packages.py reboot) loads it.
+        """
+        from provisioner.sim.host.packages import Host
+
         NvidiaHost(self.root).set_driver(version, loaded=reboot)
+        h = Host(self.root)
+        dkms, kver = h.dkms, h.nv.load().running_kernel
+        if dkms:
+            for built in dkms.values():
+                built.pop(kver, None)
+            dkms = {v: k for v, k in dkms.items() if k}
+            dkms.setdefault(version, {})[kver] = "installed"
+            h._save("dkms.json", dkms)
+
+    def stop_apt_server(self, stopped: bool = True) -> None:
+        """The simulated NVIDIA repository's HTTP server stops (connection refused) or comes back;
+        the node's host process applies it within a second (sim/host/namespace.py)."""
+        import time
+
+        flag = self.root / "faults" / "apt_stopped"
+        flag.write_text("1\n") if stopped else flag.unlink(missing_ok=True)
+        time.sleep(1.0)
 
     def drop_uvm(self) -> None:
         NvidiaHost(self.root).drop_uvm()

@@ -8,6 +8,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | ---                | ---                                      |
 | /etc/pve           | SIM_ROOT/etc/pve (container configs)     |
 | /var/lib/lxc       | SIM_ROOT/lxc (lxcpath; `pct mount` target)|
+| /var/lib/vz        | SIM_ROOT/storage/local (the dir storage `local`: template/cache, snippets) |
 | /proc/devices      | SIM_ROOT/host/proc/devices               |
 | /proc/driver       | SIM_ROOT/host/proc/driver                |
 | /sys/module        | tmpfs of symlinks: real modules + nvidia, nvidia_uvm from SIM_ROOT/host/sys/module |
@@ -15,7 +16,7 @@ under ``unshare --mount --propagation private``. Inside that namespace only:
 | /usr/local/sbin    | SIM_ROOT/host/bin (pct, pvesh, pveversion, nvidia-smi, nvidia-modprobe, modinfo) |
 | /dev               | SIM_ROOT/host/dev: copies of the real nodes, the real pts/shm/... (rbind), plus the NVIDIA nodes |
 | /usr/bin, /usr/sbin | overlays whose upper layer (SIM_ROOT/host/overlay) holds the fakes of sim/hostpkg.py: apt-get, apt-cache, apt-mark, dpkg, dpkg-query, dkms, modprobe, rmmod, update-initramfs, reboot |
-| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver | SIM_ROOT/host/... (seeded from the real ones once) |
+| /etc/apt, /usr/share/keyrings, /etc/modprobe.d, /etc/systemd/system, /etc/modules-load.d, /var/lib/provision/host-driver, /var/lib/provision/guard | SIM_ROOT/host/... (seeded from the real ones once) |
 | /var/cache/provision | $PROVISION_SIM_CACHE/host-var-cache-provision: one directory for **every** node on this machine (see ``shared_host_cache``) |
 
 The empty mount points ``/etc/pve`` and ``/usr/lib/modules`` are created on the
@@ -177,6 +178,7 @@ def shadow_etc(sim_root: Path) -> None:
     for real, mine in (("/etc/apt", "etc/apt"), ("/usr/share/keyrings", "usr/share/keyrings"),
                        ("/etc/modprobe.d", "etc/modprobe.d"),
                        ("/var/lib/provision/host-driver", "var/lib/provision/host-driver"),
+                       ("/var/lib/provision/guard", "var/lib/provision/guard"),
                        ("/etc/systemd/system", "etc/systemd/system"), ("/etc/modules-load.d", "etc/modules-load.d")):
         Path(real).mkdir(parents=True, exist_ok=True)
         if not (host / mine).exists():
@@ -220,6 +222,10 @@ def setup_namespace(sim_root: Path) -> None:
     (sim_root / "etc/pve/lxc").mkdir(parents=True, exist_ok=True)
     _bind(sim_root / "etc/pve", "/etc/pve")
     _bind(sim_root / "lxc", "/var/lib/lxc")
+    # the dir storage ``local`` is /var/lib/vz on PVE (templates, snippets: sim/pve/hookscript.py)
+    Path("/var/lib/vz").mkdir(parents=True, exist_ok=True)
+    (sim_root / "storage/local/snippets").mkdir(parents=True, exist_ok=True)
+    _bind(sim_root / "storage/local", "/var/lib/vz")
     _bind(host / "proc/devices", "/proc/devices")
     _bind(host / "proc/driver", "/proc/driver")
     _bind(host / "lib/modules", "/usr/lib/modules")
@@ -302,12 +308,24 @@ class HostProcess:
     def stop(self, *_: object) -> None:
         self.stopping = True
 
+    def _apt_fault(self) -> None:
+        """``faults/apt_stopped`` (Faults.stop_apt_server): the repository's server is down
+        (connection refused), until the file is removed."""
+        down = (self.sim_root / "faults" / "apt_stopped").exists()
+        if down and self.apt is not None:
+            self.apt.shutdown()
+            self.apt.server_close()
+            self.apt = None
+        elif not down and self.apt is None:
+            self.apt = aptrepo.serve(self.sim_root / "apt-repo", BRIDGE_IP, int(self.settings["apt_port"]))
+
     def wait(self) -> int:
         """Run until SIGTERM or until a service dies; then stop everything."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         rc = 0
         while not self.stopping:
+            self._apt_fault()
             for name, proc in self.children.items():
                 if proc.poll() is not None:
                     print(f"provision-sim: {name} exited with {proc.returncode}", file=sys.stderr)
@@ -321,7 +339,8 @@ class HostProcess:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.apt.shutdown()
+        if self.apt is not None:
+            self.apt.shutdown()
         (self.sim_root / "run" / "host.ready").unlink(missing_ok=True)
         return rc
 

@@ -15,7 +15,8 @@ machine's packages, load a module or reboot it:
 | modprobe, rmmod | nvidia, nvidia_uvm (refused while a running CT holds /dev/nvidia*) |
 | update-initramfs | -u [-k all] |
 | shutdown, poweroff, halt, dpkg-divert | ``shutdown -r`` reboots; the rest is refused (never the real ones) |
-| reboot | stops every CT, drops SSH (sessions are refused while it "boots"), loaded module := the one DKMS installed for the running kernel, nvidia_uvm only when modules-load.d or the boot unit loads it, ``/run/provision-reboot-*`` markers gone (a real reboot empties /run), ``onboot`` CTs started; counts boots in ``pkg/boots`` |
+| reboot | stops every CT, drops SSH (sessions are refused while it "boots"), loaded module := the one DKMS installed for the running kernel, nvidia_uvm only when modules-load.d or the boot unit loads it, ``/run/provision-reboot-*`` markers gone (a real reboot empties /run), the enabled units ordered
+``Before=pve-guests.service`` run (sim/host/bootunits.py), ``onboot`` CTs started; counts boots in ``pkg/boots`` |
 
 State (under ``SIM_ROOT/host/pkg``): ``status.json`` (installed packages: version, dpkg state,
 hold), ``lists.json`` (what ``apt-get update`` fetched), ``dkms.json`` (built modules per driver
@@ -938,6 +939,10 @@ def reboot_worker(h: Host) -> int:
     boots.write_text(str(int(boots.read_text()) + 1 if boots.exists() else 1) + "\n")
     time.sleep(1.0)
     marker.unlink(missing_ok=True)
+    from provisioner.sim.host.bootunits import run_before_guests
+
+    with open(h.root / "log" / "boot-units.log", "a") as units_log:
+        run_before_guests(lambda line: print(line, file=units_log, flush=True))
     for vmid in sorted(v for v in _all_vmids(h) if store.load(v).values.get("onboot") == "1"):
         subprocess.run([str(h.root / "host" / "bin" / "pct"), "start", str(vmid)], capture_output=True, check=False)
     return 0

@@ -20,6 +20,8 @@ from provisioner.sim.lxc import conf as lxcconf
 from provisioner.sim.lxc import devices, rootfs
 from provisioner.sim.lxc import setup as ctsetup
 from provisioner.sim.lxc.base import CtState, Log, SimTaskError
+from provisioner.sim.pve import hookscript
+from provisioner.sim.pve.conf import ConfStore
 
 
 class LxcBackend:
@@ -88,11 +90,13 @@ class LxcBackend:
                               log_file=ctdir / "lxc.log", node_tag=self.node_tag)
         (ctdir / "config").write_text(text)
         (ctdir / "lxc.log").unlink(missing_ok=True)
+        hookscript.run(self.sim_root, conf, vmid, "pre-start", log, stop_on_error=True)
         proc = self._start_outside_fake_view(vmid)
         if proc.returncode != 0:
             tail = _tail(ctdir / "lxc.log")
             raise SimTaskError(f"startup for container '{vmid}' failed" + (f": {tail}" if tail else ""))
         self._lxc("wait", vmid, "-s", "RUNNING", "-t", "30")
+        hookscript.run(self.sim_root, conf, vmid, "post-start", log)
 
     def _start_outside_fake_view(self, vmid: int) -> subprocess.CompletedProcess[str]:
         """lxc-start in a private child mount namespace without the sim host's overmounts.
@@ -114,11 +118,26 @@ class LxcBackend:
 
     def stop(self, vmid: int, log: Log) -> None:
         if self.status(vmid) == "running":
+            conf = self._hook_conf(vmid)
+            hookscript.run(self.sim_root, conf, vmid, "pre-stop", log)
             self._lxc("stop", vmid, "-k")
+            hookscript.run(self.sim_root, conf, vmid, "post-stop", log)
+
+    def _hook_conf(self, vmid: int) -> dict[str, str]:
+        store = ConfStore(self.sim_root)
+        return store.load(vmid).values if store.exists(vmid) else {}
 
     def shutdown(self, vmid: int, timeout: int, log: Log) -> None:
         if self.status(vmid) != "running":
             return
+        conf = self._hook_conf(vmid)
+        hookscript.run(self.sim_root, conf, vmid, "pre-stop", log)
+        try:
+            self._shutdown(vmid, timeout, log)
+        finally:
+            hookscript.run(self.sim_root, conf, vmid, "post-stop", log)
+
+    def _shutdown(self, vmid: int, timeout: int, log: Log) -> None:
         proc = self._lxc("stop", vmid, "-t", str(timeout), check=False, timeout=timeout + 30)
         if self.status(vmid) == "running":
             log(f"shutdown of CT {vmid} timed out after {timeout}s - killing")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from provisioner.pveschema import config_format, format_property_string, resolve_version, split_list
-from provisioner.sim.pve import storage
+from provisioner.sim.pve import hookscript, storage
 from provisioner.sim.pve.conf import ConfStore, PveConf
 from provisioner.sim.pve.ct_permissions import ROOT, check_modify_perm, is_root, mountpoint_type, parse_key  # noqa: F401
 from provisioner.sim.pve.errors import RuleError, param_error, perm_error  # noqa: F401 - re-exported
@@ -284,6 +284,8 @@ def update_config(store: ConfStore, vmid: int, update: Update, *, user: str, run
             if opt in update.revert:
                 raise param_error({"delete": f"you can't use '-delete {opt}' and '-revert {opt}' at the same time"})
         check_modify_perm(user, conf, update.params, [], unprivileged, version, **perm)
+        if update.params.get("hookscript"):  # src/PVE/LXC/Config.pm:1349-1350 (sim/pve/hookscript.py)
+            hookscript.check(store.root.parent.parent, update.params["hookscript"])
 
         for opt in update.revert:
             pve.pending.values.pop(opt, None)
