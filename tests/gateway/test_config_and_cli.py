@@ -6,13 +6,13 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import requests
+from local_http import free_port
 
 from provisioner.errors import ConfigError
 from provisioner.gateway.__main__ import settings_from_argv
@@ -54,11 +54,6 @@ def test_config_errors_say_where(tmp_path, data, message):
         load_settings(write(tmp_path, data))
     assert str(info.value).split("\n")[0] == f"{tmp_path}/{message}"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_provision_gateway_process_serves_and_stops_on_sigterm(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from local_http import free_port, wait_http
 
 from provisioner.facts.services import LLAMA_BIN, MODELS_PRESET, SERVER_KEY
 from provisioner.operations.units import gateway_config, models_preset, router_args
@@ -31,29 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LLAMA_KEY = "router-llama-key-4c1d9e"
 GW_KEY = "router-gateway-key-83ab02"
 PROBE = "Tokenizers differ: naïve café, 12345 Straße; ünïcödé — 東京 — def f(x): return x ** 2"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ok(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {seconds} s")
 
 
 def host_file(smol_ctx: int = 4096):
@@ -90,7 +68,7 @@ class Router:
         env = {**os.environ, "LLAMA_CACHE": str(self.tmp / "no-cache")}
         with open(log, "w") as fh:
             self.procs.append(subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env))
-        wait_ok(self.url + "/health", self.procs[-1], log)
+        wait_http(self.url + "/health", self.procs[-1], log=log)
         gw = json.loads(gateway_config(cfg))
         gw.update(listen_host="127.0.0.1", listen_port=self.gw_port, upstream_url=self.url,
                   api_key_file=str(self.tmp / "gw.key"), upstream_api_key_file=str(self.key))
@@ -100,7 +78,7 @@ class Router:
             self.procs.append(subprocess.Popen([sys.executable, "-m", "provisioner.gateway", "--config",
                                                 str(self.tmp / "gw.json")], stdout=fh, stderr=subprocess.STDOUT,
                                                env={**os.environ, "PYTHONPATH": str(ROOT)}))
-        wait_ok(self.gw_url + "/", self.procs[-1], glog, 60)
+        wait_http(self.gw_url + "/", self.procs[-1], 60, glog)
         return self
 
     def models(self, reload: bool = False) -> dict[str, dict]:
@@ -206,7 +184,12 @@ def test_bench_measures_each_model_through_the_router(router: Router) -> None:
     direct requests reach the named model, /props is asked for that model."""
     import subprocess as sp
 
-    from provisioner.bench.runner import BenchOptions, config_params, models_to_measure, run_in_ct
+    from provisioner.bench.runner import (
+        BenchOptions,
+        config_params,
+        models_to_measure,
+        run_in_ct,
+    )
     from provisioner.connectors.ssh import Result
 
     class Shell:
@@ -297,7 +280,7 @@ def test_background_requests_do_not_wait_for_the_main_slot(router: Router, tmp_p
         one.procs.append(subprocess.Popen([swap.get(a, a) for a in llama_args(cfg)], stdout=fh,
                                           stderr=subprocess.STDOUT))
     try:
-        wait_ok(one.url + "/health", one.procs[-1], log)
+        wait_http(one.url + "/health", one.procs[-1], log=log)
         gw = json.loads(gateway_config(cfg))
         gw.update(listen_host="127.0.0.1", listen_port=one.gw_port, upstream_url=one.url,
                   api_key_file=str(one.tmp / "gw.key"), upstream_api_key_file=str(one.key))
@@ -306,7 +289,7 @@ def test_background_requests_do_not_wait_for_the_main_slot(router: Router, tmp_p
             one.procs.append(subprocess.Popen([sys.executable, "-m", "provisioner.gateway", "--config",
                                                str(tmp_path / "gw.json")], stdout=fh, stderr=subprocess.STDOUT,
                                               env={**os.environ, "PYTHONPATH": str(ROOT)}))
-        wait_ok(one.gw_url + "/", one.procs[-1], tmp_path / "gw.log", 60)
+        wait_http(one.gw_url + "/", one.procs[-1], 60, tmp_path / "gw.log")
         single = _race(one.url, one.gw_url, "smol", "claude-haiku-4-5")
     finally:
         one.stop()
