@@ -21,7 +21,10 @@ VMID = 645
 def test_debian_13_container_and_vulkan_plan(sim_node, tmp_path: Path) -> None:
     path = write_host_file(tmp_path / "d13.yaml", sim_node.conn, vmid=VMID, gpu=False, extra={
         "container": {"template": "debian-13-standard"},
-        "llama_cpp": {"backend": "vulkan", "source": {"tarball": str(assets.llama_source()), "subdir": "llama.cpp"}}})
+        # host_cache off: the plan must say "build" even on a machine whose shared host cache already
+        # holds a Vulkan build for Debian 13 (a developer's earlier run)
+        "llama_cpp": {"backend": "vulkan", "host_cache": False,
+                      "source": {"tarball": str(assets.llama_source()), "subdir": "llama.cpp"}}})
     try:
         rep = last_json(provision_cli("--json", "up", str(path), "--yes", "--only", "container", timeout=1500))
         assert [(c["step"], c["action"]) for c in rep["applied"]][:1] == [("container", "create")]
