@@ -70,10 +70,11 @@ class ModelTable:
         if unknown:
             raise ConfigError(f"unknown Claude Code slot(s) {', '.join(unknown)}", key="claude_slots",
                               fix=f"use {' and '.join(SLOTS)}")
-        missing = [v for v in given.values() if v not in (models or {settings.local_model_id: 1})]
+        served = list(models) or [settings.local_model_id]
+        missing = [v for v in given.values() if v not in served]
         if missing:
             raise ConfigError(f"claude_slots names {', '.join(missing)}, which is not a served model "
-                              f"({', '.join(models) or settings.local_model_id})", key="claude_slots",
+                              f"({', '.join(map(str, served))})", key="claude_slots",
                               fix="name one of the keys of models")
         return cls(configured=models, given_slots=given, aliases=dict(getattr(settings, "model_aliases", {}) or {}),
                    accept_claude=bool(getattr(settings, "accept_claude_models", True)),
