@@ -41,9 +41,14 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def lock_base(name: str) -> str:
+    """The lock's path on the host without its suffix: ``.lock`` (the flock) and ``.holder`` (who holds it)."""
+    return f"{LOCK_DIR}/provision-{safe_name(name)}"
+
+
 def _script(name: str, who: str) -> str:
-    lock = shlex.quote(f"{LOCK_DIR}/provision-{name}.lock")
-    holder = shlex.quote(f"{LOCK_DIR}/provision-{name}.holder")
+    lock = shlex.quote(f"{lock_base(name)}.lock")
+    holder = shlex.quote(f"{lock_base(name)}.holder")
     # who we are rides on the command line (user@host, pid, time: nothing secret), so LOCKED comes back
     # with the exec's own reply, one round trip sooner; stdin stays open for as long as we hold the lock
     return (f"exec 9>>{lock}; if ! flock -n 9; then cat {holder} 2>/dev/null; exit {BUSY}; fi; "
@@ -116,9 +121,14 @@ class HostLock:
             self._chan = None
 
 
+def ct_lock_stem(node: str) -> str:
+    """What every container lock name of ``node`` starts with (the host guard appends the vmid)."""
+    return f"{node}-ct"
+
+
 def ct_lock_name(node: str, vmid: int) -> str:
     """The one name of a container's lock: its node and vmid."""
-    return f"{node}-ct{int(vmid)}"
+    return f"{ct_lock_stem(node)}{int(vmid)}"
 
 
 def new_ct_lock_name(node: str, hostname: str) -> str:

@@ -48,6 +48,8 @@ class PveFacts:
     vmid: int | None
     #: every vmid in the cluster (to spot a foreign container on our vmid)
     used_vmids: frozenset[int] = frozenset()
+    #: the node the API answers for (``proxmox.node``, or where ``auto`` put the container)
+    node: str = ""
 
 
 def has_marker(config: dict[str, Any]) -> bool:
@@ -102,4 +104,4 @@ def gather_pve(pve: PVE, *, vmid: int | None, hostname: str) -> PveFacts:
                             pending_delete=deletes, status=str(status.get("status", "stopped")),
                             node=pve.node, pending_was=was)
     return PveFacts(version=_short_version(release), release=release, ct=ct,
-                    vmid=target, used_vmids=used)
+                    vmid=target, used_vmids=used, node=pve.node)

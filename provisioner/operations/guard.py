@@ -35,6 +35,7 @@ from ..facts.pve import MARKER_TAG
 from ..facts.services import LLAMA_UNIT
 from ..templating import render
 from . import apt
+from ..engine.lock import ct_lock_stem, lock_base
 from .container import CONTRIBUTORS, OwnedKeys
 from .driver import host_version, userspace_lib
 
@@ -64,9 +65,12 @@ def host_files() -> dict[str, tuple[str, str]]:
 def ct_files(ctx: PlanContext) -> dict[str, str]:
     """``ct-<vmid>.conf`` / ``ct-<vmid>.sync.sh`` contents (the vmid is filled in at apply time)."""
     packages = list(ctx.cfg.driver.packages)
+    # the run lock `provision up` and `provision host` take for this container (engine/lock.py), less the
+    # vmid and ".lock" (the guard appends them): the guard never moves a userspace while a run holds it
+    lock_prefix = lock_base(ct_lock_stem(ctx.pve.node or ctx.cfg.proxmox.node))
     conf = (f"# Written by provision for the host guard ({GUARD_BIN})\n"
             f"follow_host={ctx.cfg.driver.follow_host}\npackages={' '.join(packages)}\n"
-            f"llama_unit={LLAMA_UNIT}.service\n")
+            f"llama_unit={LLAMA_UNIT}.service\nlock_prefix={lock_prefix}\n")
     sync = ("#!/bin/bash\n# Written by provision: run by the host guard in the container as `bash -s -- VERSION`:\n"
             "# the apt prelude and the driver userspace transaction `provision up` uses, then nv_sync.\n"
             + apt.prelude_for(ctx.cfg) + userspace_lib(packages) + 'ver="$1"\nset -e\nnv_sync\n')

@@ -17,8 +17,15 @@ from .host_driver import STEP, ManagedCt
 def converge_ct(a: ApplyContext, ct: ManagedCt, target: str) -> None:
     from ..engine.lock import HostLock, ct_lock_name
 
-    # the same lock `provision up` of that container takes: never two writers in one container
-    with HostLock(a.ssh, ct_lock_name(a.pve.node, ct.vmid), wait=120):
+    # the same lock `provision up` of that container takes, and the host guard's hook while it moves the
+    # userspace at the container's start (templates/host/provision-guard.sh.j2): after the reboot
+    # pve-guests starts the onboot containers and their hooks may be running apt in them right now, so
+    # wait for such a move (apt downloads the libraries: minutes on a slow mirror), then plan
+    def waiting(holder: str, left: float) -> None:
+        if left >= 0:
+            a.status(f"CT {ct.vmid}: waiting for {holder} ({left:.0f} s left)")
+
+    with HostLock(a.ssh, ct_lock_name(a.pve.node, ct.vmid), wait=900, on_wait=waiting):
         _converge(a, ct, target)
 
 

@@ -4,8 +4,9 @@ Node A is the session's ``sim_node``; node B is started here (its own name, port
 certificate and SSH keys). The inventory mixes both shapes: a directory holding one host
 file (``a.yaml``) and one inventory file (``fleet.yaml``: ``defaults:`` plus host ``b`` and
 host ``broken``, whose API fingerprint is wrong). Only the container and GPU passthrough
-steps run (nothing compiles), with ``gpu.boot_fix: false``: the GPU step only sets the devN
-entries (the boot unit has its own tests in tests/gpu).
+steps run (nothing compiles), with ``gpu.boot_fix: false`` and ``driver.follow_host: off``: the GPU
+step only sets the devN entries (the boot unit has its own tests in tests/gpu, the host guard in
+tests/guard).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def data_for(node: SimNode, vmid: int) -> dict:
     ip = allocate_ip(node.name, vmid)
     return host_data(node.conn, vmid=vmid, hostname=f"fleet-{vmid}", gpu=True,
                      extra={"container": {"network": {"ip": f"{ip}/24"}, "memory_mb": 1024},
-                            "gpu": {"boot_fix": False}})
+                            "gpu": {"boot_fix": False}, "driver": {"follow_host": "off"}})
 
 
 @pytest.fixture(scope="module")

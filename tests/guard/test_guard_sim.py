@@ -105,6 +105,11 @@ def test_driver_upgrade_and_reboot_moves_the_container_without_provision(node: S
     assert NEW in ct(node, vmid, "nvidia-smi --query-gpu=driver_version --format=csv,noheader")
     again = up(path)
     assert again["planned"] == [] and again["applied"] == [], again["planned"]
+    # a start while a provision run holds the container's lock (`up` or `provision host` starting it, or
+    # moving it after a reboot): the hook leaves the userspace to that run, never two apt runs in one CT
+    lock = f"/run/lock/provision-{node.conn['node']}-ct{vmid}.lock"
+    rc, out, err = node.run(f"flock {lock} /usr/local/sbin/provision-guard hook {vmid} post-start")
+    assert rc == 0 and f"CT {vmid}: a provision run holds its lock" in out, out + err
     # down: the container (and its hookscript entry) goes, and with no managed container left, the guard
     assert "host guard removed" in provision_cli("down", str(path), "--yes").stderr
     assert node.run("ls /var/lib/provision/guard/ct-* /usr/local/sbin/provision-guard "
