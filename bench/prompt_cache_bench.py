@@ -30,7 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from claude_code_session import MAX_TURNS, session  # noqa: E402
+from local_http import free_port, wait_http  # noqa: E402
 from services.llama_bin import llama_server  # noqa: E402
 
 from provisioner.gateway.translate_request import translate_request  # noqa: E402
@@ -53,27 +53,6 @@ from provisioner.sim import assets  # noqa: E402
 
 KEY = "prompt-cache-bench-key"
 MODEL = "smollm2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the process exited ({proc.returncode})")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} did not answer within {seconds} s")
 
 
 def stream(port: int, path: str, body: dict, headers: dict[str, str]) -> tuple[float, list[dict]]:
