@@ -152,8 +152,10 @@ class Output:
                                  "hostname": ct.config.get("hostname"),
                                  "pending": sorted(set(ct.pending) | set(ct.pending_delete))}
         from ..fleet.status import gateway_line, gateway_models
+        from ..operations.guard import reboot_pending
 
         data["gateway_models"] = gateway_models(ctx.cfg)
+        data["reboot_pending"] = reboot_pending(ctx)
         for name, value in sorted(ctx.facts.items()):
             data.setdefault("facts", {})[name] = _plain(value)
         if self.json_mode:
@@ -171,6 +173,8 @@ class Output:
         line = gateway_line(ctx)
         if line:
             self.err.print(line, markup=False)
+        if data["reboot_pending"]:
+            self.warn(data["reboot_pending"])
         for name, value in data.get("facts", {}).items():
             self.err.print(f"  {name}: {redact(json.dumps(value, default=str))[:200]}", markup=False)
 

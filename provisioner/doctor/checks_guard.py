@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import ProvisionError
 from ..facts.guard import GUARD, GUARD_BIN, STATE_DIR, GuardState
-from ..operations.guard import host_files, wanted
+from ..operations.guard import AFTER_REBOOT, host_files, wanted
 from .context import DoctorContext, sharing
 from .findings import Evidence, Finding, fail, ok, warn
 
@@ -23,12 +23,9 @@ def check_reboot_pending(d: DoctorContext) -> list[Finding]:
         return []
     ondisk, loaded = st.pending
     mode = d.cfg.driver.follow_host
-    then = {"sync": "the guard moves each managed container to it as it starts",
-            "refuse": "llama-server will refuse to start until `provision up` moves the container",
-            "off": "nothing moves the containers: run `provision up` after the reboot"}[mode]
     return [warn("driver.reboot_pending", f"NVIDIA module {ondisk} on disk, {loaded} loaded: containers will be "
                  "moved at the next boot", Evidence(d.on_host(f"cat {STATE_DIR}/reboot-pending"), st.reboot_pending or ""),
-                 fix=f"reboot the host when convenient; after it {then} (driver.follow_host: {mode})")]
+                 fix=f"reboot the host when convenient; after it {AFTER_REBOOT[mode]} (driver.follow_host: {mode})")]
 
 
 def check_guard(d: DoctorContext) -> list[Finding]:

@@ -245,4 +245,6 @@ def fleet_status(out: Output, path: Path, *, workers: int) -> int:
             if not r.failed and r.value["driver_mismatch"]:
                 out.warn(f"{r.name}: the container's NVIDIA userspace {r.value['ct_driver']} does not match the "
                          f"host driver {r.value['host_driver']}; run `provision up` for it to converge")
+            if not r.failed and r.value["reboot_pending"]:
+                out.warn(f"{r.name}: {r.value['reboot_pending']}")
     return 1 if any(r.failed for r in results) else 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..engine.context import PlanContext
 from ..facts.services import GATEWAY_UNIT, LLAMA_UNIT
+from ..operations.guard import reboot_pending
 
 _DEV = re.compile(r"^dev\d+$")
 _GPU_NODE = re.compile(r"^/dev/nvidia(\d+)$")
@@ -103,4 +104,5 @@ def status_row(ctx: PlanContext) -> dict[str, Any]:
         "llama": _health(services, "llama", LLAMA_UNIT, running),
         "gateway": _health(services, "gateway", GATEWAY_UNIT, running) if cfg.gateway.enabled else "off",
         "gateway_models": gateway_models(cfg),
+        "reboot_pending": reboot_pending(ctx),
     }

@@ -77,6 +77,24 @@ def ct_files(ctx: PlanContext) -> dict[str, str]:
     return {"conf": conf, "sync.sh": sync}
 
 
+#: what the next boot does to the managed containers, per ``driver.follow_host`` mode
+AFTER_REBOOT = {"sync": "the guard moves each managed container to it as it starts",
+                "refuse": "llama-server will refuse to start until `provision up` moves the container",
+                "off": "nothing moves the containers: run `provision up` after the reboot"}
+
+
+def reboot_pending(ctx: PlanContext) -> str | None:
+    """``NVIDIA module X on disk, Y loaded: ...`` when a driver upgrade waits for a reboot (the
+    note the guard's dpkg hook leaves), else None; `status` and `doctor` say it the same way."""
+    state: GuardState | None = ctx.facts.get(GUARD.name)
+    if state is None or state.pending is None:
+        return None
+    ondisk, loaded = state.pending
+    mode = ctx.cfg.driver.follow_host
+    return (f"NVIDIA module {ondisk} on disk, {loaded} loaded: a reboot is pending; after it "
+            f"{AFTER_REBOOT[mode]} (driver.follow_host: {mode})")
+
+
 def _enable(actx: ApplyContext) -> None:
     script = (f"if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable {UNIT}; "
               f"else mkdir -p {shlex.quote(UNIT_WANTS_LINK.rsplit('/', 1)[0])} && "

@@ -81,3 +81,21 @@ def test_status_shows_which_models_the_gateway_maps(capsys) -> None:
     Output().status(c)
     assert "gateway :4000 (translate, health ok) maps claude-* → coder, coder, fast → coder" in capsys.readouterr().err
     assert status_row(ctx())["gateway_models"] == []  # no model: no gateway
+
+
+def test_status_says_a_reboot_is_pending(capsys) -> None:
+    """Issue 17: the guard's dpkg hook notes a driver waiting for a reboot; `status` says it (as doctor does),
+    with what the next boot will do in this host file's driver.follow_host mode."""
+    from provisioner.cli.output import Output
+    from provisioner.facts.guard import parse_guard
+
+    c = ctx()
+    assert status_row(c)["reboot_pending"] is None  # no guard fact (no GPU host step): nothing to say
+    c.facts["guard"] = parse_guard("enabled 1\npending \n", 0)
+    assert status_row(c)["reboot_pending"] is None
+    c.facts["guard"] = parse_guard("enabled 1\npending ondisk=580.105.08 loaded=580.95.05\n", 0)
+    said = status_row(c)["reboot_pending"]
+    assert said.startswith("NVIDIA module 580.105.08 on disk, 580.95.05 loaded: a reboot is pending")
+    assert "the guard moves each managed container" in said and "(driver.follow_host: sync)" in said
+    Output().status(c)
+    assert "warning: NVIDIA module 580.105.08 on disk, 580.95.05 loaded: a reboot is pending" in capsys.readouterr().err
