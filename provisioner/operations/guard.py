@@ -27,7 +27,9 @@ import hashlib
 import shlex
 
 from ..engine.context import ApplyContext, PlanContext
+from ..engine.lock import ct_lock_stem, lock_base
 from ..engine.plan import Change
+from ..errors import RefusedError
 from ..facts.guard import (DPKG_HOOK_PATH, GUARD, GUARD_BIN, SNIPPET_PATH, SNIPPET_VOLID, STATE_DIR, UNIT,
                            UNIT_PATH, UNIT_WANTS_LINK, GuardState)
 from ..facts.nvidia import BOOT_UNIT, DRIVER
@@ -35,7 +37,6 @@ from ..facts.pve import MARKER_TAG
 from ..facts.services import LLAMA_UNIT
 from ..templating import render
 from . import apt
-from ..engine.lock import ct_lock_stem, lock_base
 from .container import CONTRIBUTORS, OwnedKeys
 from .driver import host_version, userspace_lib
 
@@ -170,7 +171,19 @@ def hookscript_keys(ctx: PlanContext) -> OwnedKeys:
     if DRIVER.name not in ctx.facts:  # GPU facts not gathered (`--only container`): keep what is there
         current = dict(ctx.pve.ct.config) if ctx.pve.ct is not None else {}
         return OwnedKeys(desired={k: v for k, v in current.items() if owns_hookscript(k, v)}, owns=owns_hookscript)
-    return OwnedKeys(desired={"hookscript": SNIPPET_VOLID} if wanted(ctx) else {}, owns=owns_hookscript)
+    if not wanted(ctx):
+        return OwnedKeys(desired={}, owns=owns_hookscript)
+    theirs = ctx.pve.ct.config.get("hookscript") if ctx.pve.ct is not None else None
+    if theirs and theirs != SNIPPET_VOLID:
+        # A CT has one hookscript (pve-container 94f5585 src/PVE/LXC/Config.pm:703: one `hookscript`
+        # option, a single volume id): setting ours would silently drop the user's own.
+        raise RefusedError(
+            f"the container has its own hookscript {theirs}; the host guard (driver.follow_host: "
+            f"{ctx.cfg.driver.follow_host}) needs the hookscript slot and will not replace it",
+            vmid=ctx.vmid, step="container",
+            fix=("set driver.follow_host: off (then run `provision up` after each host driver upgrade), or "
+                 f"move what your hookscript does elsewhere and remove it (pct set {ctx.vmid} --delete hookscript)"))
+    return OwnedKeys(desired={"hookscript": SNIPPET_VOLID}, owns=owns_hookscript)
 
 
 if hookscript_keys not in CONTRIBUTORS:

@@ -55,6 +55,25 @@ def test_hookscript_follows_the_mode_and_a_foreign_one_is_not_ours() -> None:
     assert guard.hookscript_keys(ctx(host_facts(gpus=[]))).desired == {}
 
 
+def test_a_users_own_hookscript_is_never_replaced() -> None:
+    """Issue 17: a CT holds one hookscript; with the guard on, up used to plan ours over the user's."""
+    import pytest
+
+    from provisioner.errors import RefusedError
+
+    theirs = {"hookscript": "local:snippets/backup-notify.pl"}
+    with pytest.raises(RefusedError) as e:
+        guard.hookscript_keys(ctx(host_facts(), config=theirs))
+    assert "own hookscript local:snippets/backup-notify.pl" in str(e.value)
+    assert "driver.follow_host: off" in str(e.value) and "pct set 120 --delete hookscript" in str(e.value)
+    # with the guard off, theirs is left as it is (not ours, so not removed)
+    off = guard.hookscript_keys(ctx(host_facts(), extra="driver:\n  follow_host: \"off\"\n", config=theirs))
+    assert off.desired == {}
+    # ours already set: converged, no refusal
+    mine = guard.hookscript_keys(ctx(host_facts(), config={"hookscript": SNIPPET_VOLID}))
+    assert mine.desired == {"hookscript": SNIPPET_VOLID}
+
+
 def test_guard_fact_parses_pending_reboot_and_log() -> None:
     st = parse_guard("file /usr/local/sbin/provision-guard abc\nct ct-120.conf 11\nenabled 1\n"
                      "pending ondisk=580.105.08 loaded=580.95.05\nlog 2026-12-03T17:53:59Z boot: x\n", 0)
